@@ -1,0 +1,267 @@
+#pragma once
+/// @file plan.hpp
+/// @brief The execution plan: every device and precision decision for a run, with its reasons.
+
+#include "ltxmps/attention.hpp"
+#include "ltxmps/device.hpp"
+#include "ltxmps/diagnostics.hpp"
+#include "ltxmps/memory.hpp"
+#include "ltxmps/offload.hpp"
+#include "ltxmps/precision.hpp"
+
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ltxmps {
+
+/// @brief Which attention kernel the run uses, and why.
+struct AttentionPlan {
+  /// The kernel for the model's attention layers.
+  AttentionKernel kernel = AttentionKernel::sdpa;
+  /// Why.
+  Diagnostic reason;
+};
+
+/// @brief How noise is drawn (Note [Noise from a CPU generator]).
+struct NoisePlan {
+  /// Device of the generator (always the CPU).
+  c10::Device generator_device = c10::Device(c10::DeviceType::CPU);
+  /// Dtype noise is drawn in before it is moved and cast (always float32).
+  at::ScalarType draw_dtype = at::kFloat;
+};
+
+/// @brief When device memory is released (Note [Releasing device memory]).
+struct MemoryPlan {
+  /// Synchronize and empty the cache after text encoding, after decoding and when a component is dropped.
+  bool release_after_heavy_ops = false;
+};
+
+/// @brief VAE execution options as requested (tiling and slicing are honoured on every device).
+struct VaePlan {
+  /// Spatial (and framewise) tiling.
+  bool tiling = false;
+  /// One batch item at a time.
+  bool slicing = false;
+};
+
+/// @brief Every decision for one run; `diagnostics` explains each of them in order.
+struct ExecutionPlan {
+  /// The settings the plan was resolved from.
+  LoaderSettings settings;
+  /// One-line description of the machine the plan was resolved for.
+  std::string machine;
+  /// The device every component runs on.
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  /// Dtypes per component.
+  PrecisionPlan precision;
+  /// CPU offload decision.
+  OffloadDecision offload;
+  /// Attention kernel.
+  AttentionPlan attention;
+  /// Noise generation.
+  NoisePlan noise;
+  /// Memory release.
+  MemoryPlan memory;
+  /// VAE options.
+  VaePlan vae;
+  /// The reasons for every decision above, in the order they were taken.
+  std::vector<Diagnostic> diagnostics;
+
+  /// Number of warnings (requests that were changed or ignored).
+  size_t warning_count() const {
+    size_t n = 0;
+    for (const auto& d : diagnostics) n += d.severity == Severity::warning;
+    return n;
+  }
+};
+
+// Note [Attention upcast by device]
+// The plan picks the float32-softmax kernel (Note [Softmax upcast]) where half-precision softmax is not
+// trusted: MPS in fp16/bf16 (ComfyUI forces fp16 -> fp32 attention upcast on macOS >= 14.5 for black
+// images; the Apple Silicon port upcasts for stability at long sequence lengths; an open ComfyUI report
+// shows black LTX video in bf16 on MPS). On CUDA and the CPU, SDPA's fused kernels accumulate the softmax
+// in float32 already, so SDPA stays. `LoaderSettings::upcast_attention` overrides either way.
+
+/// @brief Resolves `settings` on a machine with `caps` into a plan. Throws `ltxmps::Error` when an
+///        explicit device request cannot be met.
+inline ExecutionPlan resolve(const LoaderSettings& settings, const Capabilities& caps) {
+  ExecutionPlan plan;
+  plan.settings = settings;
+  plan.machine = describe(caps);
+  plan.diagnostics.reserve(8);
+
+  auto device = resolve_device(DeviceRequest::parse(settings.device), caps);
+  plan.device = device.device;
+  plan.diagnostics.push_back(std::move(device.reason));
+
+  plan.precision = resolve_precision(settings, plan.device, caps, plan.diagnostics);
+
+  plan.offload = decide_offload(settings.cpu_offload, plan.device);
+  plan.diagnostics.push_back(plan.offload.reason);
+
+  auto& att = plan.attention;
+  att.reason.topic = "attention";
+  const bool half = plan.precision.resolved == Precision::fp16 || plan.precision.resolved == Precision::bf16;
+  if (settings.upcast_attention.has_value()) {
+    att.kernel = *settings.upcast_attention ? AttentionKernel::upcast : AttentionKernel::sdpa;
+    att.reason.rule = *settings.upcast_attention ? "attention.upcast.requested" : "attention.sdpa.requested";
+    att.reason.message = *settings.upcast_attention
+                             ? "float32 softmax attention, as requested (upcast_attention on)"
+                             : "SDPA, as requested (upcast_attention off)";
+    if (!*settings.upcast_attention && plan.device.is_mps() && half) {
+      att.reason.severity = Severity::warning;
+      att.reason.message += "; half-precision softmax on MPS can overflow (Note [Attention upcast by device])";
+    }
+  } else if (plan.device.is_mps() && half) {
+    att.kernel = AttentionKernel::upcast;
+    att.reason.rule = "attention.upcast.mps_half";
+    att.reason.message = "float32 softmax attention: half precision on MPS (Note [Attention upcast by device])";
+  } else {
+    att.kernel = AttentionKernel::sdpa;
+    att.reason.rule = "attention.sdpa";
+    att.reason.message = "scaled_dot_product_attention (its kernels keep the softmax in float32 here)";
+  }
+  plan.diagnostics.push_back(att.reason);
+
+  plan.diagnostics.push_back(Diagnostic{Severity::info, "noise", "noise.cpu_generator",
+                                        "noise drawn in float32 from a CPU generator, then moved to the device "
+                                        "(one seed, same noise on every device; Note [Noise from a CPU generator])"});
+
+  plan.memory.release_after_heavy_ops = !plan.device.is_cpu();
+  plan.diagnostics.push_back(
+      plan.memory.release_after_heavy_ops
+          ? Diagnostic{Severity::info, "memory", "memory.release",
+                       "synchronize and empty the " + std::string(c10::DeviceTypeName(plan.device.type(), true)) +
+                           " cache after encoding, after decoding and when a component is dropped"}
+          : Diagnostic{Severity::info, "memory", "memory.cpu", "CPU memory is returned when tensors die; no cache"});
+
+  plan.vae.tiling = settings.vae_tiling;
+  plan.vae.slicing = settings.vae_slicing;
+  return plan;
+}
+
+/// @brief Resolves `settings` on this machine (cached capabilities).
+inline ExecutionPlan resolve(const LoaderSettings& settings) { return resolve(settings, current_capabilities()); }
+
+/// @brief The short name of a dtype: "float32", "float16", "bfloat16".
+inline std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kDouble: return "float64";
+    default: return c10::toString(t);
+  }
+}
+
+/// @brief The plan as human-readable text, one decision per line, reasons last.
+inline std::string to_text(const ExecutionPlan& plan) {
+  std::ostringstream os;
+  auto component = [&](const char* name, const ComponentPrecision& c) {
+    os << "  " << name << ": storage " << dtype_name(c.storage) << ", compute " << dtype_name(c.compute);
+    if (!c.keep_in_fp32_modules.empty()) {
+      os << ", float32 modules:";
+      for (const auto& m : c.keep_in_fp32_modules) os << " " << m;
+    }
+    os << "\n";
+  };
+  os << "machine:   " << plan.machine << "\n";
+  os << "device:    " << plan.device << " (requested '" << plan.settings.device << "')\n";
+  os << "precision: " << to_string(plan.precision.resolved) << " (requested " << to_string(plan.precision.requested)
+     << ")\n";
+  component("transformer ", plan.precision.transformer);
+  component("text encoder", plan.precision.text_encoder);
+  component("vae         ", plan.precision.vae);
+  os << "  latents     : " << dtype_name(plan.precision.latents) << "\n";
+  os << "attention: " << to_string(plan.attention.kernel) << "\n";
+  os << "offload:   " << (plan.offload.enabled ? "model-level, home " + plan.offload.home.str() : std::string("off"))
+     << "\n";
+  os << "noise:     " << dtype_name(plan.noise.draw_dtype) << " on a " << plan.noise.generator_device
+     << " generator, moved to " << plan.device << "\n";
+  os << "memory:    " << (plan.memory.release_after_heavy_ops ? "release after heavy stages" : "no cache to release")
+     << "\n";
+  os << "vae:       tiling " << (plan.vae.tiling ? "on" : "off") << ", slicing " << (plan.vae.slicing ? "on" : "off")
+     << "\n";
+  os << "reasons:\n";
+  for (const auto& d : plan.diagnostics)
+    os << "  [" << to_string(d.severity) << "] " << d.topic << " (" << d.rule << "): " << d.message << "\n";
+  return os.str();
+}
+
+namespace detail {
+
+inline std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char ch : s) {
+    switch (ch) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (ch < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", ch);
+          out += buf;
+        } else {
+          out += static_cast<char>(ch);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+inline std::string json_component(const ComponentPrecision& c) {
+  std::string out = "{\"storage\": " + json_string(dtype_name(c.storage)) +
+                    ", \"compute\": " + json_string(dtype_name(c.compute)) + ", \"keep_in_fp32_modules\": [";
+  for (size_t i = 0; i < c.keep_in_fp32_modules.size(); ++i)
+    out += (i ? ", " : "") + json_string(c.keep_in_fp32_modules[i]);
+  return out + "]}";
+}
+
+inline const char* json_bool(bool b) { return b ? "true" : "false"; }
+
+}  // namespace detail
+
+/// @brief The plan as a JSON object (stable keys; for tools and logs).
+inline std::string to_json(const ExecutionPlan& plan) {
+  using detail::json_bool;
+  using detail::json_string;
+  std::ostringstream os;
+  const auto& s = plan.settings;
+  os << "{\"machine\": " << json_string(plan.machine) << ", \"settings\": {\"device\": " << json_string(s.device)
+     << ", \"precision\": " << json_string(to_string(s.precision)) << ", \"vae_float32\": " << json_bool(s.vae_float32)
+     << ", \"cpu_offload\": " << json_bool(s.cpu_offload) << ", \"vae_tiling\": " << json_bool(s.vae_tiling)
+     << ", \"vae_slicing\": " << json_bool(s.vae_slicing) << ", \"upcast_attention\": "
+     << (s.upcast_attention ? json_bool(*s.upcast_attention) : "null") << ", \"mps_bf16\": "
+     << json_string(s.mps_bf16 == MpsBf16Policy::allow ? "allow" : "downgrade") << "}"
+     << ", \"device\": " << json_string(plan.device.str())
+     << ", \"precision\": {\"requested\": " << json_string(to_string(plan.precision.requested))
+     << ", \"resolved\": " << json_string(to_string(plan.precision.resolved))
+     << ", \"transformer\": " << detail::json_component(plan.precision.transformer)
+     << ", \"text_encoder\": " << detail::json_component(plan.precision.text_encoder)
+     << ", \"vae\": " << detail::json_component(plan.precision.vae)
+     << ", \"latents\": " << json_string(dtype_name(plan.precision.latents)) << "}"
+     << ", \"attention\": " << json_string(to_string(plan.attention.kernel))
+     << ", \"offload\": {\"enabled\": " << json_bool(plan.offload.enabled)
+     << ", \"home\": " << json_string(plan.offload.home.str())
+     << ", \"execution\": " << json_string(plan.offload.execution.str()) << "}"
+     << ", \"noise\": {\"generator_device\": " << json_string(plan.noise.generator_device.str())
+     << ", \"draw_dtype\": " << json_string(dtype_name(plan.noise.draw_dtype)) << "}"
+     << ", \"memory\": {\"release_after_heavy_ops\": " << json_bool(plan.memory.release_after_heavy_ops) << "}"
+     << ", \"vae\": {\"tiling\": " << json_bool(plan.vae.tiling) << ", \"slicing\": " << json_bool(plan.vae.slicing)
+     << "}, \"diagnostics\": [";
+  for (size_t i = 0; i < plan.diagnostics.size(); ++i) {
+    const auto& d = plan.diagnostics[i];
+    os << (i ? ", " : "") << "{\"severity\": " << json_string(to_string(d.severity))
+       << ", \"topic\": " << json_string(d.topic) << ", \"rule\": " << json_string(d.rule)
+       << ", \"message\": " << json_string(d.message) << "}";
+  }
+  os << "]}";
+  return os.str();
+}
+
+}  // namespace ltxmps

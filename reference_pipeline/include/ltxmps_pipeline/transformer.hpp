@@ -1,0 +1,170 @@
+#pragma once
+/// @file transformer.hpp
+/// @brief `LTXVideoTransformer3DModel` (diffusers 0.42.1) as a flat struct of checkpoint tensors.
+///
+/// The caller patchifies: the model takes packed tokens `[B, S, in_channels]` and returns the velocity
+/// `[B, S, out_channels]`. Layout, names and numerics follow diffusers'
+/// `models/transformers/transformer_ltx.py`; /work/shared/reference/ltx-video-spec.md §1 and §8 list them.
+
+#include "ltxmps/attention.hpp"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json_fwd.hpp>
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ltxmps::pipeline {
+
+/// @brief The `config.json` of a diffusers `transformer/` folder, field by field, with diffusers'
+///        defaults (`LTXVideoTransformer3DModel.__init__`).
+struct TransformerConfig {
+  int64_t in_channels = 128;
+  int64_t out_channels = 128;  ///< `null` or 0 in config.json means `in_channels`, as in diffusers.
+  int64_t patch_size = 1;
+  int64_t patch_size_t = 1;
+  int64_t num_attention_heads = 32;
+  int64_t attention_head_dim = 64;
+  int64_t cross_attention_dim = 2048;
+  int64_t num_layers = 28;
+  std::string activation_fn = "gelu-approximate";  ///< "gelu-approximate" or "gelu".
+  std::string qk_norm = "rms_norm_across_heads";   ///< The only value diffusers accepts.
+  bool norm_elementwise_affine = false;            ///< true adds `norm1.weight` / `norm2.weight`.
+  double norm_eps = 1e-6;
+  int64_t caption_channels = 4096;
+  bool attention_bias = true;
+  bool attention_out_bias = true;
+
+  /// @brief `D = num_attention_heads * attention_head_dim`.
+  int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
+
+  /// @brief Parses a config object. Keys starting with '_' (`_class_name`, `_diffusers_version`, ...)
+  ///        are metadata; any other unknown key is an error naming it and `source`.
+  static TransformerConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
+  /// @brief Reads and parses `path` (a transformer `config.json`).
+  static TransformerConfig from_file(const std::filesystem::path& path);
+  /// @brief Throws ltxmps::Error when the values cannot describe a model (sizes, names); `source`
+  ///        is named in the message.
+  void validate(const std::string& source = "TransformerConfig") const;
+};
+
+/// @brief Where and in which precision the model runs.
+struct TransformerRuntime {
+  c10::Device device = c10::kCPU;
+  /// Weights and activations (RoPE, the sinusoidal timestep projection and the norms' statistics
+  /// are computed in float32 wherever diffusers does it).
+  at::ScalarType dtype = at::kFloat;
+  /// Kernel for every attention call (self and cross).
+  ltxmps::AttentionOptions attention{};
+};
+
+/// @brief Forward arguments, named after diffusers' `LTXVideoTransformer3DModel.forward`.
+///
+/// RoPE coordinates come either from `video_coords` (which wins when given, as in diffusers) or from
+/// `num_frames`, `height`, `width` (latent units after patchify; `S` must equal their product) and
+/// the optional `rope_interpolation_scale`; without a scale the grid stays integer (f, h, w).
+struct TransformerInputs {
+  at::Tensor hidden_states;          ///< [B, S, in_channels]
+  at::Tensor encoder_hidden_states;  ///< [B, L, caption_channels]
+  at::Tensor timestep;               ///< [B], [B, 1] (per sample) or [B, S] (per token); any real dtype
+  std::optional<at::Tensor> encoder_attention_mask;  ///< [B, L], 1/true = attend
+  std::optional<int64_t> num_frames;
+  std::optional<int64_t> height;
+  std::optional<int64_t> width;
+  std::optional<std::array<double, 3>> rope_interpolation_scale;  ///< (s_t, s_h, s_w)
+  std::optional<at::Tensor> video_coords;                         ///< [B, 3, S] (frame, height, width)
+};
+
+/// @brief Optional read-out of self-attention probabilities (attention-map extraction).
+///
+/// For each layer in `layers`, `visit(layer, begin, probs)` is called with float32 probabilities
+/// `probs [B, heads, rows, S]` of query rows `[begin, begin + rows)`, `query_chunk` rows at a time
+/// (`ltxmps::visit_attention_probs`). The probabilities are computed in addition to the layer's
+/// regular attention, so capture never changes the model's output; it costs one more q·kᵀ for each
+/// captured layer. The visitor should reduce the chunk (mean over heads, a token range) and not keep
+/// it: a full map is B·heads·S² floats.
+struct AttentionCapture {
+  std::vector<int64_t> layers;
+  int64_t query_chunk = 1024;
+  std::function<void(int64_t layer, int64_t begin, const at::Tensor& probs)> visit;
+};
+
+/// @brief A capture that accumulates, for each listed layer, the head-mean probabilities of query
+///        tokens `[query_begin, query_end)` over key tokens `[key_begin, key_end)`:
+///        `maps[layer]` becomes float32 `[B, query_end - query_begin, key_end - key_begin]`.
+AttentionCapture head_mean_capture(std::vector<int64_t> layers, std::array<int64_t, 2> query_range,
+                                   std::array<int64_t, 2> key_range, std::map<int64_t, at::Tensor>& maps,
+                                   int64_t query_chunk = 1024);
+
+/// @brief `torch.nn.Linear` weights; `bias` is undefined for bias-free layers.
+struct LinearWeights {
+  at::Tensor weight;  ///< [out, in]
+  at::Tensor bias;    ///< [out] or undefined
+};
+
+/// @brief `LTXAttention` (`transformer_blocks.{i}.attn1` / `.attn2`).
+struct TransformerAttentionWeights {
+  LinearWeights to_q, to_k, to_v;
+  LinearWeights to_out_0;  ///< `to_out.0`
+  at::Tensor norm_q_weight, norm_k_weight;  ///< torch.nn.RMSNorm over the full inner dim D
+};
+
+/// @brief `LTXVideoTransformerBlock` (`transformer_blocks.{i}`).
+struct TransformerBlockWeights {
+  at::Tensor norm1_weight, norm2_weight;  ///< only with norm_elementwise_affine, else undefined
+  TransformerAttentionWeights attn1;      ///< self-attention with RoPE
+  TransformerAttentionWeights attn2;      ///< cross-attention to the caption
+  LinearWeights ff_net_0_proj;            ///< `ff.net.0.proj` D -> 4D
+  LinearWeights ff_net_2;                 ///< `ff.net.2` 4D -> D
+  at::Tensor scale_shift_table;           ///< [6, D]
+};
+
+/// @brief Supplies one weight by checkpoint name and expected shape (for example `StrictLoader::take`).
+using TransformerWeightSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
+
+/// @brief `LTXVideoTransformer3DModel` in eval mode: member names are the checkpoint names.
+struct TransformerModel {
+  TransformerConfig config;
+  TransformerRuntime runtime;
+
+  LinearWeights proj_in;
+  at::Tensor scale_shift_table;                        ///< [2, D]: row 0 shift, row 1 scale
+  LinearWeights time_embed_emb_timestep_embedder_linear_1;  ///< 256 -> D
+  LinearWeights time_embed_emb_timestep_embedder_linear_2;  ///< D -> D
+  LinearWeights time_embed_linear;                     ///< D -> 6D
+  LinearWeights caption_projection_linear_1;           ///< caption_channels -> D
+  LinearWeights caption_projection_linear_2;           ///< D -> D
+  std::vector<TransformerBlockWeights> transformer_blocks;
+  LinearWeights proj_out;
+
+  /// @brief Builds the model from `weights`, asked once for every tensor of the checkpoint (in a fixed
+  ///        order); each tensor is moved to `runtime.device` / `runtime.dtype`.
+  static TransformerModel from_weights(const TransformerConfig& config, const TransformerRuntime& runtime,
+                                       const TransformerWeightSource& weights);
+
+  /// @brief The velocity `[B, S, out_channels]` in `runtime.dtype` on `runtime.device`.
+  ///        Inputs may live anywhere; they are checked and moved.
+  at::Tensor forward(const TransformerInputs& inputs, const AttentionCapture* capture = nullptr) const;
+};
+
+/// @brief Loads a diffusers `transformer/` folder: `config.json` plus
+///        `diffusion_pytorch_model[.variant].safetensors` (or its sharded index). Strict: missing,
+///        unexpected and mis-shaped tensors are errors naming the file and tensor.
+TransformerModel load_transformer(const std::filesystem::path& model_dir, const TransformerRuntime& runtime,
+                                  std::optional<std::string> variant = std::nullopt);
+
+/// @brief Loads the transformer of an original Lightricks single-file checkpoint
+///        (`model.diffusion_model.*` keys, renamed to diffusers names by the WeightStore).
+///
+/// Without `config`, the sizes are read off the tensors: D from `proj_in.weight`, the layer count from
+/// the block names, and `num_attention_heads = 32` (every released model) with head_dim = D / 32.
+TransformerModel load_lightricks_transformer(const std::filesystem::path& file, const TransformerRuntime& runtime,
+                                             std::optional<TransformerConfig> config = std::nullopt);
+
+}  // namespace ltxmps::pipeline

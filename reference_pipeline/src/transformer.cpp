@@ -1,0 +1,482 @@
+// LTXVideoTransformer3DModel, following diffusers 0.42.1 models/transformers/transformer_ltx.py top to bottom.
+
+#include "ltxmps_pipeline/transformer.hpp"
+
+#include "ltxmps_pipeline/checkpoint.hpp"
+
+#include "ltxmps/error.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace ltxmps::pipeline {
+
+// ---------------------------------------------------------------------------------------------------
+// Config
+
+namespace {
+
+template <typename T>
+T config_value(const nlohmann::json& value, const std::string& key, const std::string& source) {
+  try {
+    return value.get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
+  }
+}
+
+}  // namespace
+
+TransformerConfig TransformerConfig::from_json(const nlohmann::json& json, const std::string& source) {
+  LTXMPS_CHECK(json.is_object(), source, ": expected a JSON object, got ", json.type_name());
+  TransformerConfig c;
+  for (const auto& [key, value] : json.items()) {
+    if (!key.empty() && key[0] == '_') {
+      if (key == "_class_name") {
+        const auto name = config_value<std::string>(value, key, source);
+        LTXMPS_CHECK(name == "LTXVideoTransformer3DModel", source, ": _class_name is '", name,
+                     "', expected 'LTXVideoTransformer3DModel'");
+      }
+      continue;  // _diffusers_version, _name_or_path, ...: metadata
+    }
+    if (key == "in_channels") c.in_channels = config_value<int64_t>(value, key, source);
+    else if (key == "out_channels") c.out_channels = value.is_null() ? 0 : config_value<int64_t>(value, key, source);
+    else if (key == "patch_size") c.patch_size = config_value<int64_t>(value, key, source);
+    else if (key == "patch_size_t") c.patch_size_t = config_value<int64_t>(value, key, source);
+    else if (key == "num_attention_heads") c.num_attention_heads = config_value<int64_t>(value, key, source);
+    else if (key == "attention_head_dim") c.attention_head_dim = config_value<int64_t>(value, key, source);
+    else if (key == "cross_attention_dim") c.cross_attention_dim = config_value<int64_t>(value, key, source);
+    else if (key == "num_layers") c.num_layers = config_value<int64_t>(value, key, source);
+    else if (key == "activation_fn") c.activation_fn = config_value<std::string>(value, key, source);
+    else if (key == "qk_norm") c.qk_norm = config_value<std::string>(value, key, source);
+    else if (key == "norm_elementwise_affine") c.norm_elementwise_affine = config_value<bool>(value, key, source);
+    else if (key == "norm_eps") c.norm_eps = config_value<double>(value, key, source);
+    else if (key == "caption_channels") c.caption_channels = config_value<int64_t>(value, key, source);
+    else if (key == "attention_bias") c.attention_bias = config_value<bool>(value, key, source);
+    else if (key == "attention_out_bias") c.attention_out_bias = config_value<bool>(value, key, source);
+    else throw Error(c10::str(source, ": unknown field '", key, "' for LTXVideoTransformer3DModel"));
+  }
+  // diffusers: `out_channels = out_channels or in_channels`
+  if (c.out_channels == 0) c.out_channels = c.in_channels;
+  c.validate(source);
+  return c;
+}
+
+TransformerConfig TransformerConfig::from_file(const std::filesystem::path& path) {
+  return from_json(read_json_file(path), path.string());
+}
+
+void TransformerConfig::validate(const std::string& source) const {
+  const std::pair<const char*, int64_t> positive[] = {
+      {"in_channels", in_channels},           {"out_channels", out_channels},
+      {"patch_size", patch_size},             {"patch_size_t", patch_size_t},
+      {"num_attention_heads", num_attention_heads}, {"attention_head_dim", attention_head_dim},
+      {"cross_attention_dim", cross_attention_dim}, {"caption_channels", caption_channels}};
+  for (const auto& [name, v] : positive) LTXMPS_CHECK(v > 0, source, ": ", name, " must be > 0, got ", v);
+  LTXMPS_CHECK(num_layers >= 0, source, ": num_layers must be >= 0, got ", num_layers);
+  LTXMPS_CHECK(norm_eps > 0.0, source, ": norm_eps must be > 0, got ", norm_eps);
+  LTXMPS_CHECK(activation_fn == "gelu-approximate" || activation_fn == "gelu", source, ": activation_fn '",
+               activation_fn, "' is not supported (gelu-approximate, gelu)");
+  LTXMPS_CHECK(qk_norm == "rms_norm_across_heads", source, ": qk_norm '", qk_norm,
+               "' is not supported (diffusers only implements 'rms_norm_across_heads')");
+  LTXMPS_CHECK(inner_dim() >= 6, source, ": inner dim num_attention_heads * attention_head_dim = ", inner_dim(),
+               " is too small for the 3D RoPE (needs >= 6)");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Weights
+
+TransformerModel TransformerModel::from_weights(const TransformerConfig& config, const TransformerRuntime& runtime,
+                                                const TransformerWeightSource& weights) {
+  config.validate();
+  const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
+  const int64_t D = config.inner_dim();
+  auto tensor = [&](const std::string& name, std::vector<int64_t> shape) {
+    auto t = weights(name, shape);
+    LTXMPS_CHECK(t.defined() && t.sizes() == at::IntArrayRef(shape), "transformer weight '", name,
+                 "' has shape ", t.defined() ? t.sizes() : at::IntArrayRef{}, ", expected ", at::IntArrayRef(shape));
+    return t.to(options);
+  };
+  auto linear = [&](const std::string& name, int64_t in, int64_t out, bool bias = true) {
+    LinearWeights l;
+    l.weight = tensor(name + ".weight", {out, in});
+    if (bias) l.bias = tensor(name + ".bias", {out});
+    return l;
+  };
+  auto attention = [&](const std::string& name, int64_t kv_dim) {
+    TransformerAttentionWeights a;
+    a.to_q = linear(name + ".to_q", D, D, config.attention_bias);
+    a.to_k = linear(name + ".to_k", kv_dim, D, config.attention_bias);
+    a.to_v = linear(name + ".to_v", kv_dim, D, config.attention_bias);
+    a.to_out_0 = linear(name + ".to_out.0", D, D, config.attention_out_bias);
+    a.norm_q_weight = tensor(name + ".norm_q.weight", {D});
+    a.norm_k_weight = tensor(name + ".norm_k.weight", {D});
+    return a;
+  };
+
+  TransformerModel m;
+  m.config = config;
+  m.runtime = runtime;
+  m.proj_in = linear("proj_in", config.in_channels, D);
+  m.scale_shift_table = tensor("scale_shift_table", {2, D});
+  m.time_embed_emb_timestep_embedder_linear_1 = linear("time_embed.emb.timestep_embedder.linear_1", 256, D);
+  m.time_embed_emb_timestep_embedder_linear_2 = linear("time_embed.emb.timestep_embedder.linear_2", D, D);
+  m.time_embed_linear = linear("time_embed.linear", D, 6 * D);
+  m.caption_projection_linear_1 = linear("caption_projection.linear_1", config.caption_channels, D);
+  m.caption_projection_linear_2 = linear("caption_projection.linear_2", D, D);
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const std::string p = "transformer_blocks." + std::to_string(i);
+    TransformerBlockWeights b;
+    if (config.norm_elementwise_affine) {
+      b.norm1_weight = tensor(p + ".norm1.weight", {D});
+      b.norm2_weight = tensor(p + ".norm2.weight", {D});
+    }
+    b.attn1 = attention(p + ".attn1", D);
+    b.attn2 = attention(p + ".attn2", config.cross_attention_dim);
+    b.ff_net_0_proj = linear(p + ".ff.net.0.proj", D, 4 * D);
+    b.ff_net_2 = linear(p + ".ff.net.2", 4 * D, D);
+    b.scale_shift_table = tensor(p + ".scale_shift_table", {6, D});
+    m.transformer_blocks.push_back(std::move(b));
+  }
+  m.proj_out = linear("proj_out", D, config.out_channels);
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Building blocks
+
+namespace {
+
+at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x) {
+  return at::linear(x, l.weight, l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt);
+}
+
+// Note [Block RMSNorm]
+// diffusers `RMSNorm.forward` (models/normalization.py): the variance is taken in float32, the input
+// (possibly bf16/fp16) is multiplied by the float32 rsqrt, which promotes to float32, and the result
+// is cast back to the input dtype (no weight) or to the weight's half dtype before `* weight`.
+at::Tensor block_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  auto variance = x.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
+  auto y = x * at::rsqrt(variance + eps);
+  if (!weight.defined()) return y.to(x.scalar_type());
+  if (weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16) y = y.to(weight.scalar_type());
+  return y * weight;
+}
+
+// Note [Sinusoidal timestep projection]
+// diffusers `get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0)`
+// (models/embeddings.py), in float32 whatever the model dtype: exponent = -ln(10000)·j / 128,
+// arg = t·exp(exponent), output [cos(arg), sin(arg)]. The caller casts it to the model dtype.
+at::Tensor timestep_projection(const at::Tensor& timesteps) {
+  constexpr int64_t half = 128;
+  auto exponent = at::arange(0, half, timesteps.options().dtype(at::kFloat)).mul(-std::log(10000.0));
+  exponent = exponent.div(half);
+  auto arg = timesteps.unsqueeze(1).to(at::kFloat) * at::exp(exponent).unsqueeze(0);
+  return at::cat({at::cos(arg), at::sin(arg)}, -1);
+}
+
+// Note [LTX 3D RoPE]
+// diffusers `LTXVideoRotaryPosEmbed.forward`, all in float32:
+//   grid [B, S, 3] (f, h, w) per token; freqs_k = 10000^linspace(0, 1, D/6) · π/2;
+//   φ[b, s, k, a] = freqs_k · (2·grid[a] − 1), laid out frequency-major (index 3k + a);
+//   cos/sin repeated pairwise (interleaved) and front-padded with D % 6 entries (cos 1, sin 0).
+// The grid is the integer (f, h, w) without rope_interpolation_scale (no division at all), else
+// (f·s_t·p_t/20, h·s_h·p/2048, w·s_w·p/2048), each product evaluated left to right in float32.
+// video_coords [B, 3, S] give (vc_t/20, vc_h/2048, vc_w/2048).
+std::pair<at::Tensor, at::Tensor> rope_cos_sin(const TransformerConfig& config, const TransformerInputs& in,
+                                               int64_t batch, const c10::Device& device) {
+  constexpr double base_num_frames = 20.0, base_height = 2048.0, base_width = 2048.0, theta = 10000.0;
+  const auto f32 = at::TensorOptions().device(device).dtype(at::kFloat);
+  at::Tensor grid;  // [B, S, 3]
+  if (in.video_coords) {
+    const auto vc = in.video_coords->to(device);
+    grid = at::stack({vc.select(1, 0) / base_num_frames, vc.select(1, 1) / base_height,
+                      vc.select(1, 2) / base_width},
+                     -1);
+  } else {
+    auto axes = at::meshgrid({at::arange(*in.num_frames, f32), at::arange(*in.height, f32), at::arange(*in.width, f32)},
+                             "ij");
+    auto g = at::stack(axes, 0).unsqueeze(0).repeat({batch, 1, 1, 1, 1});  // [B, 3, F, H, W]
+    if (in.rope_interpolation_scale) {
+      const auto& s = *in.rope_interpolation_scale;
+      g.narrow(1, 0, 1).copy_(g.narrow(1, 0, 1).mul(s[0]).mul(config.patch_size_t).div(base_num_frames));
+      g.narrow(1, 1, 1).copy_(g.narrow(1, 1, 1).mul(s[1]).mul(config.patch_size).div(base_height));
+      g.narrow(1, 2, 1).copy_(g.narrow(1, 2, 1).mul(s[2]).mul(config.patch_size).div(base_width));
+    }
+    grid = g.flatten(2, 4).transpose(1, 2);
+  }
+  const int64_t D = config.inner_dim();
+  auto freqs = at::pow(theta, at::linspace(std::log(1.0) / std::log(theta), std::log(theta) / std::log(theta), D / 6, f32));
+  freqs = freqs.mul(M_PI).div(2.0);
+  freqs = freqs * (grid.unsqueeze(-1) * 2 - 1);  // [B, S, 3, n]
+  freqs = freqs.transpose(-1, -2).flatten(2);     // [B, S, 3n], index 3k + a
+  auto cos = freqs.cos().repeat_interleave(2, -1);
+  auto sin = freqs.sin().repeat_interleave(2, -1);
+  if (D % 6 != 0) {
+    cos = at::cat({at::ones_like(cos.narrow(-1, 0, D % 6)), cos}, -1);
+    sin = at::cat({at::zeros_like(cos.narrow(-1, 0, D % 6)), sin}, -1);
+  }
+  return {cos, sin};
+}
+
+// diffusers `apply_rotary_emb` (transformer_ltx.py): interleaved pairs (2i, 2i+1) over the full D,
+// in float32, cast back to x's dtype.
+at::Tensor apply_rotary_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  auto pairs = x.unflatten(2, {-1, 2});
+  auto real = pairs.select(-1, 0), imag = pairs.select(-1, 1);
+  auto rotated = at::stack({-imag, real}, -1).flatten(2);
+  return (x.to(at::kFloat) * cos + rotated.to(at::kFloat) * sin).to(x.scalar_type());
+}
+
+struct ForwardContext {
+  const TransformerConfig& config;
+  const TransformerRuntime& runtime;
+  const AttentionCapture* capture;
+};
+
+// LTXAttention + LTXVideoAttnProcessor. `context` is undefined for self-attention; `rope` only for attn1;
+// `bias` is the additive text bias [B, 1, L] (attn2 only).
+at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttentionWeights& w, const at::Tensor& x,
+                             const at::Tensor& context, const std::pair<at::Tensor, at::Tensor>* rope,
+                             const at::Tensor& bias, int64_t capture_layer) {
+  const int64_t heads = ctx.config.num_attention_heads;
+  const auto& kv_input = context.defined() ? context : x;
+  auto q = apply_linear(w.to_q, x);
+  auto k = apply_linear(w.to_k, kv_input);
+  auto v = apply_linear(w.to_v, kv_input);
+  // torch.nn.RMSNorm(D, eps=1e-5) across all heads, before the head split (at::rms_norm, as torch does).
+  q = at::rms_norm(q, {q.size(-1)}, w.norm_q_weight, 1e-5);
+  k = at::rms_norm(k, {k.size(-1)}, w.norm_k_weight, 1e-5);
+  if (rope) {
+    q = apply_rotary_emb(q, rope->first, rope->second);
+    k = apply_rotary_emb(k, rope->first, rope->second);
+  }
+  // [B, S, D] -> [B, S, H, Dh] -> [B, H, S, Dh] (views, as diffusers' native backend permutes)
+  auto qh = q.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
+  auto kh = k.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
+  auto vh = v.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
+  std::optional<at::Tensor> mask;
+  if (bias.defined()) {
+    // prepare_attention_mask: [B, 1, L] repeated per head -> [B, H, 1, L]
+    mask = bias.unsqueeze(1).expand({bias.size(0), heads, bias.size(1), bias.size(2)}).contiguous();
+  }
+  if (capture_layer >= 0) {
+    ltxmps::visit_attention_probs(
+        qh, kh, mask, ctx.capture->query_chunk,
+        [&](int64_t begin, const at::Tensor& probs) { ctx.capture->visit(capture_layer, begin, probs); },
+        ctx.runtime.attention.scale);
+  }
+  auto out = ltxmps::attention(qh, kh, vh, mask, ctx.runtime.attention);
+  out = out.permute({0, 2, 1, 3}).flatten(2, 3).to(q.scalar_type());
+  return apply_linear(w.to_out_0, out);
+}
+
+// LTXVideoTransformerBlock.forward
+at::Tensor block_forward(const ForwardContext& ctx, const TransformerBlockWeights& w, int64_t layer, at::Tensor x,
+                         const at::Tensor& context, const at::Tensor& temb,
+                         const std::pair<at::Tensor, at::Tensor>& rope, const at::Tensor& text_bias) {
+  const int64_t batch = x.size(0);
+  auto norm_x = block_rms_norm(x, w.norm1_weight, ctx.config.norm_eps);
+  // ada = table[None, None] + temb.reshape(B, T, 6, D); unbind order: shift_msa, scale_msa, gate_msa,
+  // shift_mlp, scale_mlp, gate_mlp.
+  auto ada = w.scale_shift_table.unsqueeze(0).unsqueeze(0) + temb.reshape({batch, temb.size(1), 6, -1});
+  auto shift_msa = ada.select(2, 0), scale_msa = ada.select(2, 1), gate_msa = ada.select(2, 2);
+  auto shift_mlp = ada.select(2, 3), scale_mlp = ada.select(2, 4), gate_mlp = ada.select(2, 5);
+  norm_x = norm_x * (1 + scale_msa) + shift_msa;
+
+  int64_t capture_layer = -1;
+  if (ctx.capture && std::find(ctx.capture->layers.begin(), ctx.capture->layers.end(), layer) != ctx.capture->layers.end())
+    capture_layer = layer;
+  auto attn = attention_forward(ctx, w.attn1, norm_x, at::Tensor(), &rope, at::Tensor(), capture_layer);
+  x = x + attn * gate_msa;
+
+  // Cross-attention: the raw residual stream is the query; no norm, no modulation, no gate.
+  attn = attention_forward(ctx, w.attn2, x, context, nullptr, text_bias, -1);
+  x = x + attn;
+
+  norm_x = block_rms_norm(x, w.norm2_weight, ctx.config.norm_eps) * (1 + scale_mlp) + shift_mlp;
+  auto ff = apply_linear(w.ff_net_0_proj, norm_x);
+  ff = at::gelu(ff, ctx.config.activation_fn == "gelu-approximate" ? "tanh" : "none");
+  ff = apply_linear(w.ff_net_2, ff);
+  return x + ff * gate_mlp;
+}
+
+void check_inputs(const TransformerConfig& config, const TransformerInputs& in) {
+  const auto& h = in.hidden_states;
+  LTXMPS_CHECK(h.defined() && h.dim() == 3, "transformer forward: hidden_states must be [batch, tokens, ",
+               config.in_channels, "], got ", h.defined() ? h.sizes() : at::IntArrayRef{});
+  LTXMPS_CHECK(h.size(2) == config.in_channels, "transformer forward: hidden_states has ", h.size(2),
+               " channels, the model's in_channels is ", config.in_channels);
+  LTXMPS_CHECK(at::isFloatingType(h.scalar_type()), "transformer forward: hidden_states must be floating point, got ",
+               h.scalar_type());
+  const int64_t B = h.size(0), S = h.size(1);
+  LTXMPS_CHECK(B > 0 && S > 0, "transformer forward: hidden_states is empty: ", h.sizes());
+  const auto& c = in.encoder_hidden_states;
+  LTXMPS_CHECK(c.defined() && c.dim() == 3 && c.size(0) == B && c.size(2) == config.caption_channels && c.size(1) > 0,
+               "transformer forward: encoder_hidden_states must be [", B, ", text tokens, ", config.caption_channels,
+               "], got ", c.defined() ? c.sizes() : at::IntArrayRef{});
+  const int64_t L = c.size(1);
+  const auto& t = in.timestep;
+  LTXMPS_CHECK(t.defined(), "transformer forward: timestep is missing");
+  const bool per_sample = (t.dim() == 1 && t.size(0) == B) || (t.dim() == 2 && t.size(0) == B && t.size(1) == 1);
+  const bool per_token = t.dim() == 2 && t.size(0) == B && t.size(1) == S;
+  LTXMPS_CHECK(per_sample || per_token, "transformer forward: timestep must be [", B, "], [", B, ", 1] or [", B, ", ",
+               S, "] (per token), got ", t.sizes());
+  if (in.encoder_attention_mask) {
+    const auto& m = *in.encoder_attention_mask;
+    LTXMPS_CHECK(m.dim() == 2 && m.size(0) == B && m.size(1) == L, "transformer forward: encoder_attention_mask must be [",
+                 B, ", ", L, "], got ", m.sizes());
+  }
+  if (in.video_coords) {
+    const auto& vc = *in.video_coords;
+    LTXMPS_CHECK(vc.dim() == 3 && vc.size(0) == B && vc.size(1) == 3 && vc.size(2) == S,
+                 "transformer forward: video_coords must be [", B, ", 3, ", S, "], got ", vc.sizes());
+    return;
+  }
+  LTXMPS_CHECK(in.num_frames && in.height && in.width,
+               "transformer forward: give either video_coords or all of num_frames, height and width");
+  LTXMPS_CHECK(*in.num_frames > 0 && *in.height > 0 && *in.width > 0,
+               "transformer forward: num_frames, height and width must be > 0, got ", *in.num_frames, ", ", *in.height,
+               ", ", *in.width);
+  LTXMPS_CHECK(*in.num_frames * *in.height * *in.width == S, "transformer forward: num_frames * height * width = ",
+               *in.num_frames, " * ", *in.height, " * ", *in.width, " = ", *in.num_frames * *in.height * *in.width,
+               " but hidden_states has ", S, " tokens");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// Forward (LTXVideoTransformer3DModel.forward)
+
+at::Tensor TransformerModel::forward(const TransformerInputs& in, const AttentionCapture* capture) const {
+  check_inputs(config, in);
+  c10::InferenceMode inference;
+  if (capture) {
+    LTXMPS_CHECK(static_cast<bool>(capture->visit), "AttentionCapture: visit is empty");
+    for (auto layer : capture->layers)
+      LTXMPS_CHECK(layer >= 0 && layer < config.num_layers, "AttentionCapture: layer ", layer, " is out of range [0, ",
+                   config.num_layers, ")");
+  }
+  const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
+  const ForwardContext ctx{config, runtime, capture};
+  const int64_t B = in.hidden_states.size(0);
+
+  auto hidden = in.hidden_states.to(options);
+  const auto rope = rope_cos_sin(config, in, B, runtime.device);
+
+  // Text mask -> additive bias (1 - mask)·(-10000) in the hidden_states dtype, [B, 1, L].
+  // diffusers uses the *input* hidden_states dtype, which is the model dtype in every pipeline.
+  at::Tensor text_bias;
+  if (in.encoder_attention_mask) {
+    text_bias = (1 - in.encoder_attention_mask->to(options)) * -10000.0;
+    text_bias = text_bias.unsqueeze(1);
+  }
+
+  hidden = apply_linear(proj_in, hidden);
+
+  // time_embed (AdaLayerNormSingle): sinusoidal projection in fp32, cast, TimestepEmbedding, SiLU, linear.
+  auto t_proj = timestep_projection(in.timestep.to(runtime.device).flatten()).to(runtime.dtype);
+  auto embedded_timestep = apply_linear(time_embed_emb_timestep_embedder_linear_1, t_proj);
+  embedded_timestep = apply_linear(time_embed_emb_timestep_embedder_linear_2, at::silu(embedded_timestep));
+  auto temb = apply_linear(time_embed_linear, at::silu(embedded_timestep));
+  temb = temb.view({B, -1, temb.size(-1)});
+  embedded_timestep = embedded_timestep.view({B, -1, embedded_timestep.size(-1)});
+
+  // caption_projection (PixArtAlphaTextProjection, gelu tanh)
+  auto context = apply_linear(caption_projection_linear_1, in.encoder_hidden_states.to(options));
+  context = apply_linear(caption_projection_linear_2, at::gelu(context, "tanh"));
+  context = context.view({B, -1, hidden.size(-1)});
+
+  for (int64_t i = 0; i < config.num_layers; ++i)
+    hidden = block_forward(ctx, transformer_blocks[static_cast<size_t>(i)], i, hidden, context, temb, rope, text_bias);
+
+  // Output modulation: shift is row 0, scale is row 1.
+  auto mod = scale_shift_table.unsqueeze(0).unsqueeze(0) + embedded_timestep.unsqueeze(2);
+  auto shift = mod.select(2, 0), scale = mod.select(2, 1);
+  hidden = at::layer_norm(hidden, {hidden.size(-1)}, {}, {}, 1e-6);
+  hidden = hidden * (1 + scale) + shift;
+  return apply_linear(proj_out, hidden);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Attention capture helper
+
+AttentionCapture head_mean_capture(std::vector<int64_t> layers, std::array<int64_t, 2> query_range,
+                                   std::array<int64_t, 2> key_range, std::map<int64_t, at::Tensor>& maps,
+                                   int64_t query_chunk) {
+  LTXMPS_CHECK(query_range[0] >= 0 && query_range[1] > query_range[0] && key_range[0] >= 0 && key_range[1] > key_range[0],
+               "head_mean_capture: empty or negative token range (queries [", query_range[0], ", ", query_range[1],
+               "), keys [", key_range[0], ", ", key_range[1], "))");
+  AttentionCapture capture;
+  capture.layers = std::move(layers);
+  capture.query_chunk = query_chunk;
+  capture.visit = [&maps, query_range, key_range](int64_t layer, int64_t begin, const at::Tensor& probs) {
+    const int64_t rows = probs.size(2);
+    LTXMPS_CHECK(key_range[1] <= probs.size(3), "head_mean_capture: key range end ", key_range[1], " exceeds the ",
+                 probs.size(3), " tokens");
+    const int64_t lo = std::max(begin, query_range[0]), hi = std::min(begin + rows, query_range[1]);
+    auto& map = maps[layer];
+    if (!map.defined())
+      map = at::zeros({probs.size(0), query_range[1] - query_range[0], key_range[1] - key_range[0]},
+                      probs.options());
+    if (lo >= hi) return;
+    auto part = probs.narrow(2, lo - begin, hi - lo).narrow(3, key_range[0], key_range[1] - key_range[0]).mean(1);
+    map.narrow(1, lo - query_range[0], hi - lo).copy_(part);
+  };
+  return capture;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Loading
+
+namespace {
+
+TransformerModel load_from_store(const WeightStore& store, const TransformerConfig& config,
+                                 const TransformerRuntime& runtime) {
+  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
+  auto model = TransformerModel::from_weights(
+      config, runtime, [&](const std::string& name, const std::vector<int64_t>& shape) { return loader.take(name, shape); });
+  loader.finish();
+  return model;
+}
+
+}  // namespace
+
+TransformerModel load_transformer(const std::filesystem::path& model_dir, const TransformerRuntime& runtime,
+                                  std::optional<std::string> variant) {
+  const auto config = TransformerConfig::from_file(model_dir / "config.json");
+  const auto store = WeightStore::open_component(model_dir, std::move(variant));
+  return load_from_store(store, config, runtime);
+}
+
+TransformerModel load_lightricks_transformer(const std::filesystem::path& file, const TransformerRuntime& runtime,
+                                             std::optional<TransformerConfig> config) {
+  const auto store = WeightStore::open_lightricks_transformer(file);
+  if (!config) {
+    TransformerConfig c;
+    const auto proj_in = store.load("proj_in.weight");
+    const auto caption = store.load("caption_projection.linear_1.weight");
+    const auto cross = store.load("transformer_blocks.0.attn2.to_k.weight");
+    const auto proj_out = store.load("proj_out.weight");
+    c.in_channels = proj_in.size(1);
+    c.attention_head_dim = proj_in.size(0) / c.num_attention_heads;
+    c.caption_channels = caption.size(1);
+    c.cross_attention_dim = cross.size(1);
+    c.out_channels = proj_out.size(0);
+    std::set<int64_t> blocks;
+    for (const auto& name : store.names()) {
+      const std::string prefix = "transformer_blocks.";
+      if (name.rfind(prefix, 0) == 0) blocks.insert(std::stoll(name.substr(prefix.size())));
+    }
+    c.num_layers = static_cast<int64_t>(blocks.size());
+    LTXMPS_CHECK(c.attention_head_dim * c.num_attention_heads == proj_in.size(0), file.string(),
+                 ": proj_in.weight has ", proj_in.size(0), " rows, not a multiple of 32 heads; pass a config");
+    config = c;
+  }
+  return load_from_store(store, *config, runtime);
+}
+
+}  // namespace ltxmps::pipeline

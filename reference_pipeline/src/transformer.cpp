@@ -447,6 +447,8 @@ TransformerModel load_from_store(const WeightStore& store, const TransformerConf
 
 TransformerModel load_transformer(const std::filesystem::path& model_dir, const TransformerRuntime& runtime,
                                   std::optional<std::string> variant) {
+  LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "transformer folder ", model_dir.string(),
+               " does not exist or is not a folder");
   const auto config = TransformerConfig::from_file(model_dir / "config.json");
   const auto store = WeightStore::open_component(model_dir, std::move(variant));
   return load_from_store(store, config, runtime);
@@ -457,23 +459,24 @@ TransformerModel load_lightricks_transformer(const std::filesystem::path& file, 
   const auto store = WeightStore::open_lightricks_transformer(file);
   if (!config) {
     TransformerConfig c;
-    const auto proj_in = store.load("proj_in.weight");
-    const auto caption = store.load("caption_projection.linear_1.weight");
-    const auto cross = store.load("transformer_blocks.0.attn2.to_k.weight");
-    const auto proj_out = store.load("proj_out.weight");
-    c.in_channels = proj_in.size(1);
-    c.attention_head_dim = proj_in.size(0) / c.num_attention_heads;
-    c.caption_channels = caption.size(1);
-    c.cross_attention_dim = cross.size(1);
-    c.out_channels = proj_out.size(0);
+    auto shape = [&](const char* name) { return store.info(name).shape; };
+    const auto proj_in = shape("proj_in.weight");  // [D, in_channels]
+    c.in_channels = proj_in.at(1);
+    c.attention_head_dim = proj_in.at(0) / c.num_attention_heads;
+    c.caption_channels = shape("caption_projection.linear_1.weight").at(1);
+    c.cross_attention_dim = shape("transformer_blocks.0.attn2.to_k.weight").at(1);
+    c.out_channels = shape("proj_out.weight").at(0);
+    c.norm_elementwise_affine = store.contains("transformer_blocks.0.norm1.weight");
+    c.attention_bias = store.contains("transformer_blocks.0.attn1.to_q.bias");
+    c.attention_out_bias = store.contains("transformer_blocks.0.attn1.to_out.0.bias");
     std::set<int64_t> blocks;
     for (const auto& name : store.names()) {
       const std::string prefix = "transformer_blocks.";
       if (name.rfind(prefix, 0) == 0) blocks.insert(std::stoll(name.substr(prefix.size())));
     }
     c.num_layers = static_cast<int64_t>(blocks.size());
-    LTXMPS_CHECK(c.attention_head_dim * c.num_attention_heads == proj_in.size(0), file.string(),
-                 ": proj_in.weight has ", proj_in.size(0), " rows, not a multiple of 32 heads; pass a config");
+    LTXMPS_CHECK(c.attention_head_dim * c.num_attention_heads == proj_in.at(0), file.string(),
+                 ": proj_in.weight has ", proj_in.at(0), " rows, not a multiple of 32 heads; pass a config");
     config = c;
   }
   return load_from_store(store, *config, runtime);

@@ -26,6 +26,8 @@ FP32_BOUND = 1e-4
 # 2^-8 ~ 3.9e-3 through the residual stream of every layer. Four bf16 ulps of the output scale (1.6e-2) is
 # far below a real bug (a wrong norm, mask or RoPE convention moves the output by O(scale)).
 BF16_BOUND = 1.6e-2
+# fp16: the same argument with fp16's unit roundoff 2^-11 ~ 4.9e-4: four ulps of the output scale.
+FP16_BOUND = 2e-3
 
 # diffusers' own unit-test config (tests/models/transformers/test_models_transformer_ltx.py): D = 16, RoPE pad 4.
 UNIT_CONFIG = dict(
@@ -36,6 +38,11 @@ UNIT_CONFIG = dict(
 D24_CONFIG = dict(
     in_channels=8, out_channels=8, num_attention_heads=3, attention_head_dim=8, cross_attention_dim=24,
     num_layers=3, caption_channels=32,
+)
+# 32 heads (as every released model) so that the Lightricks single-file loader can infer the config; D = 32.
+LIGHTRICKS_CONFIG = dict(
+    in_channels=4, out_channels=4, num_attention_heads=32, attention_head_dim=1, cross_attention_dim=32,
+    num_layers=2, caption_channels=8,
 )
 # The rarer config fields: affine block norms, bias-free attention, exact GELU, patch sizes 2 (RoPE
 # scale), out_channels=None (-> in_channels). D = 20 (pad 2).
@@ -67,7 +74,7 @@ def main():
     cases = []
 
     def run_case(name, model_dir, model, inputs, scalars, dtype="fp32", kernel="sdpa", bound=FP32_BOUND,
-                 variant=None, reference_from=None):
+                 variant=None, reference_from=None, model_format="diffusers"):
         case_dir = os.path.join(root, name)
         os.makedirs(case_dir, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
@@ -84,7 +91,7 @@ def main():
             reference = os.path.join(name, "reference.safetensors")
         else:
             reference = os.path.join(reference_from, "reference.safetensors")
-        cases.append(dict(name=name, model=model_dir, variant=variant, dtype=dtype, kernel=kernel, bound=bound,
+        cases.append(dict(name=name, model=model_dir, format=model_format, variant=variant, dtype=dtype, kernel=kernel, bound=bound,
                           inputs=os.path.join(name, "inputs.safetensors"), reference=reference, args=scalars))
 
     # (1) diffusers' unit-test config and inputs (spec §5): integer RoPE grid, no scale.
@@ -144,6 +151,35 @@ def main():
                    for k, v in dict(base, encoder_attention_mask=mask).items()}
     bf16_inputs["timestep"] = base["timestep"]  # pipelines keep the timestep in float32
     run_case("d24_bf16", "d24_model", d24_bf16, bf16_inputs, grid, dtype="bf16", bound=BF16_BOUND, variant="bf16")
+
+    # fp16: the fp32 folder, converted by the C++ loader as .half() does.
+    d24_fp16 = build(D24_CONFIG, 1).half()
+    fp16_inputs = {k: (v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                   for k, v in dict(base, encoder_attention_mask=mask).items()}
+    fp16_inputs["timestep"] = base["timestep"]
+    run_case("d24_fp16", "d24_model", d24_fp16, fp16_inputs, grid, dtype="fp16", bound=FP16_BOUND)
+
+    # Original Lightricks single file: "model.diffusion_model." keys with the original names, plus VAE keys
+    # that the transformer loader must leave out (inverse of scripts/convert_ltx_to_diffusers.py).
+    lightricks = build(LIGHTRICKS_CONFIG, 3)
+    renames = {"proj_in": "patchify_proj", "time_embed": "adaln_single", "norm_q": "q_norm", "norm_k": "k_norm"}
+    original = {}
+    for key, value in lightricks.state_dict().items():
+        parts = [renames.get(part, part) for part in key.split(".")]
+        original["model.diffusion_model." + ".".join(parts)] = value.contiguous()
+    original["vae.decoder.conv_in.conv.weight"] = torch.zeros(4, 4, 3, 3, 3)
+    save_file(original, os.path.join(root, "lightricks_model.safetensors"))
+    with open(os.path.join(root, "lightricks_config.json"), "w") as fh:
+        json.dump(dict(lightricks.config), fh)
+    F, H, W = 2, 3, 4
+    g = torch.Generator("cpu").manual_seed(3)
+    run_case("lightricks_single_file", "lightricks_model.safetensors", lightricks, dict(
+        hidden_states=torch.randn((2, F * H * W, 4), generator=g),
+        encoder_hidden_states=torch.randn((2, 7, 8), generator=g),
+        timestep=torch.tensor([999.0, 20.0]),
+        encoder_attention_mask=torch.tensor([[1] * 7, [1] * 4 + [0] * 3]),
+        rope_interpolation_scale=[8 / 25, 32.0, 32.0],
+    ), dict(num_frames=F, height=H, width=W), model_format="lightricks")
 
     # (8) the rarer config fields.
     fields = build(FIELDS_CONFIG, 2)

@@ -162,8 +162,10 @@ TransformerModel load_transformer(const std::filesystem::path& model_dir, const 
 /// @brief Loads the transformer of an original Lightricks single-file checkpoint
 ///        (`model.diffusion_model.*` keys, renamed to diffusers names by the WeightStore).
 ///
-/// Without `config`, the sizes are read off the tensors: D from `proj_in.weight`, the layer count from
-/// the block names, and `num_attention_heads = 32` (every released model) with head_dim = D / 32.
+/// Without `config`, the config is read off the tensors: D, in/out/caption/cross sizes from the
+/// projections, the layer count from the block names, the optional norm weights and biases from their
+/// presence, and `num_attention_heads = 32` (every released model) with head_dim = D / 32; the other
+/// fields keep diffusers' defaults.
 TransformerModel load_lightricks_transformer(const std::filesystem::path& file, const TransformerRuntime& runtime,
                                              std::optional<TransformerConfig> config = std::nullopt);
 

@@ -1,0 +1,126 @@
+// One LTXVideoTransformer3DModel forward with the C++ model: the counterpart of transformer_bench.py.
+//
+// Same defaults (2B: 28 layers, 32 heads x 64, caption 4096, in/out 128; bf16; latent 16 x 16 x 24 = 6144
+// tokens; 128 text tokens; batch 2; RoPE scale (8/25, 32, 32)). The weights are random, generated in memory
+// on the device (no file). Prints one JSON line with the median and min milliseconds over --iters timed
+// runs after --warmup, the FLOPs of one forward (the formula of transformer_bench.py), TFLOP/s and MFU.
+//
+//   transformer_bench [--device cuda] [--precision bf16|fp16|fp32] [--attention sdpa|upcast]
+//                     [--layers N] [--heads N] [--head-dim N] [--latent-frames N] [--latent-height N]
+//                     [--latent-width N] [--text-len N] [--batch N] [--warmup N] [--iters N]
+//                     [--peak-tflops X] [--smoke]
+// Links ltxmps_pipeline (add_executable(transformer_bench transformer_bench.cpp) +
+// target_link_libraries(transformer_bench PRIVATE ltxmps_pipeline)).
+
+#include "ltxmps_pipeline/transformer.hpp"
+
+#include "ltxmps/memory.hpp"
+#include "ltxmps/precision.hpp"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+double forward_flops(double layers, double d, double cross, double caption, double in, double out, double s,
+                     double l, double batch) {
+  const double per_layer = 4 * 2 * s * d * d + 2 * 2 * s * s * d + 2 * 2 * s * d * d + 2 * 2 * l * cross * d +
+                           2 * 2 * s * l * d + 2 * 2 * s * d * 4 * d;
+  const double outer = 2 * s * in * d + 2 * s * d * out + 2 * l * (caption * d + d * d) + 2 * (256 * d + d * d + d * 6 * d);
+  return batch * (layers * per_layer + outer);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  std::map<std::string, std::string> opt = {
+      {"device", "cuda"}, {"precision", "bf16"}, {"attention", "sdpa"}, {"layers", "28"}, {"heads", "32"},
+      {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
+      {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
+      {"iters", "10"}, {"peak-tflops", "989"}};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--smoke") {
+      opt.insert_or_assign("device", "cpu");
+      for (const auto& [k, v] : std::map<std::string, std::string>{
+               {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"}, {"channels", "4"},
+               {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
+               {"warmup", "1"}, {"iters", "2"}})
+        opt.insert_or_assign(k, v);
+      continue;
+    }
+    if (a.rfind("--", 0) != 0 || !opt.count(a.substr(2)) || i + 1 >= argc) {
+      std::cerr << "transformer_bench: bad argument '" << a << "' (see the header of transformer_bench.cpp)\n";
+      return 2;
+    }
+    opt[a.substr(2)] = argv[++i];
+  }
+  auto num = [&](const char* k) { return std::stoll(opt.at(k)); };
+
+  using namespace ltxmps::pipeline;
+  TransformerConfig config;
+  config.num_layers = num("layers");
+  config.num_attention_heads = num("heads");
+  config.attention_head_dim = num("head-dim");
+  config.cross_attention_dim = config.inner_dim();
+  config.caption_channels = num("caption-channels");
+  config.in_channels = config.out_channels = num("channels");
+  TransformerRuntime runtime;
+  runtime.device = c10::Device(opt.at("device"));
+  runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
+  runtime.attention.kernel = opt.at("attention") == "upcast" ? ltxmps::AttentionKernel::upcast : ltxmps::AttentionKernel::sdpa;
+
+  at::manual_seed(0);
+  const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
+  const auto model = TransformerModel::from_weights(
+      config, runtime, [&](const std::string&, const std::vector<int64_t>& shape) {
+        return at::randn(shape, options).mul_(0.02);
+      });
+
+  const int64_t F = num("latent-frames"), H = num("latent-height"), W = num("latent-width");
+  const int64_t S = F * H * W, L = num("text-len"), B = num("batch");
+  TransformerInputs in;
+  in.hidden_states = at::randn({B, S, config.in_channels}, options);
+  in.encoder_hidden_states = at::randn({B, L, config.caption_channels}, options);
+  in.timestep = at::full({B}, 500.0, options.dtype(at::kFloat));
+  in.encoder_attention_mask = at::ones({B, L}, options.dtype(at::kLong));
+  in.num_frames = F;
+  in.height = H;
+  in.width = W;
+  in.rope_interpolation_scale = {8.0 / 25.0, 32.0, 32.0};
+
+  std::vector<double> ms;
+  const int64_t warmup = num("warmup"), iters = num("iters");
+  for (int64_t i = 0; i < warmup + iters; ++i) {
+    ltxmps::synchronize(runtime.device);
+    const auto t0 = std::chrono::steady_clock::now();
+    model.forward(in);
+    ltxmps::synchronize(runtime.device);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const double flops = forward_flops(config.num_layers, config.inner_dim(), config.cross_attention_dim,
+                                     config.caption_channels, config.in_channels, config.out_channels, S, L, B);
+  const double tflops = flops / (median * 1e-3) / 1e12;
+  std::printf(
+      "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"attention\": \"%s\", \"layers\": %lld, "
+      "\"dim\": %lld, \"tokens\": %lld, \"text\": %lld, \"batch\": %lld, \"median_ms\": %.3f, \"min_ms\": %.3f, "
+      "\"iters\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f}\n",
+      runtime.device.str().c_str(), opt.at("precision").c_str(), opt.at("attention").c_str(),
+      static_cast<long long>(config.num_layers), static_cast<long long>(config.inner_dim()), static_cast<long long>(S),
+      static_cast<long long>(L), static_cast<long long>(B), median, ms.front(), static_cast<long long>(iters),
+      flops / 1e9, tflops, tflops / std::stod(opt.at("peak-tflops")));
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "transformer_bench: " << e.what() << "\n";
+  return 1;
+}

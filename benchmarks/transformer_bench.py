@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""One LTXVideoTransformer3DModel forward in diffusers: the baseline for benchmarks/transformer_bench.cpp.
+
+Default shape: LTX-Video 2B (28 layers, 32 heads x 64 = 2048, cross 2048, caption 4096, in/out 128) with
+random weights in bf16, a 768x512x121 video -> latent 16 x 24 x 16 = 6144 tokens, 128 text tokens, batch 2
+(classifier-free guidance), per-sample timesteps, integer-free RoPE scale (8/25, 32, 32) as LTXPipeline uses.
+
+Prints one JSON line: median / min milliseconds over --iters timed runs after --warmup runs, the FLOPs of
+one forward (matmuls and attention, see forward_flops), TFLOP/s and MFU against --peak-tflops (989:
+H100 SXM dense bf16).
+
+    python3 benchmarks/transformer_bench.py                  # full size, CUDA
+    python3 benchmarks/transformer_bench.py --smoke          # tiny config, any device (a check, not a benchmark)
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from diffusers import LTXVideoTransformer3DModel
+
+
+def forward_flops(layers, dim, cross_dim, caption, in_ch, out_ch, tokens, text, batch):
+    """2·m·n·k per matmul; attention counts q·kᵀ and p·v (softmax, norms and elementwise ops are left out)."""
+    s, l, d = tokens, text, dim
+    per_layer = (
+        4 * 2 * s * d * d            # attn1 q, k, v, out
+        + 2 * 2 * s * s * d          # attn1 q·kᵀ, p·v
+        + 2 * 2 * s * d * d          # attn2 q, out
+        + 2 * 2 * l * cross_dim * d  # attn2 k, v
+        + 2 * 2 * s * l * d          # attn2 q·kᵀ, p·v
+        + 2 * 2 * s * d * 4 * d      # feed-forward
+    )
+    outer = 2 * s * in_ch * d + 2 * s * d * out_ch + 2 * l * (caption * d + d * d) + 2 * (256 * d + d * d + d * 6 * d)
+    return batch * (layers * per_layer + outer)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=28)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--caption-channels", type=int, default=4096)
+    p.add_argument("--channels", type=int, default=128)
+    p.add_argument("--latent-frames", type=int, default=16)
+    p.add_argument("--latent-height", type=int, default=16)
+    p.add_argument("--latent-width", type=int, default=24)
+    p.add_argument("--text-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--smoke", action="store_true", help="tiny config on --device (default cpu) for a quick check")
+    args = p.parse_args()
+    if args.smoke:
+        args.layers, args.heads, args.head_dim, args.caption_channels, args.channels = 2, 2, 8, 16, 4
+        args.latent_frames, args.latent_height, args.latent_width, args.text_len = 2, 4, 4, 8
+        args.warmup, args.iters = 1, 2
+        if args.device == "cuda" and not torch.cuda.is_available():
+            args.device = "cpu"
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    device = torch.device(args.device)
+    dim = args.heads * args.head_dim
+    torch.manual_seed(0)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialise the weights directly in the benchmark dtype
+    with device:
+        model = LTXVideoTransformer3DModel(
+            in_channels=args.channels, out_channels=args.channels, num_attention_heads=args.heads,
+            attention_head_dim=args.head_dim, cross_attention_dim=dim, num_layers=args.layers,
+            caption_channels=args.caption_channels,
+        ).eval()
+    torch.set_default_dtype(default_dtype)
+
+    F, H, W = args.latent_frames, args.latent_height, args.latent_width
+    S, L, B = F * H * W, args.text_len, args.batch
+    inputs = dict(
+        hidden_states=torch.randn(B, S, args.channels, device=device, dtype=dtype),
+        encoder_hidden_states=torch.randn(B, L, args.caption_channels, device=device, dtype=dtype),
+        timestep=torch.full((B,), 500.0, device=device),
+        encoder_attention_mask=torch.ones(B, L, device=device, dtype=torch.int64),
+        num_frames=F, height=H, width=W, rope_interpolation_scale=(8 / 25, 32.0, 32.0), return_dict=False,
+    )
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.iters):
+            sync()
+            t0 = time.perf_counter()
+            model(**inputs)
+            sync()
+            if i >= args.warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+
+    flops = forward_flops(args.layers, dim, dim, args.caption_channels, args.channels, args.channels, S, L, B)
+    median = statistics.median(times)
+    tflops = flops / (median * 1e-3) / 1e12
+    print(json.dumps(dict(
+        impl="diffusers", device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        dtype=args.dtype, layers=args.layers, dim=dim, heads=args.heads, tokens=S, text=L, batch=B,
+        median_ms=round(median, 3), min_ms=round(min(times), 3), iters=args.iters, gflop=round(flops / 1e9, 1),
+        tflops=round(tflops, 2), mfu=round(tflops / args.peak_tflops, 4), torch=torch.__version__,
+    )))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+#include "ltxmps_pipeline/checkpoint.hpp"
+
+#include "ltxmps/error.hpp"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace ltxmps::pipeline {
+
+namespace detail {
+
+nlohmann::json parse_json_strict(std::string_view text, const std::filesystem::path& file, std::string_view what) {
+  // nlohmann keeps the last of duplicate keys silently; a duplicate in a header or an index means a
+  // broken writer, and which value wins would be an accident, so the callback records the first one.
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  bool has_duplicate = false;
+  const auto callback = [&](int /*depth*/, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if (event == Event::object_start) {
+      open_objects.emplace_back();
+    } else if (event == Event::object_end) {
+      if (!open_objects.empty()) open_objects.pop_back();
+    } else if (event == Event::key && !open_objects.empty()) {
+      const auto& key = parsed.get_ref<const std::string&>();
+      if (!open_objects.back().insert(key).second && !has_duplicate) {
+        duplicate = key;
+        has_duplicate = true;
+      }
+    }
+    return true;
+  };
+  nlohmann::json out;
+  try {
+    out = nlohmann::json::parse(text.begin(), text.end(), callback);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(c10::str("invalid JSON in ", what, file.string(), ": ", e.what()));
+  }
+  LTXMPS_CHECK(!has_duplicate, "invalid JSON in ", what, file.string(), ": duplicate key '", duplicate, "'");
+  return out;
+}
+
+std::string describe_json(const nlohmann::json& value) {
+  if (value.is_object()) return "an object";
+  if (value.is_array()) {
+    // Short flat arrays ([0], [-1, 7]) are shown; dumping is safe once nesting is ruled out.
+    const bool flat = value.size() <= 8 && std::none_of(value.begin(), value.end(),
+                                                        [](const nlohmann::json& v) { return v.is_structured(); });
+    if (!flat) return "an array";
+  }
+  std::string text = value.dump();
+  if (text.size() > 64) text = text.substr(0, 61) + "...";
+  return text;
+}
+
+}  // namespace detail
+
+nlohmann::json read_json_file(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  LTXMPS_CHECK(in.is_open() && !std::filesystem::is_directory(file), "cannot read JSON file ", file.string());
+  std::ostringstream text;
+  text << in.rdbuf();
+  LTXMPS_CHECK(!in.bad(), "cannot read JSON file ", file.string());
+  return detail::parse_json_strict(text.str(), file, "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// WeightStore
+
+struct WeightStore::Entry {
+  TensorInfo info;          // `info.name` is the store's name (renamed for Lightricks files)
+  size_t file = 0;          // index into State::files
+  std::string stored_name;  // the name in the file
+};
+
+struct WeightStore::State {
+  std::filesystem::path path;
+  std::vector<SafetensorsFile> files;
+  std::map<std::string, Entry, std::less<>> entries;
+  std::vector<std::string> unlisted;
+};
+
+WeightStore::WeightStore(std::shared_ptr<const State> state) : state_(std::move(state)) {}
+
+namespace {
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
+
+// A name that stays inside its folder: no separators, not "." or "..", not empty.
+bool is_plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
+}
+
+// Note [Sharded indexes]
+// As diffusers and transformers do, the store holds exactly what `weight_map` lists: a listed
+// tensor must be in its shard (else the checkpoint is broken), while a tensor that a shard holds
+// but the index does not list is kept aside in `unlisted` for StrictLoader to report as unexpected.
+// Shard names must be plain file names in the index's folder, so an index cannot reach outside it
+// ("../x", "/etc/x"); the Hub's indexes always use plain names.
+
+}  // namespace
+
+WeightStore WeightStore::open_file(const std::filesystem::path& file) {
+  if (ends_with(file.filename().string(), ".json")) return open_index(file);
+  auto state = std::make_shared<State>();
+  state->path = file;
+  state->files.push_back(SafetensorsFile::open(file));
+  for (const auto& t : state->files[0].tensors()) state->entries.emplace(t.name, Entry{t, 0, t.name});
+  return WeightStore(std::move(state));
+}
+
+WeightStore WeightStore::open_index(const std::filesystem::path& index_file) {
+  const nlohmann::json index = read_json_file(index_file);
+  LTXMPS_CHECK(index.is_object() && index.contains("weight_map") && index["weight_map"].is_object(),
+               "sharded index ", index_file.string(), " has no 'weight_map' object");
+  const auto dir = index_file.parent_path();
+  auto state = std::make_shared<State>();
+  state->path = index_file;
+  std::map<std::string, size_t> shard_index;  // shard file name -> index into files
+  for (const auto& [name, shard_json] : index["weight_map"].items()) {
+    LTXMPS_CHECK(shard_json.is_string(), "sharded index ", index_file.string(), " maps tensor '", name, "' to ",
+                 detail::describe_json(shard_json), ", expected a shard file name");
+    const auto& shard = shard_json.get_ref<const std::string&>();
+    LTXMPS_CHECK(is_plain_file_name(shard), "sharded index ", index_file.string(), " maps tensor '", name,
+                 "' to shard '", shard, "', which is not a plain file name in the index's folder");
+    auto it = shard_index.find(shard);
+    if (it == shard_index.end()) {
+      const auto shard_path = dir / shard;
+      LTXMPS_CHECK(std::filesystem::is_regular_file(shard_path), "shard ", shard_path.string(), " listed in ",
+                   index_file.string(), " for tensor '", name, "' does not exist");
+      state->files.push_back(SafetensorsFile::open(shard_path));
+      it = shard_index.emplace(shard, state->files.size() - 1).first;
+    }
+    const auto& file = state->files[it->second];
+    const TensorInfo* info = file.find(name);
+    LTXMPS_CHECK(info != nullptr, "tensor '", name, "' is listed in ", index_file.string(), " for shard ",
+                 file.path().string(), ", but that shard has no such tensor");
+    state->entries.emplace(name, Entry{*info, it->second, name});
+  }
+  for (size_t i = 0; i < state->files.size(); ++i) {
+    for (const auto& t : state->files[i].tensors()) {
+      const auto it = state->entries.find(t.name);
+      if (it == state->entries.end() || it->second.file != i)
+        state->unlisted.push_back(c10::str(t.name, " (in shard ", state->files[i].path().string(), ")"));
+    }
+  }
+  return WeightStore(std::move(state));
+}
+
+WeightStore WeightStore::open_component(const std::filesystem::path& dir, std::optional<std::string> variant,
+                                        std::optional<std::string> stem) {
+  LTXMPS_CHECK(std::filesystem::is_directory(dir), "component folder ", dir.string(), " does not exist or is not a folder");
+  LTXMPS_CHECK(!variant || is_plain_file_name(*variant), "weight variant '", variant.value_or(""), "' is not a plain name");
+  LTXMPS_CHECK(!stem || is_plain_file_name(*stem), "weight file stem '", stem.value_or(""), "' is not a plain name");
+  const std::vector<std::string> stems =
+      stem ? std::vector<std::string>{*stem} : std::vector<std::string>{"diffusion_pytorch_model", "model"};
+  // Note [Weight file resolution]
+  // A single file is preferred to an index when a folder has both (they should hold the same
+  // weights). A requested variant is required: falling back to the full-precision file silently
+  // would change memory use and numerics behind the caller's back.
+  std::vector<std::string> candidates;
+  for (const auto& s : stems) {
+    if (variant) {
+      candidates.push_back(s + "." + *variant + ".safetensors");
+      candidates.push_back(s + ".safetensors.index." + *variant + ".json");
+    } else {
+      candidates.push_back(s + ".safetensors");
+      candidates.push_back(s + ".safetensors.index.json");
+    }
+  }
+  for (const auto& c : candidates)
+    if (std::filesystem::is_regular_file(dir / c)) return open_file(dir / c);
+  std::string looked;
+  for (const auto& c : candidates) looked += (looked.empty() ? "" : ", ") + c;
+  LTXMPS_CHECK(false, "no safetensors weights in ", dir.string(), variant ? " for variant '" + *variant + "'" : "",
+               ": looked for ", looked);
+  return WeightStore(nullptr);  // unreachable
+}
+
+std::optional<std::string> lightricks_transformer_key(std::string_view key) {
+  if (starts_with(key, "vae.")) return std::nullopt;
+  constexpr std::string_view kPrefix = "model.diffusion_model.";
+  if (starts_with(key, kPrefix)) key.remove_prefix(kPrefix.size());
+  // diffusers renames by substring; we rename whole dot-separated parts, which gives the same names
+  // for every LTX key and cannot touch a longer part that merely contains an old name.
+  static const std::pair<std::string_view, std::string_view> kRenames[] = {
+      {"patchify_proj", "proj_in"}, {"adaln_single", "time_embed"}, {"q_norm", "norm_q"}, {"k_norm", "norm_k"}};
+  std::string out;
+  size_t start = 0;
+  while (start <= key.size()) {
+    const size_t dot = std::min(key.find('.', start), key.size());
+    std::string_view part = key.substr(start, dot - start);
+    for (const auto& [from, to] : kRenames)
+      if (part == from) part = to;
+    out.append(part);
+    if (dot < key.size()) out.push_back('.');
+    start = dot + 1;
+  }
+  return out;
+}
+
+WeightStore WeightStore::open_lightricks_transformer(const std::filesystem::path& file) {
+  const WeightStore original = open_file(file);
+  auto state = std::make_shared<State>();
+  state->path = original.state_->path;
+  state->files = original.state_->files;
+  state->unlisted = original.state_->unlisted;
+  for (const auto& [stored, entry] : original.state_->entries) {
+    const auto name = lightricks_transformer_key(stored);
+    if (!name) continue;
+    Entry renamed = entry;
+    renamed.info.name = *name;
+    const auto [it, inserted] = state->entries.emplace(*name, std::move(renamed));
+    LTXMPS_CHECK(inserted, "keys '", it->second.stored_name, "' and '", stored, "' in ", file.string(),
+                 " both map to transformer key '", *name, "'");
+  }
+  return WeightStore(std::move(state));
+}
+
+const std::filesystem::path& WeightStore::path() const { return state_->path; }
+
+std::vector<std::string> WeightStore::names() const {
+  std::vector<std::string> out;
+  out.reserve(state_->entries.size());
+  for (const auto& [name, entry] : state_->entries) out.push_back(name);
+  return out;
+}
+
+bool WeightStore::contains(std::string_view name) const { return state_->entries.count(name) != 0; }
+
+const WeightStore::Entry& WeightStore::entry(std::string_view name) const {
+  const auto it = state_->entries.find(name);
+  LTXMPS_CHECK(it != state_->entries.end(), "missing tensor '", name, "' in ", state_->path.string());
+  return it->second;
+}
+
+const TensorInfo& WeightStore::info(std::string_view name) const { return entry(name).info; }
+
+const std::filesystem::path& WeightStore::file_of(std::string_view name) const {
+  return state_->files[entry(name).file].path();
+}
+
+at::Tensor WeightStore::load(std::string_view name, const at::TensorOptions& options) const {
+  const auto& e = entry(name);
+  return state_->files[e.file].load(e.stored_name, options);
+}
+
+const std::vector<std::string>& WeightStore::unlisted() const { return state_->unlisted; }
+
+// ---------------------------------------------------------------------------------------------
+// StrictLoader
+
+StrictLoader::StrictLoader(const WeightStore& store, at::TensorOptions options, std::string prefix)
+    : store_(store), options_(options), prefix_(std::move(prefix)) {}
+
+at::Tensor StrictLoader::take(const std::string& name, std::vector<int64_t> expected_shape) {
+  return take_as(name, expected_shape, std::nullopt);
+}
+
+at::Tensor StrictLoader::take(const std::string& name, std::vector<int64_t> expected_shape, at::ScalarType dtype_override) {
+  return take_as(name, expected_shape, dtype_override);
+}
+
+at::Tensor StrictLoader::take_as(const std::string& name, const std::vector<int64_t>& expected_shape,
+                                 std::optional<at::ScalarType> dtype) {
+  const std::string full = prefix_ + name;
+  LTXMPS_CHECK(store_.contains(full), "missing tensor '", full, "' in ", store_.path().string());
+  const TensorInfo& info = store_.info(full);
+  const auto& file = store_.file_of(full);
+  LTXMPS_CHECK(info.shape == expected_shape, "tensor '", full, "' in ", file.string(), " has shape ",
+               c10::IntArrayRef(info.shape), ", expected ", c10::IntArrayRef(expected_shape));
+  const at::ScalarType target =
+      dtype ? *dtype : options_.has_dtype() ? c10::typeMetaToScalarType(options_.dtype()) : info.dtype;
+  // Note [Stored dtypes]
+  // Float weights must be stored as F32, F16 or BF16: an F64 checkpoint is a conversion mistake that
+  // would double the file's memory traffic, and the precision policy, not the loader, decides how
+  // such files are handled. Integer and bool tensors (ids, masks) must match exactly: converting
+  // them would hide a wrong binding.
+  if (c10::isFloatingType(target)) {
+    LTXMPS_CHECK(info.dtype == at::kFloat || info.dtype == at::kHalf || info.dtype == at::kBFloat16, "tensor '", full,
+                 "' in ", file.string(), " is stored as ", safetensors_dtype_name(info.dtype),
+                 ", expected a float weight stored as F32, F16 or BF16");
+  } else {
+    LTXMPS_CHECK(info.dtype == target, "tensor '", full, "' in ", file.string(), " is stored as ",
+                 safetensors_dtype_name(info.dtype), ", expected ", safetensors_dtype_name(target));
+  }
+  at::Tensor out = store_.load(full, at::TensorOptions().dtype(target).device(options_.device()));
+  used_.insert(full);
+  return out;
+}
+
+bool StrictLoader::has(const std::string& name) const { return store_.contains(prefix_ + name); }
+
+void StrictLoader::skip(const std::string& name) {
+  if (has(name)) used_.insert(prefix_ + name);
+}
+
+void StrictLoader::finish() const {
+  std::vector<std::string> unexpected;
+  for (const auto& name : store_.names())
+    if (starts_with(name, prefix_) && used_.count(name) == 0) unexpected.push_back(name);
+  for (const auto& name : store_.unlisted())
+    if (starts_with(name, prefix_)) unexpected.push_back(name);
+  if (unexpected.empty()) return;
+  constexpr size_t kShown = 20;
+  std::string list;
+  for (size_t i = 0; i < std::min(unexpected.size(), kShown); ++i) list += (i ? ", " : "") + unexpected[i];
+  if (unexpected.size() > kShown) list += c10::str(", ... (", unexpected.size(), " in all)");
+  LTXMPS_CHECK(false, "unexpected keys: ", list, " in ", store_.path().string());
+}
+
+}  // namespace ltxmps::pipeline

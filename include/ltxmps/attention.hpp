@@ -46,6 +46,10 @@ inline const char* to_string(AttentionKernel kernel) noexcept {
 
 /// @brief Options of `attention()` and `attention_probs()`.
 struct AttentionOptions {
+  /// Options with every field given or defaulted (`{kernel}` is enough for the common case).
+  AttentionOptions(AttentionKernel kernel_ = AttentionKernel::sdpa, std::optional<double> scale_ = std::nullopt,
+                   int64_t query_chunk_ = 0)
+      : kernel(kernel_), scale(scale_), query_chunk(query_chunk_) {}
   /// Which kernel computes the attention.
   AttentionKernel kernel = AttentionKernel::sdpa;
   /// Softmax scale; 1/sqrt(head_dim) when empty.

@@ -10,7 +10,6 @@
 #include <ATen/core/Generator.h>
 
 #include <cstdint>
-#include <mutex>
 #include <vector>
 
 namespace ltxmps {
@@ -42,7 +41,7 @@ inline at::Tensor draw_cpu(at::IntArrayRef shape, at::Generator& generator) {
   LTXMPS_CHECK(generator.defined(), "ltxmps::randn: the generator is undefined");
   LTXMPS_CHECK(generator.device().is_cpu(), "ltxmps::randn: the generator must be a CPU generator, got one on ",
                generator.device(), " (Note [Noise from a CPU generator])");
-  std::lock_guard<std::mutex> lock(generator.mutex());
+  // at::randn takes the generator's mutex itself; a shared generator is safe across threads.
   return at::randn(shape, generator, at::TensorOptions().dtype(at::kFloat));
 }
 

@@ -122,6 +122,10 @@ inline int64_t chunk_length(int64_t requested, int64_t queries) {
 
 /// @brief softmax(q·kᵀ·scale + mask)·v for q, k, v of shape [batch, heads, tokens, head_dim].
 ///
+/// @param q queries [batch, heads, queries, head_dim]
+/// @param k keys [batch, heads, keys, head_dim]
+/// @param v values [batch, heads, keys, value_dim]
+/// @param options kernel, scale and query chunking
 /// @param attn_mask Either an additive float bias or a bool mask (true = attend), broadcastable to
 ///        [batch, heads, queries, keys].
 /// @return [batch, heads, queries, head_dim] in the dtype of `v`.

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
+# logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
+# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|all]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+OUT=${OUT:-/tmp/ltxmps-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .device/wheels/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .device/wheels/*.whl && export PYTHONPATH=/tmp/site
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "diffusers", diffusers.__version__, "transformers", transformers.__version__)'
+  g++ --version | head -1; cmake --version | head -1
+} 2>&1 | tee "$OUT/machine.txt"
+
+TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
+  -DLTXMPS_BUILD_DOCS=OFF > "$OUT/configure.log" 2>&1 || { tail -50 "$OUT/configure.log"; exit 1; }
+# Keep going past a failing target so that the suites that did build still run; the failure is reported.
+if cmake --build build-gpu -j "$(nproc)" -- -k 0 > "$OUT/build.log" 2>&1; then echo "build ok"; else
+  echo "BUILD FAILED (some targets)"; grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; fi
+
+status=0
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  ctest --test-dir build-gpu --output-on-failure --timeout 600 > "$OUT/ctest.log" 2>&1 || status=1
+  grep -E "tests passed|Passed|Failed|Skipped|\*\*\*" "$OUT/ctest.log" | tail -40
+  build-gpu/tests/ltxmps_gpu_tests --success --reporter compact > "$OUT/gpu_tests.log" 2>&1 || status=1
+  tail -3 "$OUT/gpu_tests.log"
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  build-gpu/benchmarks/ltxmps_bench_policy --benchmark_format=json --benchmark_out="$OUT/bench_policy.json" \
+    --benchmark_out_format=json 2>&1 | grep -E "^BM_|Run on|CPU" | head -20
+  for cfg in "2b" "13b"; do
+    args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
+    echo "== transformer $cfg C++"; build-gpu/benchmarks/ltxmps_transformer_bench $args | tee -a "$OUT/transformer_bench.jsonl"
+    echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$OUT/transformer_bench.jsonl"
+  done
+  for b in vae t5; do
+    if [ -x "build-gpu/benchmarks/ltxmps_${b}_bench" ] && [ -f "benchmarks/${b}_bench.py" ]; then
+      echo "== $b C++"; "build-gpu/benchmarks/ltxmps_${b}_bench" | tee -a "$OUT/${b}_bench.jsonl"
+      echo "== $b python"; python3 "benchmarks/${b}_bench.py" | tee -a "$OUT/${b}_bench.jsonl"
+    fi
+  done
+fi
+exit $status

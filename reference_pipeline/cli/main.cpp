@@ -8,6 +8,8 @@
 // Exit codes: 0 success, 2 usage error (bad or missing argument; the message names it), 1 any other
 // error (message on stderr).
 
+#include "cli_common.hpp"
+
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
@@ -31,22 +33,14 @@
 
 namespace fs = std::filesystem;
 
-namespace {
-
-/// A bad command-line argument found after parsing: exit code 2.
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-using Runner = std::function<int()>;
-
 // ---------------------------------------------------------------------------------------------------
-// Options shared by subcommands
+// Options shared by subcommands (UsageError, Runner, RuntimeOptions and these helpers are declared in
+// cli_common.hpp for the other cli/*.cpp files)
 
-struct RuntimeOptions {
-  std::string device = "auto";
-  std::string precision = "auto";
-};
+namespace ltxmps::cli {
+
+Runner setup_forward_vae_encode(CLI::App* cmd);  // cli/vae_commands.cpp
+Runner setup_forward_vae_decode(CLI::App* cmd);  // cli/vae_commands.cpp
 
 void add_runtime_options(CLI::App* cmd, RuntimeOptions& o) {
   cmd->add_option("--device", o.device, "auto, cpu, cuda, cuda:N, mps, xpu")
@@ -105,6 +99,12 @@ int64_t positive_int_arg(const std::string& name, const std::string& value) {
     throw UsageError("--arg " + name + "=" + value + ": expected a positive integer");
   return v;
 }
+
+}  // namespace ltxmps::cli
+
+namespace {
+
+using namespace ltxmps::cli;
 
 // ---------------------------------------------------------------------------------------------------
 // ltxmps forward transformer
@@ -188,6 +188,8 @@ struct Command {
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
       {{"forward", "transformer"}, "run LTXVideoTransformer3DModel once on saved inputs", setup_forward_transformer},
+      {{"forward", "vae-encode"}, "run AutoencoderKLLTXVideo.encode once on a saved video", setup_forward_vae_encode},
+      {{"forward", "vae-decode"}, "run AutoencoderKLLTXVideo.decode once on saved latents", setup_forward_vae_decode},
   };
   return table;
 }

@@ -1,0 +1,853 @@
+// AutoencoderKLLTXVideo, following diffusers 0.42.1 models/autoencoders/autoencoder_kl_ltx.py top to bottom.
+
+#include "ltxmps_pipeline/vae.hpp"
+
+#include "ltxmps_pipeline/checkpoint.hpp"
+
+#include "ltxmps/error.hpp"
+#include "ltxmps/random.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace ltxmps::pipeline {
+
+// ---------------------------------------------------------------------------------------------------
+// Config
+
+namespace {
+
+template <typename T>
+T json_as(const nlohmann::json& value, const std::string& key, const std::string& source) {
+  try {
+    return value.get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
+  }
+}
+
+// diffusers stores the per-block tuples as JSON lists; a scalar is not accepted by the constructor either.
+template <typename T>
+std::vector<T> json_list(const nlohmann::json& value, const std::string& key, const std::string& source) {
+  LTXMPS_CHECK(value.is_array(), source, ": field '", key, "' must be a list, got ", value.type_name());
+  std::vector<T> out;
+  for (const auto& item : value) out.push_back(json_as<T>(item, key, source));
+  return out;
+}
+
+std::optional<int64_t> json_optional_int(const nlohmann::json& value, const std::string& key, const std::string& source) {
+  if (value.is_null()) return std::nullopt;
+  return json_as<int64_t>(value, key, source);
+}
+
+bool is_095_encoder(const VaeConfig& c) { return c.down_block_types.back() == "LTXVideo095DownBlock3D"; }
+
+int64_t count_true(const std::vector<bool>& v) { return std::count(v.begin(), v.end(), true); }
+
+}  // namespace
+
+int64_t VaeConfig::spatial_compression() const {
+  return spatial_compression_ratio ? *spatial_compression_ratio
+                                   : patch_size * (int64_t{1} << count_true(spatio_temporal_scaling));
+}
+
+int64_t VaeConfig::temporal_compression() const {
+  return temporal_compression_ratio ? *temporal_compression_ratio
+                                    : patch_size_t * (int64_t{1} << count_true(spatio_temporal_scaling));
+}
+
+VaeConfig VaeConfig::from_json(const nlohmann::json& json, const std::string& source) {
+  LTXMPS_CHECK(json.is_object(), source, ": expected a JSON object, got ", json.type_name());
+  VaeConfig c;
+  for (const auto& [key, value] : json.items()) {
+    if (!key.empty() && key[0] == '_') {
+      if (key == "_class_name") {
+        const auto name = json_as<std::string>(value, key, source);
+        LTXMPS_CHECK(name == "AutoencoderKLLTXVideo", source, ": _class_name is '", name,
+                     "', expected 'AutoencoderKLLTXVideo'");
+      }
+      continue;  // _diffusers_version, _name_or_path, ...: metadata
+    }
+    if (key == "in_channels") c.in_channels = json_as<int64_t>(value, key, source);
+    else if (key == "out_channels") c.out_channels = json_as<int64_t>(value, key, source);
+    else if (key == "latent_channels") c.latent_channels = json_as<int64_t>(value, key, source);
+    else if (key == "block_out_channels") c.block_out_channels = json_list<int64_t>(value, key, source);
+    else if (key == "down_block_types") c.down_block_types = json_list<std::string>(value, key, source);
+    else if (key == "decoder_block_out_channels") c.decoder_block_out_channels = json_list<int64_t>(value, key, source);
+    else if (key == "layers_per_block") c.layers_per_block = json_list<int64_t>(value, key, source);
+    else if (key == "decoder_layers_per_block") c.decoder_layers_per_block = json_list<int64_t>(value, key, source);
+    else if (key == "spatio_temporal_scaling") c.spatio_temporal_scaling = json_list<bool>(value, key, source);
+    else if (key == "decoder_spatio_temporal_scaling")
+      c.decoder_spatio_temporal_scaling = json_list<bool>(value, key, source);
+    else if (key == "decoder_inject_noise") c.decoder_inject_noise = json_list<bool>(value, key, source);
+    else if (key == "downsample_type") c.downsample_type = json_list<std::string>(value, key, source);
+    else if (key == "upsample_residual") c.upsample_residual = json_list<bool>(value, key, source);
+    else if (key == "upsample_factor") c.upsample_factor = json_list<int64_t>(value, key, source);
+    else if (key == "timestep_conditioning") c.timestep_conditioning = json_as<bool>(value, key, source);
+    else if (key == "patch_size") c.patch_size = json_as<int64_t>(value, key, source);
+    else if (key == "patch_size_t") c.patch_size_t = json_as<int64_t>(value, key, source);
+    else if (key == "resnet_norm_eps") c.resnet_norm_eps = json_as<double>(value, key, source);
+    else if (key == "scaling_factor") c.scaling_factor = json_as<double>(value, key, source);
+    else if (key == "encoder_causal") c.encoder_causal = json_as<bool>(value, key, source);
+    else if (key == "decoder_causal") c.decoder_causal = json_as<bool>(value, key, source);
+    else if (key == "spatial_compression_ratio") c.spatial_compression_ratio = json_optional_int(value, key, source);
+    else if (key == "temporal_compression_ratio") c.temporal_compression_ratio = json_optional_int(value, key, source);
+    else throw Error(c10::str(source, ": unknown field '", key, "' for AutoencoderKLLTXVideo"));
+  }
+  c.validate(source);
+  return c;
+}
+
+VaeConfig VaeConfig::from_file(const std::filesystem::path& path) {
+  return from_json(read_json_file(path), path.string());
+}
+
+void VaeConfig::validate(const std::string& source) const {
+  const std::pair<const char*, int64_t> positive[] = {{"in_channels", in_channels},
+                                                      {"out_channels", out_channels},
+                                                      {"latent_channels", latent_channels},
+                                                      {"patch_size", patch_size},
+                                                      {"patch_size_t", patch_size_t}};
+  for (const auto& [name, v] : positive) LTXMPS_CHECK(v > 0, source, ": ", name, " must be > 0, got ", v);
+  // Note [VAE patch_size_t]
+  // LTXVideoEncoder3d sizes conv_in with in_channels · patch_size² (no patch_size_t) while its patchify
+  // produces in_channels · patch_size_t · patch_size² channels, so diffusers only runs patch_size_t = 1.
+  LTXMPS_CHECK(patch_size_t == 1, source, ": patch_size_t = ", patch_size_t,
+               " is not supported (diffusers' LTX VAE sizes conv_in with in_channels * patch_size^2 and so only "
+               "runs patch_size_t = 1)");
+  LTXMPS_CHECK(resnet_norm_eps > 0.0, source, ": resnet_norm_eps must be > 0, got ", resnet_norm_eps);
+  LTXMPS_CHECK(scaling_factor != 0.0, source, ": scaling_factor must not be 0");
+  LTXMPS_CHECK(!block_out_channels.empty() && !down_block_types.empty(), source,
+               ": block_out_channels and down_block_types must not be empty");
+  for (auto v : block_out_channels) LTXMPS_CHECK(v > 0, source, ": block_out_channels must be > 0");
+  for (auto v : decoder_block_out_channels) LTXMPS_CHECK(v > 0, source, ": decoder_block_out_channels must be > 0");
+  for (auto v : layers_per_block) LTXMPS_CHECK(v >= 0, source, ": layers_per_block must be >= 0");
+  for (auto v : decoder_layers_per_block) LTXMPS_CHECK(v >= 0, source, ": decoder_layers_per_block must be >= 0");
+  for (auto v : upsample_factor) LTXMPS_CHECK(v > 0 && 8 % v == 0, source, ": upsample_factor must be 1, 2, 4 or 8");
+
+  auto need = [&](const char* name, size_t have, size_t want) {
+    LTXMPS_CHECK(have >= want, source, ": ", name, " has ", have, " entries, the block structure needs ", want);
+  };
+  // Encoder (LTXVideoEncoder3d.__init__).
+  const bool v095 = is_095_encoder(*this);
+  const size_t n_down = block_out_channels.size() - (v095 ? 1 : 0);
+  LTXMPS_CHECK(n_down >= 1 || !v095, source, ": LTXVideo095DownBlock3D encoders need >= 2 block_out_channels");
+  need("down_block_types", down_block_types.size(), n_down);
+  need("spatio_temporal_scaling", spatio_temporal_scaling.size(), n_down);
+  need("layers_per_block", layers_per_block.size(), std::max<size_t>(n_down, 1));
+  int64_t out = block_out_channels[0];
+  for (size_t i = 0; i < n_down; ++i) {
+    const int64_t in = out;
+    out = v095 ? block_out_channels[i + 1] : (i + 1 < n_down ? block_out_channels[i + 1] : block_out_channels[i]);
+    const auto& type = down_block_types[i];
+    LTXMPS_CHECK(type == "LTXVideoDownBlock3D" || type == "LTXVideo095DownBlock3D", source, ": down_block_types[", i,
+                 "] = '", type, "' is unknown (LTXVideoDownBlock3D, LTXVideo095DownBlock3D)");
+    if (type == "LTXVideo095DownBlock3D") {
+      need("downsample_type", downsample_type.size(), i + 1);
+      const auto& ds = downsample_type[i];
+      LTXMPS_CHECK(ds == "conv" || ds == "spatial" || ds == "temporal" || ds == "spatiotemporal", source,
+                   ": downsample_type[", i, "] = '", ds, "' is unknown (conv, spatial, temporal, spatiotemporal)");
+      const bool changes = spatio_temporal_scaling[i] && ds != "conv";
+      LTXMPS_CHECK(changes || in == out, source, ": encoder block ", i, " (LTXVideo095DownBlock3D) maps ", in, " to ",
+                   out, " channels but only its spatial/temporal/spatiotemporal downsampler can change channels");
+      if (changes) {
+        const int64_t s = ds == "spatiotemporal" ? 8 : (ds == "spatial" ? 4 : 2);
+        LTXMPS_CHECK(out % s == 0 && (in * s) % out == 0, source, ": encoder block ", i, ": downsampler ", in, " -> ",
+                     out, " channels with stride product ", s, " is not a whole channel grouping");
+      }
+    }
+  }
+  // Decoder (LTXVideoDecoder3d.__init__ on the reversed tuples).
+  const size_t m = decoder_block_out_channels.size();
+  LTXMPS_CHECK(m >= 1, source, ": decoder_block_out_channels must not be empty");
+  need("decoder_layers_per_block", decoder_layers_per_block.size(), m + 1);
+  need("decoder_spatio_temporal_scaling", decoder_spatio_temporal_scaling.size(), m);
+  need("decoder_inject_noise", decoder_inject_noise.size(), m + 1);
+  need("upsample_residual", upsample_residual.size(), m);
+  need("upsample_factor", upsample_factor.size(), m);
+  int64_t dec_out = decoder_block_out_channels.back();
+  for (size_t i = 0; i < m; ++i) {
+    const int64_t u = upsample_factor[upsample_factor.size() - 1 - i];
+    const int64_t boc = decoder_block_out_channels[m - 1 - i];
+    LTXMPS_CHECK(dec_out % u == 0 && boc % u == 0, source, ": decoder up block ", i, ": channels ", dec_out, " / ",
+                 boc, " are not divisible by upsample_factor ", u);
+    const int64_t in = dec_out / u;
+    dec_out = boc / u;
+    // Note [Up-block conv_in and timestep conditioning]
+    // LTXVideoUpBlock3d.forward calls conv_in with the raw [B] timestep, which a timestep-conditioned
+    // resnet cannot unflatten: diffusers fails on such a config, so it is rejected here.
+    LTXMPS_CHECK(!(in != dec_out && timestep_conditioning), source, ": decoder up block ", i, " changes channels (",
+                 in, " -> ", dec_out, ") with timestep_conditioning; diffusers cannot run that combination");
+  }
+  if (spatial_compression_ratio) LTXMPS_CHECK(*spatial_compression_ratio > 0, source, ": spatial_compression_ratio must be > 0");
+  if (temporal_compression_ratio)
+    LTXMPS_CHECK(*temporal_compression_ratio > 0, source, ": temporal_compression_ratio must be > 0");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tiling options
+
+void VaeTiling::enable_tiling(std::optional<int64_t> min_height, std::optional<int64_t> min_width,
+                              std::optional<int64_t> min_num_frames, std::optional<int64_t> stride_height,
+                              std::optional<int64_t> stride_width, std::optional<int64_t> stride_num_frames) {
+  use_tiling = true;
+  tile_sample_min_height = min_height.value_or(tile_sample_min_height);
+  tile_sample_min_width = min_width.value_or(tile_sample_min_width);
+  tile_sample_min_num_frames = min_num_frames.value_or(tile_sample_min_num_frames);
+  tile_sample_stride_height = stride_height.value_or(tile_sample_stride_height);
+  tile_sample_stride_width = stride_width.value_or(tile_sample_stride_width);
+  tile_sample_stride_num_frames = stride_num_frames.value_or(tile_sample_stride_num_frames);
+}
+
+void VaeTiling::validate() const {
+  const std::pair<const char*, int64_t> sizes[] = {{"tile_sample_min_height", tile_sample_min_height},
+                                                   {"tile_sample_min_width", tile_sample_min_width},
+                                                   {"tile_sample_min_num_frames", tile_sample_min_num_frames},
+                                                   {"tile_sample_stride_height", tile_sample_stride_height},
+                                                   {"tile_sample_stride_width", tile_sample_stride_width},
+                                                   {"tile_sample_stride_num_frames", tile_sample_stride_num_frames}};
+  for (const auto& [name, v] : sizes) LTXMPS_CHECK(v > 0, "VAE tiling: ", name, " must be > 0, got ", v);
+  LTXMPS_CHECK(tile_sample_stride_height <= tile_sample_min_height && tile_sample_stride_width <= tile_sample_min_width &&
+                   tile_sample_stride_num_frames <= tile_sample_min_num_frames,
+               "VAE tiling: a stride exceeds its tile size (tiles ", tile_sample_min_height, "x", tile_sample_min_width,
+               "x", tile_sample_min_num_frames, ", strides ", tile_sample_stride_height, "x", tile_sample_stride_width,
+               "x", tile_sample_stride_num_frames, ")");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Weights
+
+namespace {
+
+struct WeightBuilder {
+  const VaeWeightSource& weights;
+  at::TensorOptions options;
+  double eps;  // resnet_norm_eps
+
+  at::Tensor tensor(const std::string& name, std::vector<int64_t> shape) const {
+    auto t = weights(name, shape);
+    LTXMPS_CHECK(t.defined() && t.sizes() == at::IntArrayRef(shape), "VAE weight '", name, "' has shape ",
+                 t.defined() ? t.sizes() : at::IntArrayRef{}, ", expected ", at::IntArrayRef(shape));
+    return t.to(options);
+  }
+  VaeConv3dWeights conv(const std::string& name, int64_t in, int64_t out, int64_t k, bool causal,
+                        std::array<int64_t, 3> stride = {1, 1, 1}) const {
+    VaeConv3dWeights c;
+    c.weight = tensor(name + ".conv.weight", {out, in, k, k, k});
+    c.bias = tensor(name + ".conv.bias", {out});
+    c.stride = stride;
+    c.is_causal = causal;
+    return c;
+  }
+  LinearWeights linear(const std::string& name, int64_t in, int64_t out) const {
+    return {tensor(name + ".weight", {out, in}), tensor(name + ".bias", {out})};
+  }
+  VaeTimeEmbedderWeights time_embedder(const std::string& name, int64_t dim) const {
+    return {linear(name + ".timestep_embedder.linear_1", 256, dim), linear(name + ".timestep_embedder.linear_2", dim, dim)};
+  }
+  VaeResnetWeights resnet(const std::string& name, int64_t in, int64_t out, bool causal, bool noise = false,
+                          bool conditioned = false) const {
+    VaeResnetWeights r;
+    r.conv1 = conv(name + ".conv1", in, out, 3, causal);
+    r.conv2 = conv(name + ".conv2", out, out, 3, causal);
+    if (in != out) {
+      r.norm3_weight = tensor(name + ".norm3.weight", {in});
+      r.norm3_bias = tensor(name + ".norm3.bias", {in});
+      r.norm3_eps = eps;
+      r.conv_shortcut = conv(name + ".conv_shortcut", in, out, 1, causal);
+    }
+    if (noise) {
+      r.per_channel_scale1 = tensor(name + ".per_channel_scale1", {in, 1, 1});
+      r.per_channel_scale2 = tensor(name + ".per_channel_scale2", {in, 1, 1});
+    }
+    if (conditioned) r.scale_shift_table = tensor(name + ".scale_shift_table", {4, in});
+    return r;
+  }
+  std::vector<VaeResnetWeights> resnets(const std::string& name, int64_t count, int64_t channels, bool causal,
+                                        bool noise = false, bool conditioned = false) const {
+    std::vector<VaeResnetWeights> out;
+    for (int64_t j = 0; j < count; ++j)
+      out.push_back(resnet(name + ".resnets." + std::to_string(j), channels, channels, causal, noise, conditioned));
+    return out;
+  }
+};
+
+template <typename T>
+T reversed_at(const std::vector<T>& v, size_t i) {
+  return v[v.size() - 1 - i];
+}
+
+}  // namespace
+
+VaeModel VaeModel::from_weights(const VaeConfig& config, const VaeRuntime& runtime, const VaeWeightSource& weights) {
+  config.validate();
+  const WeightBuilder w{weights, at::TensorOptions().device(runtime.device).dtype(runtime.dtype), config.resnet_norm_eps};
+  VaeModel m;
+  m.config = config;
+  m.runtime = runtime;
+
+  // Encoder
+  const bool enc_causal = config.encoder_causal;
+  const bool v095 = is_095_encoder(config);
+  const auto& boc = config.block_out_channels;
+  const size_t n_down = boc.size() - (v095 ? 1 : 0);
+  auto& enc = m.encoder;
+  enc.conv_in = w.conv("encoder.conv_in", config.in_channels * config.patch_size * config.patch_size, boc[0], 3, enc_causal);
+  int64_t out = boc[0];
+  for (size_t i = 0; i < n_down; ++i) {
+    const int64_t in = out;
+    out = v095 ? boc[i + 1] : (i + 1 < n_down ? boc[i + 1] : boc[i]);
+    const std::string p = "encoder.down_blocks." + std::to_string(i);
+    VaeDownBlockWeights b;
+    b.resnets = w.resnets(p, config.layers_per_block[i], in, enc_causal);
+    const bool block_095 = config.down_block_types[i] == "LTXVideo095DownBlock3D";
+    if (config.spatio_temporal_scaling[i]) {
+      VaeDownsamplerWeights d;
+      const std::string type = block_095 ? config.downsample_type[i] : "conv";
+      if (type == "conv") {
+        d.conv = w.conv(p + ".downsamplers.0", in, in, 3, enc_causal, {2, 2, 2});
+      } else {
+        d.space_to_depth = true;
+        d.stride = type == "spatial" ? std::array<int64_t, 3>{1, 2, 2}
+                                     : (type == "temporal" ? std::array<int64_t, 3>{2, 1, 1} : std::array<int64_t, 3>{2, 2, 2});
+        const int64_t s = d.stride[0] * d.stride[1] * d.stride[2];
+        d.group_size = in * s / out;
+        d.conv = w.conv(p + ".downsamplers.0.conv", in, out / s, 3, enc_causal);
+      }
+      b.downsampler = d;
+    }
+    if (!block_095 && in != out) b.conv_out = w.resnet(p + ".conv_out", in, out, enc_causal);
+    enc.down_blocks.push_back(std::move(b));
+  }
+  enc.mid_block.resnets = w.resnets("encoder.mid_block", config.layers_per_block.back(), out, enc_causal);
+  enc.conv_out = w.conv("encoder.conv_out", out, config.latent_channels + 1, 3, enc_causal);
+
+  // Decoder (tuples reversed, as LTXVideoDecoder3d.__init__ does).
+  const bool dec_causal = config.decoder_causal;
+  const bool cond = config.timestep_conditioning;
+  const auto& dboc = config.decoder_block_out_channels;
+  const size_t nb = dboc.size();
+  auto& dec = m.decoder;
+  int64_t channels = reversed_at(dboc, 0);
+  dec.conv_in = w.conv("decoder.conv_in", config.latent_channels, channels, 3, dec_causal);
+  if (cond) dec.mid_block.time_embedder = w.time_embedder("decoder.mid_block.time_embedder", 4 * channels);
+  dec.mid_block.resnets = w.resnets("decoder.mid_block", reversed_at(config.decoder_layers_per_block, 0), channels,
+                                    dec_causal, reversed_at(config.decoder_inject_noise, 0), cond);
+  for (size_t i = 0; i < nb; ++i) {
+    const int64_t u = reversed_at(config.upsample_factor, i);
+    const int64_t in = channels / u;
+    channels = reversed_at(dboc, i) / u;
+    const bool noise = reversed_at(config.decoder_inject_noise, i + 1);
+    const std::string p = "decoder.up_blocks." + std::to_string(i);
+    VaeUpBlockWeights b;
+    if (cond) b.time_embedder = w.time_embedder(p + ".time_embedder", 4 * in);
+    if (in != channels) b.conv_in = w.resnet(p + ".conv_in", in, channels, dec_causal, noise, cond);
+    if (reversed_at(config.decoder_spatio_temporal_scaling, i)) {
+      VaeUpsamplerWeights up;
+      up.residual = reversed_at(config.upsample_residual, i);
+      up.upscale_factor = u;
+      up.conv = w.conv(p + ".upsamplers.0.conv", channels * u, channels * 8, 3, dec_causal);
+      b.upsampler = up;
+    }
+    b.resnets = w.resnets(p, reversed_at(config.decoder_layers_per_block, i + 1), channels, dec_causal, noise, cond);
+    dec.up_blocks.push_back(std::move(b));
+  }
+  dec.conv_out = w.conv("decoder.conv_out", channels, config.out_channels * config.patch_size * config.patch_size, 3,
+                        dec_causal);
+  if (cond) {
+    dec.timestep_scale_multiplier = w.tensor("decoder.timestep_scale_multiplier", {});
+    dec.time_embedder = w.time_embedder("decoder.time_embedder", 2 * channels);
+    dec.scale_shift_table = w.tensor("decoder.scale_shift_table", {2, channels});
+  }
+  m.latents_mean = w.tensor("latents_mean", {config.latent_channels});
+  m.latents_std = w.tensor("latents_std", {config.latent_channels});
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Building blocks
+
+namespace {
+
+// Note [Causal conv padding]
+// LTXVideoCausalConv3d.forward: no temporal padding inside the Conv3d; instead kt−1 copies of frame 0
+// are prepended (causal), or (kt−1)/2 copies of the first and of the last frame are added
+// (non-causal). The Conv3d zero-pads (kh/2, kw/2) spatially. A kt = 1 kernel gets no frames (diffusers
+// concatenates empty tensors, which changes nothing).
+at::Tensor conv3d(const VaeConv3dWeights& c, const at::Tensor& x) {
+  const int64_t kt = c.weight.size(2), kh = c.weight.size(3), kw = c.weight.size(4);
+  at::Tensor h = x;
+  if (kt > 1) {
+    if (c.is_causal) {
+      h = at::cat({x.narrow(2, 0, 1).repeat({1, 1, kt - 1, 1, 1}), x}, 2);
+    } else {
+      const int64_t pad = (kt - 1) / 2;
+      h = at::cat({x.narrow(2, 0, 1).repeat({1, 1, pad, 1, 1}), x, x.narrow(2, x.size(2) - 1, 1).repeat({1, 1, pad, 1, 1})},
+                  2);
+    }
+  }
+  return at::conv3d(h, c.weight, c.bias, c.stride, {0, kh / 2, kw / 2});
+}
+
+// Note [VAE RMSNorm]
+// diffusers `RMSNorm(C, eps=1e-8, elementwise_affine=False)` applied to `x.movedim(1, -1)`: the mean of
+// squares in float32, `x * rsqrt(var + eps)` (promotes to float32), cast back to the input dtype. The
+// same op sequence on the same permuted view keeps the reduction order identical.
+at::Tensor channel_rms_norm(const at::Tensor& x) {
+  const auto h = x.movedim(1, -1);
+  const auto variance = h.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
+  return (h * at::rsqrt(variance + 1e-8)).to(x.scalar_type()).movedim(-1, 1);
+}
+
+// diffusers `get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0)` in float32:
+// exponent = -ln(10000)·j / 128, arg = t·exp(exponent), output [cos(arg), sin(arg)].
+at::Tensor sinusoidal_embedding(const at::Tensor& timesteps) {
+  constexpr int64_t half = 128;
+  const auto exponent = at::arange(0, half, timesteps.options().dtype(at::kFloat)).mul(-std::log(10000.0)).div(half);
+  const auto arg = timesteps.unsqueeze(1).to(at::kFloat) * at::exp(exponent).unsqueeze(0);
+  return at::cat({at::cos(arg), at::sin(arg)}, -1);
+}
+
+at::Tensor linear(const LinearWeights& l, const at::Tensor& x) { return at::linear(x, l.weight, l.bias); }
+
+// PixArtAlphaCombinedTimestepSizeEmbeddings(dim, 0) without additional conditions: the projection in
+// float32, cast to the hidden dtype, linear_1, SiLU, linear_2; viewed as [B, dim, 1, 1, 1].
+at::Tensor embed_timestep(const VaeTimeEmbedderWeights& te, const at::Tensor& temb, int64_t batch, at::ScalarType dtype) {
+  auto h = sinusoidal_embedding(temb.flatten()).to(dtype);
+  h = linear(te.linear_2, at::silu(linear(te.linear_1, h)));
+  return h.view({batch, -1, 1, 1, 1});
+}
+
+// Noise for LTXVideoResnetBlock3d's injection: an (H, W) map, as `torch.randn(spatial_shape, ...)`.
+at::Tensor spatial_noise(int64_t height, int64_t width, const at::Tensor& like, at::Generator* generator) {
+  if (generator == nullptr) return at::randn({height, width}, like.options());
+  // at::randn takes the generator's lock itself.
+  return at::randn({height, width}, *generator, like.options().device(c10::kCPU)).to(like.device());
+}
+
+at::Tensor inject_noise(const at::Tensor& h, const at::Tensor& per_channel_scale, at::Generator* generator) {
+  const auto noise = spatial_noise(h.size(3), h.size(4), h, generator).unsqueeze(0);  // [1, H, W]
+  return h + (noise * per_channel_scale).unsqueeze(0).unsqueeze(2);
+}
+
+// LTXVideoResnetBlock3d.forward; `temb` is the block's embedding [B, 4C, 1, 1, 1] (conditioned) or undefined.
+at::Tensor resnet_forward(const VaeResnetWeights& r, const at::Tensor& inputs, const at::Tensor& temb,
+                          at::Generator* generator) {
+  auto h = channel_rms_norm(inputs);
+  at::Tensor shift_2, scale_2;
+  if (r.scale_shift_table.defined()) {
+    // (shift_1, scale_1, shift_2, scale_2) = temb.unflatten(1, (4, -1)) + table[None, ..., None, None, None]
+    const auto mod = temb.unflatten(1, {4, -1}) +
+                     r.scale_shift_table.unsqueeze(0).unsqueeze(-1).unsqueeze(-1).unsqueeze(-1);
+    const auto parts = mod.unbind(1);
+    h = h * (1 + parts[1]) + parts[0];
+    shift_2 = parts[2];
+    scale_2 = parts[3];
+  }
+  h = conv3d(r.conv1, at::silu(h));
+  if (r.per_channel_scale1.defined()) h = inject_noise(h, r.per_channel_scale1, generator);
+  h = channel_rms_norm(h);
+  if (shift_2.defined()) h = h * (1 + scale_2) + shift_2;
+  h = conv3d(r.conv2, at::silu(h));  // dropout is the identity in eval mode
+  if (r.per_channel_scale2.defined()) h = inject_noise(h, r.per_channel_scale2, generator);
+  at::Tensor shortcut = inputs;
+  if (r.norm3_weight.defined()) {
+    shortcut =
+        at::layer_norm(inputs.movedim(1, -1), {inputs.size(1)}, r.norm3_weight, r.norm3_bias, r.norm3_eps).movedim(-1, 1);
+  }
+  if (r.conv_shortcut.weight.defined()) shortcut = conv3d(r.conv_shortcut, shortcut);
+  return h + shortcut;
+}
+
+}  // namespace
+
+namespace {
+
+// Depth-to-space of LTXVideoUpsampler3d: [B, C'·st·sh·sw, T, H, W] -> [B, C', T·st, H·sh, W·sw] with the
+// channel layout (c', st, sh, sw).
+at::Tensor depth_to_space(const at::Tensor& x, const std::array<int64_t, 3>& s) {
+  return x.reshape({x.size(0), -1, s[0], s[1], s[2], x.size(2), x.size(3), x.size(4)})
+      .permute({0, 1, 5, 2, 6, 3, 7, 4})
+      .flatten(6, 7)
+      .flatten(4, 5)
+      .flatten(2, 3);
+}
+
+// Space-to-depth of LTXVideoDownsampler3d: channel index ((c·st + it)·sh + ih)·sw + iw.
+at::Tensor space_to_depth(const at::Tensor& x, const std::array<int64_t, 3>& s) {
+  return x.unflatten(4, {-1, s[2]}).unflatten(3, {-1, s[1]}).unflatten(2, {-1, s[0]}).permute({0, 1, 3, 5, 7, 2, 4, 6}).flatten(1, 4);
+}
+
+// Note [LTX upsampler]
+// LTXVideoUpsampler3d.forward with stride (2, 2, 2): conv (in -> in·8/u), depth-to-space, drop the
+// first st−1 = 1 frames. The residual path depth-to-spaces the input (in/8 channels), tiles it 8/u
+// times along channels with `repeat` (channel k = input channel k mod in/8) and drops the same frame.
+at::Tensor upsampler_forward(const VaeUpsamplerWeights& u, const at::Tensor& x) {
+  constexpr std::array<int64_t, 3> stride{2, 2, 2};
+  const int64_t drop = stride[0] - 1;
+  at::Tensor residual;
+  if (u.residual) {
+    residual = depth_to_space(x, stride).repeat({1, 8 / u.upscale_factor, 1, 1, 1});
+    residual = residual.narrow(2, drop, residual.size(2) - drop);
+  }
+  auto h = depth_to_space(conv3d(u.conv, x), stride);
+  h = h.narrow(2, drop, h.size(2) - drop);
+  return residual.defined() ? h + residual : h;
+}
+
+// Note [LTX 0.9.5 downsampler]
+// LTXVideoDownsampler3d.forward: prepend st−1 copies of frame 0 (x[:, :, :st−1]); the residual is the
+// space-to-depth of that, averaged over groups of `group_size` consecutive channels; the main path is
+// the stride-1 causal conv followed by the same space-to-depth.
+at::Tensor downsampler_forward(const VaeDownsamplerWeights& d, const at::Tensor& x) {
+  if (!d.space_to_depth) return conv3d(d.conv, x);
+  const auto h = at::cat({x.narrow(2, 0, d.stride[0] - 1), x}, 2);
+  const auto residual = space_to_depth(h, d.stride).unflatten(1, {-1, d.group_size}).mean(2);
+  return space_to_depth(conv3d(d.conv, h), d.stride) + residual;
+}
+
+void check_finite(const VaeRuntime& runtime, const at::Tensor& t, const char* what, const std::string& stage) {
+  if (!runtime.check_finite || at::isfinite(t).all().item<bool>()) return;
+  throw Error(c10::str("vae ", what, ": ", stage, " produced NaN/Inf values (", c10::toString(t.scalar_type()), " on ",
+                       t.device(), "); the ", std::string(what) == "decode" ? "decoded frames" : "latents",
+                       " would contain NaN/Inf. Run the VAE in float32 (vae_float32, --precision fp32) and check the "
+                       "weights and inputs for NaN/Inf"));
+}
+
+// Note [In-place tile blending]
+// diffusers' blend_v / blend_h / blend_t write into the stored tile `b` row by row:
+// b[y] = a[−e+y]·(1 − y/e) + b[y]·(y/e) for y < e = min(a.size, b.size, extent). Because the stored
+// tiles are modified in place, a later blend reads already-blended neighbours; the callers below keep
+// diffusers' row-major order (vertical, then horizontal) so the result is the same.
+void blend(const at::Tensor& a, const at::Tensor& b, int64_t dim, int64_t extent) {
+  extent = std::min({a.size(dim), b.size(dim), extent});
+  for (int64_t y = 0; y < extent; ++y) {
+    const double w = static_cast<double>(y) / static_cast<double>(extent);
+    b.select(dim, y).copy_(a.select(dim, a.size(dim) - extent + y) * (1 - w) + b.select(dim, y) * w);
+  }
+}
+
+// The row-major spatial tile loop shared by tiled_encode and tiled_decode: `run(i, j)` produces the tile
+// at input offsets (i, j); tiles are blended over `blend_{h,w}` and cropped to `keep_{h,w}`.
+at::Tensor spatial_tiles(int64_t height, int64_t width, int64_t stride_h, int64_t stride_w, int64_t blend_h,
+                         int64_t blend_w, int64_t keep_h, int64_t keep_w,
+                         const std::function<at::Tensor(int64_t, int64_t)>& run) {
+  std::vector<std::vector<at::Tensor>> rows;
+  for (int64_t i = 0; i < height; i += stride_h) {
+    rows.emplace_back();
+    for (int64_t j = 0; j < width; j += stride_w) rows.back().push_back(run(i, j));
+  }
+  std::vector<at::Tensor> result_rows;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::vector<at::Tensor> result_row;
+    for (size_t j = 0; j < rows[i].size(); ++j) {
+      const auto& tile = rows[i][j];
+      if (i > 0) blend(rows[i - 1][j], tile, 3, blend_h);
+      if (j > 0) blend(rows[i][j - 1], tile, 4, blend_w);
+      result_row.push_back(tile.slice(3, 0, keep_h).slice(4, 0, keep_w));
+    }
+    result_rows.push_back(at::cat(result_row, 4));
+  }
+  return at::cat(result_rows, 3);
+}
+
+// The temporal tile loop shared by _temporal_tiled_encode and _temporal_tiled_decode: `run(i)` produces
+// the (already trimmed) tile at frame offset i; tile 0 keeps keep + 1 frames, the others keep frames.
+at::Tensor temporal_tiles(int64_t frames, int64_t stride, int64_t blend_extent, int64_t keep,
+                          const std::function<at::Tensor(int64_t)>& run) {
+  std::vector<at::Tensor> row;
+  for (int64_t i = 0; i < frames; i += stride) row.push_back(run(i));
+  std::vector<at::Tensor> result;
+  for (size_t i = 0; i < row.size(); ++i) {
+    if (i > 0) {
+      blend(row[i - 1], row[i], 2, blend_extent);
+      result.push_back(row[i].slice(2, 0, keep));
+    } else {
+      result.push_back(row[i].slice(2, 0, keep + 1));
+    }
+  }
+  return at::cat(result, 2);
+}
+
+int64_t tile_step(int64_t sample_size, int64_t compression, const char* name) {
+  const int64_t step = sample_size / compression;
+  LTXMPS_CHECK(step > 0, "VAE tiling: ", name, " = ", sample_size, " is smaller than the compression ", compression,
+               " (it would be 0 latent units; diffusers fails with a zero range step)");
+  return step;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------
+// Encoder and decoder
+
+at::Tensor VaeModel::encoder_forward(const at::Tensor& video) const {
+  const int64_t p = config.patch_size, pt = config.patch_size_t;
+  const int64_t B = video.size(0), C = video.size(1), F = video.size(2), H = video.size(3), W = video.size(4);
+  // Patchify with channel order (c, pt, pw, ph): the W sub-index comes before the H sub-index.
+  auto h = video.reshape({B, C, F / pt, pt, H / p, p, W / p, p}).permute({0, 1, 3, 7, 5, 2, 4, 6}).flatten(1, 4);
+  h = conv3d(encoder.conv_in, h);
+  for (size_t i = 0; i < encoder.down_blocks.size(); ++i) {
+    const auto& block = encoder.down_blocks[i];
+    for (const auto& r : block.resnets) h = resnet_forward(r, h, {}, nullptr);
+    if (block.downsampler) h = downsampler_forward(*block.downsampler, h);
+    if (block.conv_out) h = resnet_forward(*block.conv_out, h, {}, nullptr);
+    check_finite(runtime, h, "encode", "encoder.down_blocks." + std::to_string(i));
+  }
+  for (const auto& r : encoder.mid_block.resnets) h = resnet_forward(r, h, {}, nullptr);
+  h = conv3d(encoder.conv_out, at::silu(channel_rms_norm(h)));
+  check_finite(runtime, h, "encode", "encoder.conv_out");
+  // The last channel is the single log-variance channel; it is repeated to latent_channels channels.
+  const auto last = h.narrow(1, h.size(1) - 1, 1).repeat({1, h.size(1) - 2, 1, 1, 1});
+  return at::cat({h, last}, 1);
+}
+
+at::Tensor VaeModel::decoder_forward(const at::Tensor& latents, const at::Tensor& temb_in,
+                                     at::Generator* noise_generator) const {
+  const int64_t B = latents.size(0);
+  auto h = conv3d(decoder.conv_in, latents);
+  // Note [Decoder timestep]
+  // temb (the decode timestep) is multiplied by the learned timestep_scale_multiplier (1000) and each
+  // time embedder (mid block, each up block, the output) embeds it independently.
+  at::Tensor temb = temb_in;
+  if (decoder.timestep_scale_multiplier.defined()) temb = temb * decoder.timestep_scale_multiplier;
+  auto block_temb = [&](const VaeTimeEmbedderWeights& te) {
+    return te.defined() ? embed_timestep(te, temb, B, h.scalar_type()) : at::Tensor();
+  };
+  {
+    const auto t = block_temb(decoder.mid_block.time_embedder);
+    for (const auto& r : decoder.mid_block.resnets) h = resnet_forward(r, h, t, noise_generator);
+  }
+  check_finite(runtime, h, "decode", "mid_block");
+  for (size_t i = 0; i < decoder.up_blocks.size(); ++i) {
+    const auto& block = decoder.up_blocks[i];
+    if (block.conv_in) h = resnet_forward(*block.conv_in, h, {}, noise_generator);  // never conditioned (validate)
+    const auto t = block_temb(block.time_embedder);
+    if (block.upsampler) h = upsampler_forward(*block.upsampler, h);
+    for (const auto& r : block.resnets) h = resnet_forward(r, h, t, noise_generator);
+    check_finite(runtime, h, "decode", "up_blocks." + std::to_string(i));
+  }
+  h = channel_rms_norm(h);
+  if (decoder.time_embedder.defined()) {
+    // (shift, scale) = embedding.unflatten(1, (2, -1)) + scale_shift_table[None, ..., None, None, None]
+    const auto mod = embed_timestep(decoder.time_embedder, temb, B, h.scalar_type()).unflatten(1, {2, -1}) +
+                     decoder.scale_shift_table.unsqueeze(0).unsqueeze(-1).unsqueeze(-1).unsqueeze(-1);
+    h = h * (1 + mod.select(1, 1)) + mod.select(1, 0);
+  }
+  h = conv3d(decoder.conv_out, at::silu(h));
+  check_finite(runtime, h, "decode", "conv_out");
+  // Unpatchify with the encoder's channel convention (c, pt, pw, ph).
+  const int64_t p = config.patch_size, pt = config.patch_size_t;
+  return h.reshape({B, -1, pt, p, p, h.size(2), h.size(3), h.size(4)})
+      .permute({0, 1, 5, 2, 6, 4, 7, 3})
+      .flatten(6, 7)
+      .flatten(4, 5)
+      .flatten(2, 3);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Encode / decode with tiling and slicing (AutoencoderKLLTXVideo._encode / _decode and friends)
+
+namespace {
+
+at::Tensor tiled_encode(const VaeModel& m, const at::Tensor& x) {
+  const auto& t = m.tiling;
+  const int64_t sc = m.config.spatial_compression();
+  const int64_t min_h = tile_step(t.tile_sample_min_height, sc, "tile_sample_min_height");
+  const int64_t min_w = tile_step(t.tile_sample_min_width, sc, "tile_sample_min_width");
+  const int64_t stride_h = tile_step(t.tile_sample_stride_height, sc, "tile_sample_stride_height");
+  const int64_t stride_w = tile_step(t.tile_sample_stride_width, sc, "tile_sample_stride_width");
+  const auto enc = spatial_tiles(x.size(3), x.size(4), t.tile_sample_stride_height, t.tile_sample_stride_width,
+                                 min_h - stride_h, min_w - stride_w, stride_h, stride_w, [&](int64_t i, int64_t j) {
+                                   return m.encoder_forward(x.slice(3, i, i + t.tile_sample_min_height)
+                                                                .slice(4, j, j + t.tile_sample_min_width));
+                                 });
+  return enc.slice(3, 0, x.size(3) / sc).slice(4, 0, x.size(4) / sc);
+}
+
+at::Tensor temporal_tiled_encode(const VaeModel& m, const at::Tensor& x) {
+  const auto& t = m.tiling;
+  const int64_t tc = m.config.temporal_compression();
+  const int64_t min_f = tile_step(t.tile_sample_min_num_frames, tc, "tile_sample_min_num_frames");
+  const int64_t stride_f = tile_step(t.tile_sample_stride_num_frames, tc, "tile_sample_stride_num_frames");
+  const bool spatial = t.use_tiling && (x.size(3) > t.tile_sample_min_height || x.size(4) > t.tile_sample_min_width);
+  const auto enc = temporal_tiles(x.size(2), t.tile_sample_stride_num_frames, min_f - stride_f, stride_f, [&](int64_t i) {
+    const auto tile = x.slice(2, i, i + t.tile_sample_min_num_frames + 1);
+    auto out = spatial ? tiled_encode(m, tile) : m.encoder_forward(tile);
+    return i > 0 ? out.slice(2, 1) : out;
+  });
+  return enc.slice(2, 0, (x.size(2) - 1) / tc + 1);
+}
+
+at::Tensor encode_one(const VaeModel& m, const at::Tensor& x) {
+  const auto& t = m.tiling;
+  // diffusers 0.42.1 checks use_framewise_decoding here (not use_framewise_encoding): spec §2.9.
+  if (t.use_framewise_decoding && x.size(2) > t.tile_sample_min_num_frames) return temporal_tiled_encode(m, x);
+  if (t.use_tiling && (x.size(4) > t.tile_sample_min_width || x.size(3) > t.tile_sample_min_height))
+    return tiled_encode(m, x);
+  return m.encoder_forward(x);
+}
+
+at::Tensor tiled_decode(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen) {
+  const auto& t = m.tiling;
+  const int64_t sc = m.config.spatial_compression();
+  const int64_t min_h = tile_step(t.tile_sample_min_height, sc, "tile_sample_min_height");
+  const int64_t min_w = tile_step(t.tile_sample_min_width, sc, "tile_sample_min_width");
+  const int64_t stride_h = tile_step(t.tile_sample_stride_height, sc, "tile_sample_stride_height");
+  const int64_t stride_w = tile_step(t.tile_sample_stride_width, sc, "tile_sample_stride_width");
+  const auto dec = spatial_tiles(
+      z.size(3), z.size(4), stride_h, stride_w, t.tile_sample_min_height - t.tile_sample_stride_height,
+      t.tile_sample_min_width - t.tile_sample_stride_width, t.tile_sample_stride_height, t.tile_sample_stride_width,
+      [&](int64_t i, int64_t j) {
+        return m.decoder_forward(z.slice(3, i, i + min_h).slice(4, j, j + min_w), temb, gen);
+      });
+  return dec.slice(3, 0, z.size(3) * sc).slice(4, 0, z.size(4) * sc);
+}
+
+at::Tensor temporal_tiled_decode(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen) {
+  const auto& t = m.tiling;
+  const int64_t sc = m.config.spatial_compression(), tc = m.config.temporal_compression();
+  const int64_t min_h = t.tile_sample_min_height / sc, min_w = t.tile_sample_min_width / sc;
+  const int64_t min_f = tile_step(t.tile_sample_min_num_frames, tc, "tile_sample_min_num_frames");
+  const int64_t stride_f = tile_step(t.tile_sample_stride_num_frames, tc, "tile_sample_stride_num_frames");
+  const auto dec = temporal_tiles(z.size(2), stride_f, t.tile_sample_min_num_frames - t.tile_sample_stride_num_frames,
+                                  t.tile_sample_stride_num_frames, [&](int64_t i) {
+                                    const auto tile = z.slice(2, i, i + min_f + 1);
+                                    auto out = t.use_tiling && (tile.size(4) > min_w || tile.size(3) > min_h)
+                                                   ? tiled_decode(m, tile, temb, gen)
+                                                   : m.decoder_forward(tile, temb, gen);
+                                    return i > 0 ? out.slice(2, 0, out.size(2) - 1) : out;
+                                  });
+  return dec.slice(2, 0, (z.size(2) - 1) * tc + 1);
+}
+
+at::Tensor decode_one(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen) {
+  const auto& t = m.tiling;
+  const int64_t sc = m.config.spatial_compression(), tc = m.config.temporal_compression();
+  if (t.use_framewise_decoding && z.size(2) > t.tile_sample_min_num_frames / tc)
+    return temporal_tiled_decode(m, z, temb, gen);
+  if (t.use_tiling && (z.size(4) > t.tile_sample_min_width / sc || z.size(3) > t.tile_sample_min_height / sc))
+    return tiled_decode(m, z, temb, gen);
+  return m.decoder_forward(z, temb, gen);
+}
+
+std::string size_hint(int64_t value, int64_t multiple) {
+  const int64_t below = value / multiple * multiple;
+  return below > 0 ? c10::str(below, " or ", below + multiple) : c10::str(multiple);
+}
+
+}  // namespace
+
+VaePosterior VaeModel::encode(const at::Tensor& video) const {
+  tiling.validate();
+  LTXMPS_CHECK(video.defined() && video.dim() == 5, "vae encode: the video must be [batch, channels, frames, height, "
+               "width], got ", video.defined() ? video.sizes() : at::IntArrayRef{});
+  LTXMPS_CHECK(video.size(1) == config.in_channels, "vae encode: the video has ", video.size(1),
+               " channels, the VAE expects in_channels = ", config.in_channels);
+  const int64_t sc = config.spatial_compression(), tc = config.temporal_compression();
+  const int64_t F = video.size(2), H = video.size(3), W = video.size(4);
+  LTXMPS_CHECK(video.size(0) > 0 && F > 0 && (F - 1) % tc == 0, "vae encode: the video has ", F,
+               " frames; the VAE needs k*", tc, "+1 frames (temporal compression ", tc, "), e.g. ",
+               (F > 0 ? (F - 1) / tc * tc + 1 : 1), " or ", (F > 0 ? (F - 1) / tc * tc + 1 + tc : 1 + tc));
+  LTXMPS_CHECK(H > 0 && W > 0 && H % sc == 0 && W % sc == 0, "vae encode: height x width = ", H, "x", W,
+               " must be multiples of the spatial compression ", sc, " (height ", size_hint(H, sc), ", width ",
+               size_hint(W, sc), ")");
+  const auto x = video.to(runtime.device, runtime.dtype);
+  at::Tensor h;
+  if (tiling.use_slicing && x.size(0) > 1) {
+    std::vector<at::Tensor> slices;
+    for (const auto& s : x.split(1)) slices.push_back(encode_one(*this, s));
+    h = at::cat(slices);
+  } else {
+    h = encode_one(*this, x);
+  }
+  const int64_t L = h.size(1) / 2;  // torch.chunk(parameters, 2, dim=1)
+  return {h.narrow(1, 0, L), at::clamp(h.narrow(1, L, h.size(1) - L), -30.0, 20.0)};
+}
+
+at::Tensor VaeModel::decode(const at::Tensor& latents, const std::optional<at::Tensor>& temb,
+                            at::Generator* noise_generator) const {
+  tiling.validate();
+  LTXMPS_CHECK(latents.defined() && latents.dim() == 5, "vae decode: the latents must be [batch, channels, frames, "
+               "height, width], got ", latents.defined() ? latents.sizes() : at::IntArrayRef{});
+  LTXMPS_CHECK(latents.size(1) == config.latent_channels, "vae decode: the latents have ", latents.size(1),
+               " channels, the VAE expects latent_channels = ", config.latent_channels);
+  LTXMPS_CHECK(latents.numel() > 0, "vae decode: the latents are empty: ", latents.sizes());
+  const int64_t B = latents.size(0);
+  const auto z = latents.to(runtime.device, runtime.dtype);
+  check_finite(runtime, z, "decode", "the input latents");
+  at::Tensor t;
+  if (config.timestep_conditioning) {
+    LTXMPS_CHECK(temb && temb->defined(), "vae decode: this VAE is timestep-conditioned (timestep_conditioning = "
+                 "true); pass the decode timestep temb ([batch] values, e.g. 0.05)");
+    t = temb->to(runtime.device).flatten();
+    LTXMPS_CHECK(t.numel() == B || t.numel() == 1, "vae decode: temb has ", t.numel(), " values for a batch of ", B,
+                 " (give one per sample, or one for all)");
+    if (t.numel() != B) t = t.expand({B}).contiguous();
+  }
+  if (noise_generator != nullptr)
+    LTXMPS_CHECK(noise_generator->device().is_cpu(), "vae decode: the noise generator must be a CPU generator");
+  if (tiling.use_slicing && B > 1) {
+    // diffusers 0.42.1 zips (z.split(1), temb.split(1)) wrongly when temb is given; here each sample gets
+    // its own temb, which equals the unsliced decode.
+    std::vector<at::Tensor> slices;
+    for (int64_t b = 0; b < B; ++b)
+      slices.push_back(decode_one(*this, z.narrow(0, b, 1), t.defined() ? t.narrow(0, b, 1) : t, noise_generator));
+    return at::cat(slices);
+  }
+  return decode_one(*this, z, t, noise_generator);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Posterior, latent normalization, decode noise
+
+at::Tensor VaePosterior::std() const { return at::exp(0.5 * logvar); }
+
+at::Tensor VaePosterior::sample(at::Generator& generator) const {
+  // DiagonalGaussianDistribution.sample: randn_tensor(mean.shape, generator, dtype=parameters.dtype).
+  return mean + std() * ltxmps::randn(mean.sizes(), generator, mean.options());
+}
+
+at::Tensor VaeModel::normalize_latents(const at::Tensor& latents, std::optional<double> scaling_factor) const {
+  const auto mean = latents_mean.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
+  const auto std = latents_std.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
+  return (latents - mean) * scaling_factor.value_or(config.scaling_factor) / std;
+}
+
+at::Tensor VaeModel::denormalize_latents(const at::Tensor& latents, std::optional<double> scaling_factor) const {
+  const auto mean = latents_mean.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
+  const auto std = latents_std.view({1, -1, 1, 1, 1}).to(latents.device(), latents.scalar_type());
+  return latents * std / scaling_factor.value_or(config.scaling_factor) + mean;
+}
+
+at::Tensor mix_decode_noise(const at::Tensor& latents, const at::Tensor& noise, const at::Tensor& decode_noise_scale) {
+  LTXMPS_CHECK(latents.dim() >= 1 && noise.sizes() == latents.sizes(), "mix_decode_noise: noise has shape ",
+               noise.sizes(), ", the latents ", latents.sizes());
+  const int64_t B = latents.size(0);
+  auto s = decode_noise_scale.to(latents.device(), latents.scalar_type()).flatten();
+  LTXMPS_CHECK(s.numel() == B || s.numel() == 1, "mix_decode_noise: ", s.numel(), " scales for a batch of ", B);
+  std::vector<int64_t> shape(static_cast<size_t>(latents.dim()), 1);
+  shape[0] = B;
+  s = s.expand({B}).reshape(shape);
+  return (1 - s) * latents + s * noise.to(latents.device(), latents.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Loading
+
+VaeModel load_vae(const std::filesystem::path& model_dir, const VaeRuntime& runtime, std::optional<std::string> variant) {
+  LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "VAE folder ", model_dir.string(),
+               " does not exist or is not a folder");
+  const auto config = VaeConfig::from_file(model_dir / "config.json");
+  const auto store = WeightStore::open_component(model_dir, std::move(variant));
+  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
+  auto model = VaeModel::from_weights(
+      config, runtime, [&](const std::string& name, const std::vector<int64_t>& shape) { return loader.take(name, shape); });
+  loader.finish();
+  return model;
+}
+
+}  // namespace ltxmps::pipeline

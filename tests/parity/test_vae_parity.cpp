@@ -1,0 +1,362 @@
+// C++ AutoencoderKLLTXVideo against diffusers (tests/parity/vae_oracle.py writes the cases).
+//
+// 0.9.1's decoder noise injection uses diffusers' *global* torch RNG: the "091" cases run with the
+// per_channel_scale* weights at zero (so the noise has no effect), and "091_noise_decode" reproduces the
+// stream with non-zero scales: diffusers decodes right after torch.manual_seed(s), C++ with
+// make_cpu_generator(s) as the noise generator.
+
+#include "catch_compat.hpp"
+
+#include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/safetensors.hpp"
+#include "ltxmps_pipeline/vae.hpp"
+
+#include "ltxmps/random.hpp"
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using namespace ltxmps::pipeline;
+
+namespace {
+
+fs::path data_dir() {
+  const char* env = std::getenv("LTXMPS_TEST_DATA");
+  REQUIRE(env != nullptr);
+  return fs::path(env) / "vae";
+}
+
+nlohmann::json find_case(const std::string& name) {
+  for (const auto& c : read_json_file(data_dir() / "cases.json"))
+    if (c.at("name") == name) return c;
+  FAIL("no oracle case " << name);
+  return {};
+}
+
+VaeTiling tiling_of(const nlohmann::json& c) {
+  const auto& t = c.at("tiling");
+  VaeTiling out;
+  out.use_tiling = t.at("use_tiling");
+  out.use_slicing = t.at("use_slicing");
+  out.use_framewise_encoding = t.at("use_framewise_encoding");
+  out.use_framewise_decoding = t.at("use_framewise_decoding");
+  out.tile_sample_min_height = t.at("tile_sample_min_height");
+  out.tile_sample_min_width = t.at("tile_sample_min_width");
+  out.tile_sample_min_num_frames = t.at("tile_sample_min_num_frames");
+  out.tile_sample_stride_height = t.at("tile_sample_stride_height");
+  out.tile_sample_stride_width = t.at("tile_sample_stride_width");
+  out.tile_sample_stride_num_frames = t.at("tile_sample_stride_num_frames");
+  return out;
+}
+
+VaeModel load_case_model(const nlohmann::json& c) {
+  auto model = load_vae(data_dir() / c.at("model").get<std::string>(), {});
+  model.tiling = tiling_of(c);
+  return model;
+}
+
+std::map<std::string, at::Tensor> tensors(const nlohmann::json& c, const char* key) {
+  std::map<std::string, at::Tensor> out;
+  for (auto& [name, t] : load_all(data_dir() / c.at(key).get<std::string>())) out.emplace(name, t);
+  return out;
+}
+
+// max|out - ref| / max(1, max|ref|): the bound is relative to the output's scale.
+double scaled_error(const at::Tensor& out, const at::Tensor& ref) {
+  REQUIRE(out.sizes() == ref.sizes());
+  const double scale = std::max(1.0, ref.abs().max().item<double>());
+  return (out.to(at::kFloat) - ref).abs().max().item<double>() / scale;
+}
+
+void check_output(const std::string& name, const std::string& what, const at::Tensor& out, const at::Tensor& ref,
+                  double bound) {
+  const double err = scaled_error(out, ref);
+  std::cout << "vae parity " << name << " " << what << ": max abs error / max(1, max|ref|) = " << err << " (bound "
+            << bound << ")\n";
+  CHECK(err <= bound);
+}
+
+void check_case(const std::string& name) {
+  INFO(name);
+  const auto c = find_case(name);
+  const auto model = load_case_model(c);
+  auto in = tensors(c, "inputs");
+  auto ref = tensors(c, "reference");
+  const double bound = c.at("bound").get<double>();
+  if (c.at("op") == "encode") {
+    const auto posterior = model.encode(in.at("sample"));
+    check_output(name, "mean", posterior.mean, ref.at("mean"), bound);
+    check_output(name, "logvar", posterior.logvar, ref.at("logvar"), bound);
+    if (!c.at("sample_seed").is_null()) {
+      auto gen = ltxmps::make_cpu_generator(c.at("sample_seed").get<uint64_t>());
+      check_output(name, "posterior sample", posterior.sample(gen), ref.at("posterior_sample"), bound);
+    }
+  } else {
+    std::optional<at::Tensor> temb;
+    if (in.count("temb")) temb = in.at("temb");
+    std::optional<at::Generator> gen;
+    if (!c.at("noise_seed").is_null()) gen = ltxmps::make_cpu_generator(c.at("noise_seed").get<uint64_t>());
+    const auto sample = model.decode(in.at("latents"), temb, gen ? &*gen : nullptr);
+    CHECK(sample.scalar_type() == at::kFloat);
+    check_output(name, "sample", sample, ref.at("sample"), bound);
+  }
+}
+
+}  // namespace
+
+// The bound lives in vae_oracle.py (FP32_BOUND = 1e-4) and reaches the test through cases.json; it is
+// checked here so that it is never loosened silently.
+TEST_CASE("vae parity: bounds are the documented ones", "[parity][vae]") {
+  for (const auto& c : read_json_file(data_dir() / "cases.json")) CHECK(c.at("bound").get<double>() == 1e-4);
+}
+
+TEST_CASE("vae parity: 0.9.0 tiny config, encode (+ posterior sample) and decode", "[parity][vae]") {
+  check_case("090_encode");
+  check_case("090_decode");
+}
+TEST_CASE("vae parity: 0.9.0 spatial tiling (32 px tiles, stride 24)", "[parity][vae]") {
+  check_case("090_encode_tiled");
+  check_case("090_decode_tiled");
+}
+TEST_CASE("vae parity: 0.9.0 framewise (temporal) tiling with spatial tiles", "[parity][vae]") {
+  check_case("090_encode_framewise");
+  check_case("090_decode_framewise");
+}
+TEST_CASE("vae parity: 0.9.0 slicing", "[parity][vae]") {
+  check_case("090_encode_sliced");
+  check_case("090_decode_sliced");
+}
+TEST_CASE("vae parity: 0.9.0 with width changes (conv_out / conv_in resnets, patch 2)", "[parity][vae]") {
+  check_case("090_wide_encode");
+  check_case("090_wide_decode");
+}
+TEST_CASE("vae parity: 0.9.1 tiny config (timestep conditioning, per_channel_scale zeroed)", "[parity][vae]") {
+  check_case("091_encode");
+  check_case("091_decode");
+  check_case("091_decode_tiled");
+}
+TEST_CASE("vae parity: 0.9.1 sliced decode with temb equals diffusers' unsliced decode", "[parity][vae]") {
+  check_case("091_decode_unsliced");
+  check_case("091_decode_sliced");
+}
+TEST_CASE("vae parity: 0.9.1 noise injection reproduces torch.manual_seed's stream", "[parity][vae]") {
+  check_case("091_noise_decode");
+}
+TEST_CASE("vae parity: 0.9.5-style config (095 down blocks, residual upsamplers, temb)", "[parity][vae]") {
+  check_case("095_encode");
+  check_case("095_decode");
+}
+TEST_CASE("vae parity: 0.9.5-style spatial tiling", "[parity][vae]") {
+  check_case("095_encode_tiled");
+  check_case("095_decode_tiled");
+}
+TEST_CASE("vae parity: 0.9.5-style framewise tiling (empty last encode tile)", "[parity][vae]") {
+  check_case("095_encode_framewise");
+  check_case("095_decode_framewise");
+}
+
+TEST_CASE("vae: pipeline helpers", "[vae]") {
+  const auto model = load_vae(data_dir() / "095", {});
+  const auto z = at::randn({2, 8, 2, 2, 2});
+  const auto mean = model.latents_mean.view({1, -1, 1, 1, 1}), std = model.latents_std.view({1, -1, 1, 1, 1});
+  CHECK(at::allclose(model.normalize_latents(z), (z - mean) / std));
+  CHECK(at::allclose(model.denormalize_latents(model.normalize_latents(z)), z, 1e-5, 1e-6));
+  const auto noise = at::randn_like(z);
+  const auto mixed = mix_decode_noise(z, noise, at::tensor({0.025f, 0.5f}));
+  CHECK(at::allclose(mixed.select(0, 1), 0.5 * z.select(0, 1) + 0.5 * noise.select(0, 1)));
+  CHECK(at::allclose(mixed.select(0, 0), 0.975 * z.select(0, 0) + 0.025 * noise.select(0, 0)));
+  CHECK(at::allclose(mix_decode_noise(z, noise, at::tensor({0.0f})), z));
+  CHECK(model.config.spatial_compression() == 16);
+  CHECK(model.config.temporal_compression() == 8);
+}
+
+TEST_CASE("vae: bad inputs", "[vae]") {
+  const auto model = load_vae(data_dir() / "095", {});
+  SECTION("wrong frame count") {
+    CHECK_THROWS_WITH(model.encode(at::zeros({1, 3, 10, 32, 32})),
+                      ltxmps_test::Contains("10 frames") && ltxmps_test::Contains("k*8+1") &&
+                          ltxmps_test::Contains("9 or 17"));
+  }
+  SECTION("wrong height/width") {
+    CHECK_THROWS_WITH(model.encode(at::zeros({1, 3, 9, 40, 32})),
+                      ltxmps_test::Contains("multiples of the spatial compression 16") &&
+                          ltxmps_test::Contains("height 32 or 48"));
+  }
+  SECTION("wrong channels") {
+    CHECK_THROWS_WITH(model.encode(at::zeros({1, 4, 9, 32, 32})), ltxmps_test::Contains("in_channels = 3"));
+    CHECK_THROWS_WITH(model.decode(at::zeros({1, 7, 2, 2, 2}), at::tensor({0.05f})),
+                      ltxmps_test::Contains("latent_channels = 8"));
+  }
+  SECTION("missing temb for a timestep-conditioned decoder") {
+    CHECK_THROWS_WITH(model.decode(at::zeros({1, 8, 2, 2, 2})), ltxmps_test::Contains("pass the decode timestep temb"));
+    CHECK_THROWS_WITH(model.decode(at::zeros({2, 8, 2, 2, 2}), at::tensor({0.1f, 0.2f, 0.3f})),
+                      ltxmps_test::Contains("temb has 3 values for a batch of 2"));
+  }
+  SECTION("NaN latents") {
+    CHECK_THROWS_WITH(model.decode(at::full({1, 8, 2, 2, 2}, NAN), at::tensor({0.05f})),
+                      ltxmps_test::Contains("vae decode: the input latents produced NaN/Inf") &&
+                          ltxmps_test::Contains("vae_float32"));
+  }
+  SECTION("NaN weights name the stage") {
+    auto broken = model;
+    broken.decoder.up_blocks[1].resnets[0].conv2.weight = broken.decoder.up_blocks[1].resnets[0].conv2.weight.clone();
+    broken.decoder.up_blocks[1].resnets[0].conv2.weight[0][0][0][0][0] = NAN;
+    CHECK_THROWS_WITH(broken.decode(at::zeros({1, 8, 2, 2, 2}), at::tensor({0.05f})),
+                      ltxmps_test::Contains("vae decode: up_blocks.1 produced NaN/Inf") &&
+                          ltxmps_test::Contains("decoded frames") && ltxmps_test::Contains("vae_float32"));
+    auto enc = model;
+    enc.encoder.conv_out.bias = at::full_like(enc.encoder.conv_out.bias, INFINITY);
+    CHECK_THROWS_WITH(enc.encode(at::zeros({1, 3, 9, 32, 32})),
+                      ltxmps_test::Contains("vae encode: encoder.conv_out produced NaN/Inf"));
+  }
+  SECTION("tiling sizes") {
+    auto tiled = model;
+    tiled.tiling.enable_tiling(32, 32, std::nullopt, 48, 16);
+    CHECK_THROWS_WITH(tiled.decode(at::zeros({1, 8, 2, 4, 4}), at::tensor({0.05f})),
+                      ltxmps_test::Contains("a stride exceeds its tile size"));
+    tiled.tiling.enable_tiling(32, 32, std::nullopt, 8, 16);
+    CHECK_THROWS_WITH(tiled.decode(at::zeros({1, 8, 2, 4, 4}), at::tensor({0.05f})),
+                      ltxmps_test::Contains("tile_sample_stride_height = 8 is smaller than the compression 16"));
+  }
+}
+
+TEST_CASE("vae: config.json and strict loading errors", "[vae]") {
+  const auto src = data_dir() / "091";
+  const auto dir = fs::temp_directory_path() / ("ltxmps_vae_config_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto config = read_json_file(src / "config.json");
+  std::map<std::string, at::Tensor> weights;
+  for (auto& [name, t] : load_all(src / "diffusion_pytorch_model.safetensors")) weights.emplace(name, t);
+  auto write = [&](const nlohmann::json& cfg, const std::map<std::string, at::Tensor>& w) {
+    std::ofstream(dir / "config.json") << cfg.dump();
+    save_safetensors(dir / "diffusion_pytorch_model.safetensors",
+                     std::vector<std::pair<std::string, at::Tensor>>(w.begin(), w.end()));
+  };
+
+  SECTION("defaults are diffusers' (0.9.0)") {
+    const auto d = VaeConfig::from_json(nlohmann::json::object());
+    CHECK(d.latent_channels == 128);
+    CHECK(d.block_out_channels == std::vector<int64_t>{128, 256, 512, 512});
+    CHECK(d.decoder_layers_per_block == std::vector<int64_t>{4, 3, 3, 3, 4});
+    CHECK(d.decoder_inject_noise == std::vector<bool>(5, false));
+    CHECK(d.patch_size == 4);
+    CHECK_FALSE(d.timestep_conditioning);
+    CHECK(d.spatial_compression() == 32);
+    CHECK(d.temporal_compression() == 8);
+  }
+  SECTION("an older config without the newer fields keeps the constructor defaults") {
+    auto cfg = config;
+    for (const char* key : {"downsample_type", "down_block_types", "spatial_compression_ratio",
+                            "temporal_compression_ratio", "decoder_causal"})
+      cfg.erase(key);
+    const auto c = VaeConfig::from_json(cfg, "old/config.json");
+    CHECK(c.downsample_type == std::vector<std::string>(4, "conv"));
+    CHECK_FALSE(c.decoder_causal);
+    CHECK(c.spatial_compression() == 8);
+    write(cfg, weights);
+    CHECK_NOTHROW(load_vae(dir, {}));
+  }
+  SECTION("unknown field") {
+    auto cfg = config;
+    cfg["decoder_blocks"] = 3;
+    write(cfg, weights);
+    CHECK_THROWS_WITH(load_vae(dir, {}),
+                      ltxmps_test::Contains("unknown field 'decoder_blocks'") && ltxmps_test::Contains("config.json"));
+  }
+  SECTION("wrong type and bad values") {
+    auto cfg = config;
+    cfg["layers_per_block"] = 1;
+    CHECK_THROWS_WITH(VaeConfig::from_json(cfg), ltxmps_test::Contains("'layers_per_block' must be a list"));
+    cfg = config;
+    cfg["down_block_types"] = {"LTXVideoDownBlock3D", "Nope", "LTXVideoDownBlock3D", "LTXVideoDownBlock3D"};
+    CHECK_THROWS_WITH(VaeConfig::from_json(cfg), ltxmps_test::Contains("down_block_types[1] = 'Nope'"));
+    cfg = config;
+    cfg["patch_size_t"] = 2;
+    CHECK_THROWS_WITH(VaeConfig::from_json(cfg), ltxmps_test::Contains("patch_size_t = 2 is not supported"));
+    cfg = config;
+    cfg["decoder_inject_noise"] = {true, false};
+    CHECK_THROWS_WITH(VaeConfig::from_json(cfg), ltxmps_test::Contains("decoder_inject_noise has 2 entries"));
+  }
+  SECTION("missing tensor") {
+    auto w = weights;
+    w.erase("decoder.up_blocks.0.upsamplers.0.conv.conv.weight");
+    write(config, w);
+    CHECK_THROWS_WITH(load_vae(dir, {}), ltxmps_test::Contains("decoder.up_blocks.0.upsamplers.0.conv.conv.weight"));
+  }
+  SECTION("unexpected tensor") {
+    auto w = weights;
+    w.emplace("decoder.mid_block.resnets.0.per_channel_scale1", at::zeros({64, 1, 1}));
+    write(config, w);
+    CHECK_THROWS_WITH(load_vae(dir, {}), ltxmps_test::Contains("decoder.mid_block.resnets.0.per_channel_scale1"));
+  }
+  fs::remove_all(dir);
+}
+
+#ifdef LTXMPS_CLI_PATH
+namespace {
+
+std::string cli(const std::string& args) { return std::string("\"") + LTXMPS_CLI_PATH + "\" " + args; }
+
+int exit_code(const std::string& command) {
+  const int rc = std::system(command.c_str());
+  REQUIRE(WIFEXITED(rc));
+  return WEXITSTATUS(rc);
+}
+
+}  // namespace
+
+TEST_CASE("ltxmps forward vae-encode / vae-decode CLI match diffusers", "[parity][vae][cli]") {
+  const auto tmp = fs::temp_directory_path() / ("ltxmps_vae_cli_" + std::to_string(::getpid()));
+  fs::create_directories(tmp);
+  {
+    const auto c = find_case("095_decode_tiled");
+    const auto out = tmp / "decode.safetensors";
+    const auto command = cli("forward vae-decode --model-dir \"" + (data_dir() / "095").string() + "\" --inputs \"" +
+                             (data_dir() / c.at("inputs").get<std::string>()).string() + "\" --output \"" +
+                             out.string() + "\" --device cpu --precision fp32 --tiling --arg tile_sample_min_height=32 "
+                             "--arg tile_sample_min_width=32 --arg tile_sample_stride_height=16 "
+                             "--arg tile_sample_stride_width=16");
+    INFO(command);
+    REQUIRE(exit_code(command) == 0);
+    check_output("CLI 095_decode_tiled", "sample", SafetensorsFile::open(out).load("sample"),
+                 tensors(c, "reference").at("sample"), 1e-4);
+  }
+  {
+    const auto c = find_case("090_encode_framewise");
+    const auto out = tmp / "encode.safetensors";
+    const auto command = cli("forward vae-encode --model-dir \"" + (data_dir() / "090").string() + "\" --inputs \"" +
+                             (data_dir() / c.at("inputs").get<std::string>()).string() + "\" --output \"" +
+                             out.string() + "\" --device cpu --tiling --framewise --arg tile_sample_min_height=32 "
+                             "--arg tile_sample_min_width=32 --arg tile_sample_stride_height=24 "
+                             "--arg tile_sample_stride_width=24 --arg tile_sample_min_num_frames=8 "
+                             "--arg tile_sample_stride_num_frames=4");
+    INFO(command);
+    REQUIRE(exit_code(command) == 0);
+    const auto file = SafetensorsFile::open(out);
+    const auto ref = tensors(c, "reference");
+    check_output("CLI 090_encode_framewise", "mean", file.load("mean"), ref.at("mean"), 1e-4);
+    check_output("CLI 090_encode_framewise", "logvar", file.load("logvar"), ref.at("logvar"), 1e-4);
+  }
+  {
+    // A missing input tensor is an error naming it (exit 1); a bad --arg is a usage error (exit 2).
+    const auto c = find_case("090_encode");
+    const auto inputs = (data_dir() / c.at("inputs").get<std::string>()).string();
+    CHECK(exit_code(cli("forward vae-decode --model-dir \"" + (data_dir() / "090").string() + "\" --inputs \"" +
+                        inputs + "\" --output \"" + (tmp / "x.safetensors").string() + "\" 2>/dev/null")) == 1);
+    CHECK(exit_code(cli("forward vae-decode --model-dir x --inputs y --output z --arg tile=3 2>/dev/null")) == 2);
+  }
+  fs::remove_all(tmp);
+}
+#endif

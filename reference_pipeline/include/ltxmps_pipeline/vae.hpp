@@ -8,6 +8,14 @@
 /// The decode-noise mixing of the pipelines (`(1 - s)·z + s·noise`) is not part of the VAE: see
 /// mix_decode_noise(). Latent (de)normalization with `latents_mean` / `latents_std` is also the
 /// pipeline's: see VaeModel::normalize_latents() / denormalize_latents().
+///
+/// Parity (tests/parity/test_vae_parity.cpp) is checked against diffusers in float32 on the CPU for
+/// small random 0.9.0, 0.9.1 and 0.9.5-style configs, untiled, spatially tiled, framewise tiled and
+/// sliced. 0.9.1's noise injection draws from diffusers' global torch RNG: most 0.9.1 cases keep the
+/// `per_channel_scale*` weights at zero (so the noise has no effect); one case uses non-zero scales and
+/// reproduces the stream of `torch.manual_seed(s)` with decode()'s `noise_generator`. Known diffusers
+/// 0.42.1 deviations: sliced decode with a temb fails there (it zips the slices wrongly); here it equals
+/// the unsliced decode.
 
 #include "ltxmps_pipeline/transformer.hpp"  // LinearWeights
 

@@ -41,6 +41,8 @@ namespace ltxmps::cli {
 
 Runner setup_forward_vae_encode(CLI::App* cmd);  // cli/vae_commands.cpp
 Runner setup_forward_vae_decode(CLI::App* cmd);  // cli/vae_commands.cpp
+Runner setup_forward_t5(CLI::App* cmd);        // cli/t5_commands.cpp
+Runner setup_encode_prompt(CLI::App* cmd);     // cli/t5_commands.cpp
 
 void add_runtime_options(CLI::App* cmd, RuntimeOptions& o) {
   cmd->add_option("--device", o.device, "auto, cpu, cuda, cuda:N, mps, xpu")
@@ -190,6 +192,8 @@ const std::vector<Command>& commands() {
       {{"forward", "transformer"}, "run LTXVideoTransformer3DModel once on saved inputs", setup_forward_transformer},
       {{"forward", "vae-encode"}, "run AutoencoderKLLTXVideo.encode once on a saved video", setup_forward_vae_encode},
       {{"forward", "vae-decode"}, "run AutoencoderKLLTXVideo.decode once on saved latents", setup_forward_vae_decode},
+      {{"forward", "t5"}, "run the T5 text encoder (T5EncoderModel) once on saved token ids", setup_forward_t5},
+      {{"encode-prompt"}, "encode prompts with T5 as the LTX pipelines do and write a prompt cache", setup_encode_prompt},
   };
   return table;
 }

@@ -1,0 +1,125 @@
+// One AutoencoderKLLTXVideo decode with the C++ model: the counterpart of vae_bench.py.
+//
+// Same defaults (the 0.9.7 VAE config, float32, latent [1, 128, 16, 16, 24] of a 768x512x121 video, decode
+// timestep 0.05). The weights are random, generated in memory on the device (no file). --tiling enables the
+// spatial tiles (enable_tiling() defaults), --framewise the temporal tiles. Prints one JSON line with the
+// median and min milliseconds over --iters timed runs after --warmup and the peak CUDA memory.
+//
+//   vae_bench [--device cuda] [--precision fp32|bf16|fp16] [--latent-frames N] [--latent-height N]
+//             [--latent-width N] [--warmup N] [--iters N] [--tiling] [--framewise] [--smoke]
+// Links ltxmps_pipeline (not wired into benchmarks/CMakeLists.txt yet: add_executable(ltxmps_vae_bench
+// vae_bench.cpp) + target_link_libraries(ltxmps_vae_bench PRIVATE ltxmps_pipeline ltxmps_build_flags)).
+
+#include "ltxmps_pipeline/vae.hpp"
+
+#include "ltxmps/memory.hpp"
+#include "ltxmps/precision.hpp"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+int main(int argc, char** argv) try {
+  std::map<std::string, std::string> opt = {{"device", "cuda"},        {"precision", "fp32"},   {"latent-frames", "16"},
+                                            {"latent-height", "16"},    {"latent-width", "24"},  {"warmup", "1"},
+                                            {"iters", "3"}};
+  bool tiling = false, framewise = false, smoke = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--tiling") tiling = true;
+    else if (a == "--framewise") framewise = true;
+    else if (a == "--smoke") smoke = true;
+    else if (a.rfind("--", 0) == 0 && opt.count(a.substr(2)) && i + 1 < argc) opt[a.substr(2)] = argv[++i];
+    else {
+      std::cerr << "vae_bench: bad argument '" << a << "' (see the header of vae_bench.cpp)\n";
+      return 2;
+    }
+  }
+  using namespace ltxmps::pipeline;
+  // The 0.9.7 (= 0.9.5) config of diffusers' convert_ltx_to_diffusers.py.
+  VaeConfig config;
+  config.block_out_channels = {128, 256, 512, 1024, 2048};
+  config.down_block_types.assign(4, "LTXVideo095DownBlock3D");
+  config.decoder_block_out_channels = {256, 512, 1024};
+  config.layers_per_block = {4, 6, 6, 2, 2};
+  config.decoder_layers_per_block = {5, 5, 5, 5};
+  config.spatio_temporal_scaling = {true, true, true, true};
+  config.decoder_spatio_temporal_scaling = {true, true, true};
+  config.decoder_inject_noise = {false, false, false, false};
+  config.downsample_type = {"spatial", "temporal", "spatiotemporal", "spatiotemporal"};
+  config.upsample_residual = {true, true, true};
+  config.upsample_factor = {2, 2, 2};
+  config.timestep_conditioning = true;
+  config.spatial_compression_ratio = 32;
+  config.temporal_compression_ratio = 8;
+  if (smoke) {  // the same structure, small (vae_bench.py's CONFIG_SMOKE)
+    config.latent_channels = 8;
+    config.block_out_channels = {8, 16, 32, 64, 128};
+    config.decoder_block_out_channels = {16, 32, 64};
+    config.layers_per_block = {1, 1, 1, 1, 1};
+    config.decoder_layers_per_block = {1, 1, 1, 1};
+    opt["device"] = "cpu";
+    opt["latent-frames"] = "3";
+    opt["latent-height"] = "2";
+    opt["latent-width"] = "3";
+    opt["iters"] = "2";
+  }
+  auto num = [&](const char* k) { return std::stoll(opt.at(k)); };
+  VaeRuntime runtime;
+  runtime.device = c10::Device(opt.at("device"));
+  runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
+
+  at::manual_seed(0);
+  const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
+  // Fan-in scaled random weights (so that activations stay finite), unit LayerNorm weights, zero biases,
+  // the timestep multiplier at its init value 1000.
+  auto model = VaeModel::from_weights(config, runtime, [&](const std::string& name, const std::vector<int64_t>& shape) {
+    if (shape.empty()) return at::full({}, 1000.0, options);
+    const bool bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+    if (bias || name == "latents_mean") return at::zeros(shape, options);
+    if (shape.size() == 1) return at::ones(shape, options);
+    int64_t fan_in = 1;
+    for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+    return at::randn(shape, options).mul_(1.0 / std::sqrt(static_cast<double>(fan_in)));
+  });
+  if (tiling) model.tiling.enable_tiling();
+  model.tiling.use_framewise_decoding = framewise;
+
+  const auto latents =
+      at::randn({1, config.latent_channels, num("latent-frames"), num("latent-height"), num("latent-width")}, options);
+  const auto temb = at::full({1}, 0.05, options);
+  ltxmps::reset_peak_memory(runtime.device);
+  std::vector<double> ms;
+  at::Tensor out;
+  const int64_t warmup = num("warmup"), iters = num("iters");
+  for (int64_t i = 0; i < warmup + iters; ++i) {
+    ltxmps::synchronize(runtime.device);
+    const auto t0 = std::chrono::steady_clock::now();
+    out = model.decode(latents, temb);
+    ltxmps::synchronize(runtime.device);
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const auto peak = ltxmps::memory_stats(runtime.device).peak_allocated;
+  std::printf(
+      "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"output\": [%lld, %lld, %lld, %lld, %lld], "
+      "\"tiling\": %s, \"framewise\": %s, \"median_ms\": %.3f, \"min_ms\": %.3f, \"iters\": %lld, "
+      "\"peak_cuda_mib\": %s}\n",
+      runtime.device.str().c_str(), opt.at("precision").c_str(), static_cast<long long>(out.size(0)),
+      static_cast<long long>(out.size(1)), static_cast<long long>(out.size(2)), static_cast<long long>(out.size(3)),
+      static_cast<long long>(out.size(4)), tiling ? "true" : "false", framewise ? "true" : "false", median, ms.front(),
+      static_cast<long long>(iters), peak ? std::to_string(static_cast<double>(*peak) / (1 << 20)).c_str() : "null");
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "vae_bench: " << e.what() << "\n";
+  return 1;
+}

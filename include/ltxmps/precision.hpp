@@ -130,9 +130,11 @@ struct PrecisionPlan {
 // keeps the VAE in float32; without it the VAE follows the model precision, with a warning for fp16.
 //
 // Note [T5 wo in float32]
-// transformers keeps T5's feed-forward output projections (`wo`) in float32 when loading in half
-// precision (`T5PreTrainedModel._keep_in_fp32_modules = ["wo"]`) because fp16 overflows there; the
-// residual stream then becomes float32 from block 0 on. Parity with transformers needs the same.
+// transformers keeps T5's feed-forward output projections (`wo`) in float32 when a T5 is loaded in fp16
+// (`T5PreTrainedModel._keep_in_fp32_modules = ["wo"]`) because fp16 overflows there; the residual stream
+// then becomes float32 from block 0's feed-forward on. Since transformers 4.4x this applies to fp16 only
+// (modeling_utils: "`_keep_in_fp32_modules` will upcast to fp32 only if the requested dtype is fp16"); a bf16
+// T5 is bf16 throughout, `wo` included. Parity with transformers needs the same rule.
 
 namespace detail {
 
@@ -244,10 +246,11 @@ inline PrecisionPlan resolve_precision(const LoaderSettings& settings, const c10
   const at::ScalarType model_dtype = to_scalar_type(p);
   plan.transformer = ComponentPrecision{model_dtype, model_dtype, {}};
   plan.text_encoder = ComponentPrecision{model_dtype, model_dtype, {}};
-  if (model_dtype != at::kFloat) {
+  if (model_dtype == at::kHalf) {
     plan.text_encoder.keep_in_fp32_modules = {"wo"};
     detail::note(out, Severity::info, "precision.text_encoder", "precision.t5.wo_fp32",
-                 "T5 feed-forward 'wo' layers stay float32 (transformers' _keep_in_fp32_modules; Note [T5 wo in float32])");
+                 "T5 feed-forward 'wo' layers stay float32 under fp16 (transformers' _keep_in_fp32_modules; "
+                 "Note [T5 wo in float32])");
   }
   if (settings.vae_float32) {
     plan.vae = ComponentPrecision{at::kFloat, at::kFloat, {}};

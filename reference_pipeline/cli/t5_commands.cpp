@@ -19,13 +19,13 @@ namespace ltxmps::cli {
 
 namespace {
 
-// The text encoder's runtime for the plan: dtype from plan.precision.text_encoder, float32 `wo` as
-// transformers 5.17's from_pretrained does (fp16 only; Note [T5 wo in float32, transformers 5.17] in t5.cpp).
+// The text encoder's runtime for the plan: dtype and float32 modules from plan.precision.text_encoder (float32
+// `wo` under fp16 only, as transformers 5.17's from_pretrained; Note [T5 wo in float32] in ltxmps/precision.hpp).
 ltxmps::pipeline::T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan) {
   ltxmps::pipeline::T5Runtime runtime;
   runtime.device = plan.device;
   runtime.dtype = plan.precision.text_encoder.compute;
-  runtime.keep_in_fp32_modules = ltxmps::pipeline::t5_keep_in_fp32_modules(runtime.dtype);
+  runtime.keep_in_fp32_modules = plan.precision.text_encoder.keep_in_fp32_modules;
   runtime.attention.kernel = plan.attention.kernel;
   return runtime;
 }

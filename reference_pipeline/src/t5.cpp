@@ -147,8 +147,8 @@ bool keep_in_fp32(const std::string& name, const std::vector<std::string>& modul
 // only if the requested dtype is fp16"; `_keep_in_fp32_modules_strict`, empty for T5, is the bf16+fp16 one).
 // So a bf16 T5 is bf16 throughout, and a fp16 one has float32 `wo`: the FF output is float32 and the residual
 // stream is float32 from block 0's FF on (half + float32 promotes), the norms cast back to fp16.
-// spec §6 and ltxmps/precision.hpp describe the older rule (bf16 too); T5Runtime::keep_in_fp32_modules can
-// still request it.
+// ltxmps/precision.hpp's plan applies the same rule (Note [T5 wo in float32]); spec §6 describes the older
+// one (bf16 too), which T5Runtime::keep_in_fp32_modules can still request.
 std::vector<std::string> t5_keep_in_fp32_modules(at::ScalarType dtype) {
   if (dtype == at::kHalf) return {"wo"};
   return {};

@@ -185,13 +185,11 @@ TEST_CASE("vae: bad inputs", "[vae]") {
   const auto model = load_vae(data_dir() / "095", {});
   SECTION("wrong frame count") {
     CHECK_THROWS_WITH(model.encode(at::zeros({1, 3, 10, 32, 32})),
-                      ltxmps_test::Contains("10 frames") && ltxmps_test::Contains("k*8+1") &&
-                          ltxmps_test::Contains("9 or 17"));
+                      ltxmps_test::ContainsAll({"10 frames", "k*8+1", "9 or 17"}));
   }
   SECTION("wrong height/width") {
     CHECK_THROWS_WITH(model.encode(at::zeros({1, 3, 9, 40, 32})),
-                      ltxmps_test::Contains("multiples of the spatial compression 16") &&
-                          ltxmps_test::Contains("height 32 or 48"));
+                      ltxmps_test::ContainsAll({"multiples of the spatial compression 16", "height 32 or 48"}));
   }
   SECTION("wrong channels") {
     CHECK_THROWS_WITH(model.encode(at::zeros({1, 4, 9, 32, 32})), ltxmps_test::Contains("in_channels = 3"));
@@ -205,16 +203,14 @@ TEST_CASE("vae: bad inputs", "[vae]") {
   }
   SECTION("NaN latents") {
     CHECK_THROWS_WITH(model.decode(at::full({1, 8, 2, 2, 2}, NAN), at::tensor({0.05f})),
-                      ltxmps_test::Contains("vae decode: the input latents produced NaN/Inf") &&
-                          ltxmps_test::Contains("vae_float32"));
+                      ltxmps_test::ContainsAll({"vae decode: the input latents produced NaN/Inf", "vae_float32"}));
   }
   SECTION("NaN weights name the stage") {
     auto broken = model;
     broken.decoder.up_blocks[1].resnets[0].conv2.weight = broken.decoder.up_blocks[1].resnets[0].conv2.weight.clone();
     broken.decoder.up_blocks[1].resnets[0].conv2.weight[0][0][0][0][0] = NAN;
     CHECK_THROWS_WITH(broken.decode(at::zeros({1, 8, 2, 2, 2}), at::tensor({0.05f})),
-                      ltxmps_test::Contains("vae decode: up_blocks.1 produced NaN/Inf") &&
-                          ltxmps_test::Contains("decoded frames") && ltxmps_test::Contains("vae_float32"));
+                      ltxmps_test::ContainsAll({"vae decode: up_blocks.1 produced NaN/Inf", "decoded frames", "vae_float32"}));
     auto enc = model;
     enc.encoder.conv_out.bias = at::full_like(enc.encoder.conv_out.bias, INFINITY);
     CHECK_THROWS_WITH(enc.encode(at::zeros({1, 3, 9, 32, 32})),
@@ -273,7 +269,7 @@ TEST_CASE("vae: config.json and strict loading errors", "[vae]") {
     cfg["decoder_blocks"] = 3;
     write(cfg, weights);
     CHECK_THROWS_WITH(load_vae(dir, {}),
-                      ltxmps_test::Contains("unknown field 'decoder_blocks'") && ltxmps_test::Contains("config.json"));
+                      ltxmps_test::ContainsAll({"unknown field 'decoder_blocks'", "config.json"}));
   }
   SECTION("wrong type and bad values") {
     auto cfg = config;

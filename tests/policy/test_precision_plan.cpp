@@ -116,11 +116,14 @@ TEST_CASE("VAE float32 by default; off follows the model with a warning for fp16
   CHECK(has_rule(plan.diagnostics, "precision.vae.model_dtype"));
 }
 
-TEST_CASE("T5 keeps 'wo' in float32 under half precision only", "[precision]") {
-  auto plan = resolve(with_precision(Precision::bf16), Capabilities::cuda(1, 9, 0));
+TEST_CASE("T5 keeps 'wo' in float32 under fp16 only, as transformers does", "[precision]") {
+  auto plan = resolve(with_precision(Precision::fp16), Capabilities::cuda(1, 9, 0));
   REQUIRE(plan.precision.text_encoder.keep_in_fp32_modules.size() == 1);
   CHECK(plan.precision.text_encoder.keep_in_fp32_modules[0] == "wo");
   CHECK(has_rule(plan.diagnostics, "precision.t5.wo_fp32"));
+  plan = resolve(with_precision(Precision::bf16), Capabilities::cuda(1, 9, 0));
+  CHECK(plan.precision.text_encoder.keep_in_fp32_modules.empty());
+  CHECK_FALSE(has_rule(plan.diagnostics, "precision.t5.wo_fp32"));
   plan = resolve(with_precision(Precision::fp32), Capabilities::cuda(1, 9, 0));
   CHECK(plan.precision.text_encoder.keep_in_fp32_modules.empty());
 }

@@ -9,8 +9,7 @@
 //                     [--layers N] [--heads N] [--head-dim N] [--latent-frames N] [--latent-height N]
 //                     [--latent-width N] [--text-len N] [--batch N] [--warmup N] [--iters N]
 //                     [--peak-tflops X] [--smoke]
-// Links ltxmps_pipeline (add_executable(transformer_bench transformer_bench.cpp) +
-// target_link_libraries(transformer_bench PRIVATE ltxmps_pipeline)).
+// Built as ltxmps_transformer_bench (benchmarks/CMakeLists.txt).
 
 #include "ltxmps_pipeline/transformer.hpp"
 

@@ -7,8 +7,7 @@
 //
 //   vae_bench [--device cuda] [--precision fp32|bf16|fp16] [--latent-frames N] [--latent-height N]
 //             [--latent-width N] [--warmup N] [--iters N] [--tiling] [--framewise] [--smoke]
-// Links ltxmps_pipeline (not wired into benchmarks/CMakeLists.txt yet: add_executable(ltxmps_vae_bench
-// vae_bench.cpp) + target_link_libraries(ltxmps_vae_bench PRIVATE ltxmps_pipeline ltxmps_build_flags)).
+// Built as ltxmps_vae_bench (benchmarks/CMakeLists.txt).
 
 #include "ltxmps_pipeline/vae.hpp"
 

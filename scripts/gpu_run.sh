@@ -40,11 +40,9 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     echo "== transformer $cfg C++"; build-gpu/benchmarks/ltxmps_transformer_bench $args | tee -a "$OUT/transformer_bench.jsonl"
     echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$OUT/transformer_bench.jsonl"
   done
-  for b in vae t5; do
-    if [ -x "build-gpu/benchmarks/ltxmps_${b}_bench" ] && [ -f "benchmarks/${b}_bench.py" ]; then
-      echo "== $b C++"; "build-gpu/benchmarks/ltxmps_${b}_bench" | tee -a "$OUT/${b}_bench.jsonl"
-      echo "== $b python"; python3 "benchmarks/${b}_bench.py" | tee -a "$OUT/${b}_bench.jsonl"
-    fi
+  for args in "" "--tiling" "--tiling --framewise"; do
+    echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
+    echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
   done
 fi
 exit $status

@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ltxmps {
@@ -26,13 +27,16 @@ inline const char* to_string(Severity severity) noexcept {
 /// `topic` names what was decided ("device", "precision.vae", "offload", ...), `rule` is a short
 /// stable identifier of the rule that fired (for tests and tooling) and `message` explains it to a
 /// person, with its source where the rule comes from elsewhere (seed port, diffusers, ComfyUI).
+///
+/// `topic` and `rule` are views of strings with static storage (string literals): they name a fixed
+/// vocabulary, and keeping them allocation-free keeps plan resolution well under a microsecond.
 struct Diagnostic {
   /// Severity of the decision.
   Severity severity = Severity::info;
-  /// What was decided.
-  std::string topic;
-  /// Stable identifier of the rule that fired.
-  std::string rule;
+  /// What was decided (a string literal).
+  std::string_view topic;
+  /// Stable identifier of the rule that fired (a string literal).
+  std::string_view rule;
   /// Human-readable explanation.
   std::string message;
 };
@@ -53,7 +57,7 @@ inline DiagnosticSink collect_into(std::vector<Diagnostic>& out) {
 }
 
 /// @brief True when `diagnostics` holds an entry with this rule identifier.
-inline bool has_rule(const std::vector<Diagnostic>& diagnostics, const std::string& rule) {
+inline bool has_rule(const std::vector<Diagnostic>& diagnostics, std::string_view rule) {
   for (const auto& d : diagnostics)
     if (d.rule == rule) return true;
   return false;

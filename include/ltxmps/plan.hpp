@@ -50,8 +50,8 @@ struct VaePlan {
 struct ExecutionPlan {
   /// The settings the plan was resolved from.
   LoaderSettings settings;
-  /// One-line description of the machine the plan was resolved for.
-  std::string machine;
+  /// The machine the plan was resolved for (`describe(plan.machine)` prints it).
+  Capabilities machine;
   /// The device every component runs on.
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   /// Dtypes per component.
@@ -89,7 +89,7 @@ struct ExecutionPlan {
 inline ExecutionPlan resolve(const LoaderSettings& settings, const Capabilities& caps) {
   ExecutionPlan plan;
   plan.settings = settings;
-  plan.machine = describe(caps);
+  plan.machine = caps;
   plan.diagnostics.reserve(8);
 
   auto device = resolve_device(DeviceRequest::parse(settings.device), caps);
@@ -167,7 +167,7 @@ inline std::string to_text(const ExecutionPlan& plan) {
     }
     os << "\n";
   };
-  os << "machine:   " << plan.machine << "\n";
+  os << "machine:   " << describe(plan.machine) << "\n";
   os << "device:    " << plan.device << " (requested '" << plan.settings.device << "')\n";
   os << "precision: " << to_string(plan.precision.resolved) << " (requested " << to_string(plan.precision.requested)
      << ")\n";
@@ -232,7 +232,7 @@ inline std::string to_json(const ExecutionPlan& plan) {
   using detail::json_string;
   std::ostringstream os;
   const auto& s = plan.settings;
-  os << "{\"machine\": " << json_string(plan.machine) << ", \"settings\": {\"device\": " << json_string(s.device)
+  os << "{\"machine\": " << json_string(describe(plan.machine)) << ", \"settings\": {\"device\": " << json_string(s.device)
      << ", \"precision\": " << json_string(to_string(s.precision)) << ", \"vae_float32\": " << json_bool(s.vae_float32)
      << ", \"cpu_offload\": " << json_bool(s.cpu_offload) << ", \"vae_tiling\": " << json_bool(s.vae_tiling)
      << ", \"vae_slicing\": " << json_bool(s.vae_slicing) << ", \"upcast_attention\": "
@@ -257,7 +257,7 @@ inline std::string to_json(const ExecutionPlan& plan) {
   for (size_t i = 0; i < plan.diagnostics.size(); ++i) {
     const auto& d = plan.diagnostics[i];
     os << (i ? ", " : "") << "{\"severity\": " << json_string(to_string(d.severity))
-       << ", \"topic\": " << json_string(d.topic) << ", \"rule\": " << json_string(d.rule)
+       << ", \"topic\": " << json_string(std::string(d.topic)) << ", \"rule\": " << json_string(std::string(d.rule))
        << ", \"message\": " << json_string(d.message) << "}";
   }
   os << "]}";

@@ -1,0 +1,2 @@
+#include <ltxmps/version.hpp>
+int main() { return 0; }

@@ -40,7 +40,12 @@ struct FlowMatchSchedulerConfig {
 double calculate_shift(int64_t image_seq_len, int64_t base_seq_len, int64_t max_seq_len, double base_shift,
                        double max_shift);
 
-/// @brief `linear_quadratic_schedule(N, threshold_noise, linear_steps)` of LTXConditionPipeline.
+/// @brief `numpy.linspace(start, stop, num)` in float64, value for value (LTXPipeline's default sigmas are
+///        `np.linspace(1.0, 1 / N, N)`; the scheduler's default schedule is a linspace too).
+std::vector<double> numpy_linspace(double start, double stop, int64_t num);
+
+/// @brief `linear_quadratic_schedule(N, threshold_noise, linear_steps)` of LTXConditionPipeline, in Python
+///        float64 arithmetic (diffusers then makes a float32 tensor of it); N < 2 gives {1.0}.
 std::vector<double> linear_quadratic_schedule(int64_t num_steps, double threshold_noise = 0.025,
                                               std::optional<int64_t> linear_steps = std::nullopt);
 

@@ -219,7 +219,9 @@ class Generation {
  private:
   void validate();
   void encode_prompts();
-  at::Tensor encode_pixels(const at::Tensor& video);  // normalized latent sample, float32, [1, C, F', H', W']
+  void prepare_conditioning();  // checks and preprocesses images / condition frames (before any model runs)
+  void encode_conditioning();   // VAE-encodes them (after the text encoder, before the transformer)
+  at::Tensor sample_latents(size_t i);  // normalized posterior sample of conditioning input i, float32
   at::Tensor noise(at::IntArrayRef shape) { return ltxmps::randn(shape, gen_, f32()); }
   at::TensorOptions f32() const { return at::TensorOptions().dtype(at::kFloat).device(device_); }
   at::Tensor velocity(const at::Tensor& latents, const at::Tensor& timestep, const TransformerInputs& grid);
@@ -245,6 +247,15 @@ class Generation {
   int64_t lf_ = 0, lh_ = 0, lw_ = 0;  // latent grid (before patchify)
   at::Tensor embeds_, mask_;          // CFG batch [neg; pos] when guidance is on
   at::Tensor pos_embeds_;             // the conditional embeddings (their dtype is the "prompt_embeds.dtype")
+  /// Conditioning inputs (I2V images, condition items), VAE-encoded before the transformer runs so that an
+  /// offloaded VAE and transformer never share the device; sampled later, in diffusers' order of draws.
+  struct Conditioning {
+    at::Tensor data;  // [1, 3, F, H, W] in [-1, 1]
+    double strength = 1.0;
+    int64_t frame_index = 0;
+  };
+  std::vector<Conditioning> inputs_;
+  std::vector<VaePosterior> posteriors_;
 };
 
 void Generation::validate() {
@@ -276,6 +287,9 @@ void Generation::validate() {
   LTXMPS_CHECK(lf_ % pt_ == 0, "generate: ", lf_, " latent frames are not a multiple of the transformer's patch_size_t ",
                pt_);
   cfg_ = r.guidance_scale > 1.0;
+  batch_ = r.prompt_embeddings && r.prompt_embeddings->prompt_embeds.defined() ? r.prompt_embeddings->prompt_embeds.size(0)
+                                                                               : static_cast<int64_t>(r.prompts.size());
+  LTXMPS_CHECK(batch_ >= 1, "generate: no prompt given");
   LTXMPS_CHECK(r.decode_noise_scale.value_or(0.0) >= 0, "generate: decode_noise_scale must be >= 0");
   if (r.kind != PipelineKind::image_to_video && r.kind != PipelineKind::condition)
     LTXMPS_CHECK(!r.image, "generate: an image is given, but the pipeline is ", kind_name(r.kind),
@@ -353,10 +367,56 @@ void Generation::encode_prompts() {
   }
 }
 
-at::Tensor Generation::encode_pixels(const at::Tensor& video) {
+void Generation::prepare_conditioning() {
+  if (r_.kind == PipelineKind::image_to_video) {
+    at::Tensor image = *r_.image;
+    if (image.dim() == 3) image = image.unsqueeze(0);
+    LTXMPS_CHECK(image.dim() == 4 && image.size(1) == m_.vae.config.in_channels && image.size(2) == r_.height &&
+                     image.size(3) == r_.width && (image.size(0) == 1 || image.size(0) == batch_),
+                 "generate: the image must be [3, ", r_.height, ", ", r_.width, "] (or one per prompt), got ",
+                 r_.image->sizes(), "; resize it to the requested size first");
+    const auto pixels = to_model_range(image);
+    for (int64_t b = 0; b < pixels.size(0); ++b) inputs_.push_back({pixels[b].unsqueeze(0).unsqueeze(2), 1.0, 0});
+  } else if (r_.kind == PipelineKind::condition) {
+    auto add = [&](const at::Tensor& frames, int64_t frame_index, double strength, size_t index) {
+      LTXMPS_CHECK(frames.defined() && frames.dim() == 4 && frames.size(0) >= 1 &&
+                       frames.size(1) == m_.vae.config.in_channels && frames.size(2) == r_.height &&
+                       frames.size(3) == r_.width,
+                   "generate: condition ", index, " must be frames [F, 3, ", r_.height, ", ", r_.width, "], got ",
+                   frames.defined() ? frames.sizes() : at::IntArrayRef{}, "; resize it to the requested size first");
+      LTXMPS_CHECK(frame_index >= 0 && frame_index < r_.num_frames, "generate: condition ", index, " has frame_index ",
+                   frame_index, ", expected 0..", r_.num_frames - 1);
+      LTXMPS_CHECK(strength >= 0 && strength <= 1, "generate: condition ", index, " has strength ", strength,
+                   ", expected [0, 1]");
+      auto data = to_model_range(frames).permute({1, 0, 2, 3}).unsqueeze(0);  // [1, 3, F, H, W]
+      if (frames.size(0) > 1) {  // trim_conditioning_sequence
+        int64_t n = std::min(frames.size(0), r_.num_frames - frame_index);
+        n = (n - 1) / temporal_ * temporal_ + 1;
+        data = data.slice(2, 0, n);
+      }
+      LTXMPS_CHECK(data.size(2) % temporal_ == 1 % temporal_, "generate: condition ", index, " has ", data.size(2),
+                   " frames, expected ", temporal_, "k+1");
+      inputs_.push_back({data, strength, frame_index});
+    };
+    if (r_.image) add(r_.image->dim() == 3 ? r_.image->unsqueeze(0) : *r_.image, 0, 1.0, 0);
+    for (size_t i = 0; i < r_.conditions.size(); ++i)
+      add(r_.conditions[i].frames, r_.conditions[i].frame_index, r_.conditions[i].strength, i + (r_.image ? 1 : 0));
+  }
+}
+
+void Generation::encode_conditioning() {
+  if (inputs_.empty()) return;
   ltxmps::OffloadScope offload(plan_.offload, [&](const c10::Device& d) { move_vae(m_.vae, d); }, "vae", sink_);
-  const auto posterior = m_.vae.encode(video.to(device_, m_.vae.runtime.dtype));
-  auto latents = posterior.sample(gen_).to(device_, at::kFloat);
+  for (const auto& input : inputs_) {
+    // I2V casts the image to the embeddings' dtype first (diffusers), the condition pipeline to the VAE's.
+    auto data = input.data.to(device_);
+    if (r_.kind == PipelineKind::image_to_video) data = data.to(pos_embeds_.scalar_type());
+    posteriors_.push_back(m_.vae.encode(data.to(m_.vae.runtime.dtype).contiguous()));
+  }
+}
+
+at::Tensor Generation::sample_latents(size_t i) {
+  auto latents = posteriors_.at(i).sample(gen_).to(device_, at::kFloat);
   return m_.vae.normalize_latents(latents, 1.0);
 }
 
@@ -406,15 +466,8 @@ void Generation::text_to_video(at::Tensor& latents) {
   at::Tensor mask;  // image-to-video: 1 for the frame-0 tokens
   if (r_.kind == PipelineKind::image_to_video) {
     // prepare_latents: the image's latent repeated over the frames, noise elsewhere.
-    at::Tensor image = *r_.image;
-    if (image.dim() == 3) image = image.unsqueeze(0);
-    LTXMPS_CHECK(image.dim() == 4 && image.size(1) == m_.vae.config.in_channels && image.size(2) == r_.height &&
-                     image.size(3) == r_.width && (image.size(0) == 1 || image.size(0) == batch_),
-                 "generate: the image must be [3, ", r_.height, ", ", r_.width, "] (or one per prompt), got ",
-                 r_.image->sizes(), "; resize it to the requested size first");
     std::vector<at::Tensor> init;
-    const auto pixels = to_model_range(image).to(pos_embeds_.scalar_type());
-    for (int64_t b = 0; b < pixels.size(0); ++b) init.push_back(encode_pixels(pixels[b].unsqueeze(0).unsqueeze(2)));
+    for (size_t b = 0; b < posteriors_.size(); ++b) init.push_back(sample_latents(b));
     auto init_latents = at::cat(init, 0).repeat({1, 1, lf_, 1, 1});
     auto cond = at::zeros({batch_, 1, lf_, lh_, lw_}, f32());
     cond.select(2, 0).fill_(1.0);
@@ -451,37 +504,7 @@ void Generation::text_to_video(at::Tensor& latents) {
 
 void Generation::condition(at::Tensor& latents) {
   const int64_t C = m_.transformer.config.in_channels;
-  // Conditioning tensors [1, 3, F, H, W] in [-1, 1] (VAE dtype), trimmed to 8k+1 frames.
-  struct Item {
-    at::Tensor data;
-    double strength;
-    int64_t frame_index;
-  };
-  std::vector<Item> items;
-  auto add_item = [&](const at::Tensor& frames, int64_t frame_index, double strength, size_t index) {
-    LTXMPS_CHECK(frames.defined() && frames.dim() == 4 && frames.size(0) >= 1 &&
-                     frames.size(1) == m_.vae.config.in_channels && frames.size(2) == r_.height &&
-                     frames.size(3) == r_.width,
-                 "generate: condition ", index, " must be frames [F, 3, ", r_.height, ", ", r_.width, "], got ",
-                 frames.defined() ? frames.sizes() : at::IntArrayRef{}, "; resize it to the requested size first");
-    LTXMPS_CHECK(frame_index >= 0 && frame_index < r_.num_frames, "generate: condition ", index, " has frame_index ",
-                 frame_index, ", expected 0..", r_.num_frames - 1);
-    LTXMPS_CHECK(strength >= 0 && strength <= 1, "generate: condition ", index, " has strength ", strength,
-                 ", expected [0, 1]");
-    auto data = to_model_range(frames).permute({1, 0, 2, 3}).unsqueeze(0);  // [1, 3, F, H, W]
-    if (frames.size(0) > 1) {
-      int64_t n = std::min(frames.size(0), r_.num_frames - frame_index);
-      n = (n - 1) / temporal_ * temporal_ + 1;
-      data = data.slice(2, 0, n);
-    }
-    LTXMPS_CHECK(data.size(2) % temporal_ == 1 % temporal_, "generate: condition ", index, " has ", data.size(2),
-                 " frames, expected ", temporal_, "k+1");
-    items.push_back({data.to(device_, m_.vae.runtime.dtype).contiguous(), strength, frame_index});
-  };
-  if (r_.image) add_item(r_.image->dim() == 3 ? r_.image->unsqueeze(0) : *r_.image, 0, 1.0, 0);
-  for (size_t i = 0; i < r_.conditions.size(); ++i)
-    add_item(r_.conditions[i].frames, r_.conditions[i].frame_index, r_.conditions[i].strength, i + (r_.image ? 1 : 0));
-  const bool conditioned = !items.empty();
+  const bool conditioned = !inputs_.empty();
 
   // Schedule: linear-quadratic timesteps (or custom ones), passed to the scheduler as custom timesteps.
   std::vector<double> custom;
@@ -525,8 +548,9 @@ void Generation::condition(at::Tensor& latents) {
   int64_t extra_tokens = 0;
   at::Tensor frame_mask;
   if (conditioned) frame_mask = at::zeros({batch_, lf_}, f32());
-  for (const auto& item : items) {
-    auto cond = encode_pixels(item.data);
+  for (size_t index = 0; index < inputs_.size(); ++index) {
+    const auto& item = inputs_[index];
+    auto cond = sample_latents(index);
     const int64_t data_frames = item.data.size(2), cond_frames = cond.size(2);
     if (item.frame_index == 0) {
       auto head = lat.slice(2, 0, cond_frames);
@@ -634,7 +658,9 @@ GenerateResult Generation::decode(const at::Tensor& unpacked_normalized) {
 
 GenerateResult Generation::run() {
   validate();
+  prepare_conditioning();
   encode_prompts();
+  encode_conditioning();
   m_.transformer.runtime.attention.kernel = plan_.attention.kernel;
   at::Tensor latents;
   {

@@ -1,0 +1,158 @@
+// The reference pipeline's models on CUDA: each runs in fp32 (TF32 off) and in half precision on the GPU and is
+// compared with the same weights in fp32 on the CPU, whose parity with diffusers/transformers the parity suites
+// establish. Without CUDA the suite reports SKIPPED (exit code 77) with its reason.
+#define CATCH_CONFIG_RUNNER  // Catch2 v2: this file provides main() (v3 ignores the macro)
+#include "catch_compat.hpp"
+#if LTXMPS_CATCH_V3
+#include <catch2/catch_session.hpp>
+#endif
+
+#include "ltxmps_pipeline/t5.hpp"
+#include "ltxmps_pipeline/transformer.hpp"
+#include "ltxmps_pipeline/vae.hpp"
+
+#include <ltxmps/ltxmps.hpp>
+
+#include <cmath>
+#include <iostream>
+
+using namespace ltxmps::pipeline;
+
+namespace {
+
+const c10::Device kCuda("cuda:0");
+const c10::Device kCpu("cpu");
+
+// Deterministic weights by name: a CPU generator seeded from the name, scaled by 1/sqrt(fan_in) so activations
+// stay O(1); 1-D tensors (norm weights, biases) near 1 and near 0.
+at::Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape) {
+  auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
+  if (shape.empty()) return at::full({}, 1000.0);
+  auto t = ltxmps::randn(shape, g);
+  if (shape.size() == 1) {
+    const bool bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
+    return bias ? t.mul_(0.05) : t.mul_(0.05).add_(1.0);
+  }
+  int64_t fan_in = 1;
+  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+  return t.mul_(1.0 / std::sqrt(static_cast<double>(fan_in)));
+}
+
+double scaled_error(const at::Tensor& out, const at::Tensor& ref) {
+  const auto o = out.to(kCpu, at::kDouble), r = ref.to(kCpu, at::kDouble);
+  return (o - r).abs().max().item<double>() / std::max(1.0, r.abs().max().item<double>());
+}
+
+// fp32 on CUDA must not use TF32 (10-bit mantissa) for the comparison with the CPU.
+struct NoTF32 {
+  NoTF32() {
+    at::globalContext().setAllowTF32CuBLAS(false);
+    at::globalContext().setAllowTF32CuDNN(false);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("transformer on CUDA: fp32 equals the CPU; bf16 and fp16 within half-precision error", "[gpu][transformer]") {
+  NoTF32 no_tf32;
+  TransformerConfig config;
+  config.in_channels = 8;
+  config.out_channels = 8;
+  config.num_attention_heads = 4;
+  config.attention_head_dim = 8;
+  config.cross_attention_dim = 32;
+  config.num_layers = 2;
+  config.caption_channels = 32;
+  auto g = ltxmps::make_cpu_generator(1);
+  TransformerInputs in;
+  in.hidden_states = ltxmps::randn({2, 2 * 4 * 4, 8}, g);
+  in.encoder_hidden_states = ltxmps::randn({2, 8, 32}, g);
+  in.timestep = at::tensor({500.0f, 20.0f});
+  in.encoder_attention_mask = at::ones({2, 8});
+  in.encoder_attention_mask->narrow(1, 6, 2).zero_();
+  in.num_frames = 2;
+  in.height = 4;
+  in.width = 4;
+  in.rope_interpolation_scale = std::array<double, 3>{8.0 / 25.0, 32.0, 32.0};
+
+  const auto reference = TransformerModel::from_weights(config, {kCpu, at::kFloat, {}}, random_weight).forward(in);
+  const auto fp32 = TransformerModel::from_weights(config, {kCuda, at::kFloat, {}}, random_weight).forward(in);
+  REQUIRE(fp32.device() == kCuda);
+  CHECK(scaled_error(fp32, reference) <= 1e-4);
+  const auto upcast = TransformerModel::from_weights(config, {kCuda, at::kFloat, {ltxmps::AttentionKernel::upcast}},
+                                                     random_weight).forward(in);
+  CHECK(scaled_error(upcast, reference) <= 1e-4);
+  // bf16 keeps 8 mantissa bits (relative rounding 2^-9 per operation); through two blocks of ~10 rounded ops each
+  // the output error stays within a few percent of its scale. fp16 has 11 bits: 8x tighter.
+  const auto bf16 = TransformerModel::from_weights(config, {kCuda, at::kBFloat16, {}}, random_weight).forward(in);
+  CHECK(bf16.scalar_type() == at::kBFloat16);
+  CHECK(scaled_error(bf16, reference) <= 5e-2);
+  const auto fp16 = TransformerModel::from_weights(config, {kCuda, at::kHalf, {}}, random_weight).forward(in);
+  CHECK(scaled_error(fp16, reference) <= 1e-2);
+}
+
+TEST_CASE("VAE on CUDA: fp32 encode/decode and tiled decode equal the CPU", "[gpu][vae]") {
+  NoTF32 no_tf32;
+  VaeConfig config;  // diffusers' "090" unit-test VAE
+  config.latent_channels = 8;
+  config.block_out_channels = {8, 8, 8, 8};
+  config.decoder_block_out_channels = {8, 8, 8, 8};
+  config.layers_per_block = {1, 1, 1, 1, 1};
+  config.decoder_layers_per_block = {1, 1, 1, 1, 1};
+  config.spatio_temporal_scaling = {true, true, false, false};
+  config.decoder_spatio_temporal_scaling = {true, true, false, false};
+  config.patch_size = 1;
+  auto g = ltxmps::make_cpu_generator(2);
+  const auto video = ltxmps::randn({1, 3, 9, 32, 32}, g);
+  const auto cpu = VaeModel::from_weights(config, {kCpu, at::kFloat, true}, random_weight);
+  auto gpu = VaeModel::from_weights(config, {kCuda, at::kFloat, true}, random_weight);
+  const auto cpu_post = cpu.encode(video);
+  const auto gpu_post = gpu.encode(video);
+  CHECK(scaled_error(gpu_post.mean, cpu_post.mean) <= 1e-4);
+  const auto cpu_frames = cpu.decode(cpu_post.mean);
+  CHECK(scaled_error(gpu.decode(cpu_post.mean.to(kCuda)), cpu_frames) <= 1e-4);
+  auto cpu_tiled = cpu;
+  cpu_tiled.tiling.enable_tiling(16, 16, std::nullopt, 8, 8);
+  gpu.tiling.enable_tiling(16, 16, std::nullopt, 8, 8);
+  CHECK(scaled_error(gpu.decode(cpu_post.mean.to(kCuda)), cpu_tiled.decode(cpu_post.mean)) <= 1e-4);
+}
+
+TEST_CASE("T5 on CUDA: fp32 equals the CPU; bf16 within half-precision error; fp16 keeps wo in fp32", "[gpu][t5]") {
+  NoTF32 no_tf32;
+  T5Config config;
+  config.vocab_size = 64;
+  config.d_model = 32;
+  config.d_kv = 8;
+  config.num_heads = 4;
+  config.d_ff = 48;
+  config.num_layers = 2;
+  config.feed_forward_proj = "gated-gelu";
+  config.dense_act_fn = "gelu_new";
+  config.is_gated_act = true;
+  auto source = [](const std::string& name, const std::vector<int64_t>& shape, at::ScalarType dtype) {
+    return random_weight(name, shape).to(dtype);
+  };
+  const auto ids = at::randint(0, 64, {2, 40}, at::TensorOptions().dtype(at::kLong));
+  auto mask = at::ones({2, 40});
+  mask.narrow(1, 30, 10).zero_();
+  const auto reference = T5EncoderModel::from_weights(config, {kCpu, at::kFloat, {}, {}}, source).forward(ids, mask);
+  const auto fp32 = T5EncoderModel::from_weights(config, {kCuda, at::kFloat, {}, {}}, source).forward(ids, mask);
+  CHECK(scaled_error(fp32, reference) <= 1e-4);
+  const auto bf16 = T5EncoderModel::from_weights(config, {kCuda, at::kBFloat16, {}, {}}, source).forward(ids, mask);
+  CHECK(scaled_error(bf16, reference) <= 5e-2);
+  auto fp16_model =
+      T5EncoderModel::from_weights(config, {kCuda, at::kHalf, t5_keep_in_fp32_modules(at::kHalf), {}}, source);
+  CHECK(fp16_model.block[0].wo.scalar_type() == at::kFloat);
+  CHECK(scaled_error(fp16_model.forward(ids, mask), reference) <= 1e-2);
+  fp16_model.release();
+  CHECK_FALSE(fp16_model.loaded());
+}
+
+int main(int argc, char* argv[]) {
+  if (!torch::cuda::is_available()) {
+    std::cout << "SKIPPED: no CUDA device on this machine (torch::cuda::is_available() is false); "
+                 "the models' CUDA paths are tested on the GPU machine\n";
+    return 77;
+  }
+  return Catch::Session().run(argc, argv);
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""One LTX-Video text-to-video generation with diffusers' LTXPipeline: the counterpart of pipeline_bench.cpp.
+
+Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096) and AutoencoderKLLTXVideo() (0.9.0
+config) with random weights, random prompt embeddings [1, 128, 4096] (no T5-XXL), 768x512x121, 30 steps,
+guidance 3, generator torch.Generator().manual_seed(0). Prints one JSON line: seconds per denoising step (mean
+over the steps after the first), total seconds of the call (loop + decode) and the peak CUDA memory.
+
+  pipeline_bench.py [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
+                    [--steps N] [--guidance X] [--layers N] [--smoke]
+"""
+
+import argparse
+import json
+import time
+
+import torch
+from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--precision", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=768)
+    p.add_argument("--frames", type=int, default=121)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--layers", type=int, default=28)
+    p.add_argument("--smoke", action="store_true", help="2 layers, 4 heads, 64x64x9, 2 steps (any device)")
+    a = p.parse_args()
+    if a.smoke:
+        a.layers, a.height, a.width, a.frames, a.steps = 2, 64, 64, 9, 2
+    dtype, device = DTYPES[a.precision], torch.device(a.device)
+    torch.manual_seed(0)
+    heads = 4 if a.smoke else 32
+    transformer = LTXVideoTransformer3DModel(num_layers=a.layers, num_attention_heads=heads, attention_head_dim=64,
+                                             cross_attention_dim=heads * 64, caption_channels=4096)
+    vae = AutoencoderKLLTXVideo()
+    pipe = LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.to(device),  # float32 (ltxmps' plan)
+                       text_encoder=None, tokenizer=None, transformer=transformer.to(device, dtype))
+    pipe.set_progress_bar_config(disable=True)
+    embeds = torch.randn(1, 128, 4096, dtype=dtype).to(device)
+    mask = torch.ones(1, 128, dtype=torch.bool, device=device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step_end = []
+    start = time.perf_counter()
+
+    def on_step(pipeline, i, t, kwargs):
+        sync()
+        step_end.append(time.perf_counter() - start)
+        return kwargs
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        frames = pipe(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=embeds.clone(),
+                      negative_prompt_attention_mask=mask.clone(), height=a.height, width=a.width,
+                      num_frames=a.frames, num_inference_steps=a.steps, guidance_scale=a.guidance,
+                      generator=torch.Generator().manual_seed(0), output_type="pt",
+                      callback_on_step_end=on_step).frames
+    sync()
+    total = time.perf_counter() - start
+    per_step = step_end[0] if len(step_end) == 1 else (step_end[-1] - step_end[0]) / (len(step_end) - 1)
+    print(json.dumps(dict(impl="diffusers", device=str(device), precision=a.precision,
+                          size=[a.frames, a.height, a.width], steps=a.steps, guidance=a.guidance, layers=a.layers,
+                          seconds_per_step=round(per_step, 4), total_seconds=round(total, 3),
+                          peak_memory_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else -1,
+                          frames_shape=list(frames.shape))))
+
+
+if __name__ == "__main__":
+    main()

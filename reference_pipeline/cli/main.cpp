@@ -43,6 +43,8 @@ Runner setup_forward_vae_encode(CLI::App* cmd);  // cli/vae_commands.cpp
 Runner setup_forward_vae_decode(CLI::App* cmd);  // cli/vae_commands.cpp
 Runner setup_forward_t5(CLI::App* cmd);        // cli/t5_commands.cpp
 Runner setup_encode_prompt(CLI::App* cmd);     // cli/t5_commands.cpp
+Runner setup_generate(CLI::App* cmd);          // cli/generate_commands.cpp
+Runner setup_plan(CLI::App* cmd);              // cli/generate_commands.cpp
 
 void add_runtime_options(CLI::App* cmd, RuntimeOptions& o) {
   cmd->add_option("--device", o.device, "auto, cpu, cuda, cuda:N, mps, xpu")
@@ -194,6 +196,9 @@ const std::vector<Command>& commands() {
       {{"forward", "vae-decode"}, "run AutoencoderKLLTXVideo.decode once on saved latents", setup_forward_vae_decode},
       {{"forward", "t5"}, "run the T5 text encoder (T5EncoderModel) once on saved token ids", setup_forward_t5},
       {{"encode-prompt"}, "encode prompts with T5 as the LTX pipelines do and write a prompt cache", setup_encode_prompt},
+      {{"generate"}, "generate a video (text-, image- or video-to-video); without --model-dir, a tiny random model",
+       setup_generate},
+      {{"plan"}, "print the execution plan this machine (or a simulated one) would get", setup_plan},
   };
   return table;
 }

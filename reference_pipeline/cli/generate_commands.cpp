@@ -1,0 +1,458 @@
+// `ltxmps generate` (the LTX-Video pipelines end to end, video files in and out) and `ltxmps plan` (the execution
+// plan this machine, or a simulated one, would get).
+//
+// Logging: everything the run says goes to stderr as "ltxmps: ..." lines: the plan first, then the diagnostics the
+// library reports through its sink, then progress: a bar redrawn with \r on a terminal, one line per step
+// otherwise. stdout gets only the result (the written file for generate, the plan for plan).
+
+#include "cli_common.hpp"
+
+#include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/pipeline.hpp"
+#include "ltxmps_pipeline/prompt_cache.hpp"
+#include "ltxmps_pipeline/safetensors.hpp"
+#include "ltxmps_pipeline/video_io.hpp"
+
+#include "ltxmps/error.hpp"
+#include "ltxmps/plan.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <ATen/ATen.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace ltxmps::cli {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Logging and progress
+
+/// Progress and log lines on stderr; a terminal gets a bar redrawn in place.
+class Log {
+ public:
+  Log() : tty_(isatty(fileno(stderr)) != 0) {}
+
+  void line(const std::string& text) {
+    end_bar();
+    std::cerr << "ltxmps: " << text << "\n";
+  }
+  void diagnostic(const ltxmps::Diagnostic& d) {
+    std::ostringstream os;
+    os << (d.severity == ltxmps::Severity::warning ? "warning: " : "") << d.topic << ": " << d.message;
+    line(os.str());
+  }
+  ltxmps::DiagnosticSink sink() {
+    return [this](const ltxmps::Diagnostic& d) { diagnostic(d); };
+  }
+  /// Step `step` of `total` finished.
+  void step(int64_t step, int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    if (step <= 1 || !started_) start_ = now, started_ = true, first_step_ = step;
+    const double elapsed = std::chrono::duration<double>(now - start_).count();
+    // The rate counts the steps after the first one (the first pays for warm-up) once there are some.
+    std::ostringstream os;
+    os << "step " << step << "/" << total;
+    if (step > first_step_ && elapsed > 0) {
+      const double rate = static_cast<double>(step - first_step_) / elapsed;
+      os << std::fixed << std::setprecision(2) << ", " << rate << " it/s, ETA " << std::setprecision(1)
+         << static_cast<double>(total - step) / rate << " s";
+    }
+    if (tty_) {
+      const auto text = os.str();
+      std::cerr << "\r" << text << std::string(bar_width_ > text.size() ? bar_width_ - text.size() : 0, ' ') << std::flush;
+      bar_width_ = text.size();
+      bar_open_ = true;
+      if (step == total) end_bar();
+    } else {
+      line(os.str());
+    }
+  }
+  void end_bar() {
+    if (!bar_open_) return;
+    std::cerr << "\n";
+    bar_open_ = false;
+    bar_width_ = 0;
+  }
+
+ private:
+  bool tty_;
+  bool bar_open_ = false;
+  size_t bar_width_ = 0;
+  bool started_ = false;
+  int64_t first_step_ = 1;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Options shared by generate and plan
+
+struct PlanFlags {
+  RuntimeOptions runtime;
+  bool cpu_offload = false;
+  bool vae_float32 = true;
+  bool vae_tiling = false;
+  bool vae_slicing = false;
+};
+
+void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
+  add_runtime_options(cmd, f.runtime);
+  cmd->add_flag("--cpu-offload", f.cpu_offload,
+                "keep components on the CPU and move each to the GPU while it runs (CUDA/XPU; ignored elsewhere)");
+  cmd->add_flag("--vae-float32,!--no-vae-float32", f.vae_float32,
+                "run the VAE in float32 whatever --precision says (default on; --no-vae-float32 follows --precision)");
+}
+
+ltxmps::LoaderSettings loader_settings(const PlanFlags& f) {
+  ltxmps::LoaderSettings s;
+  s.device = f.runtime.device;
+  s.precision = ltxmps::parse_precision(f.runtime.precision);
+  s.cpu_offload = f.cpu_offload;
+  s.vae_float32 = f.vae_float32;
+  s.vae_tiling = f.vae_tiling;
+  s.vae_slicing = f.vae_slicing;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// ltxmps plan
+
+struct PlanOptions {
+  PlanFlags flags;
+  bool json = false;
+  std::string simulate;
+};
+
+int run_plan(const PlanOptions& o) {
+  ltxmps::Capabilities caps = ltxmps::current_capabilities();
+  if (o.simulate == "cpu") caps = ltxmps::Capabilities::cpu_only();
+  else if (o.simulate == "cuda") caps = ltxmps::Capabilities::cuda(1, 9, 0);
+  else if (o.simulate == "mps") caps = ltxmps::Capabilities::mps(15, 0);
+  else if (o.simulate == "mps13") caps = ltxmps::Capabilities::mps(13, 0);
+  ltxmps::ExecutionPlan plan;
+  try {
+    plan = ltxmps::resolve(loader_settings(o.flags), caps);
+  } catch (const ltxmps::Error& e) {
+    throw UsageError(std::string("--device ") + o.flags.runtime.device + ": " + e.what());
+  }
+  std::cout << (o.json ? ltxmps::to_json(plan) + "\n" : ltxmps::to_text(plan));
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// ltxmps generate
+
+struct GenerateOptions {
+  std::string model_dir, prompt, prompt_cache, negative_prompt, image, video, output, save_latents, fit = "none";
+  int64_t height = 0, width = 0, num_frames = 0, steps = 0;
+  double strength = 0.8, guidance_scale = 3.0, guidance_rescale = 0.0, frame_rate = 25.0, decode_timestep = 0.0,
+         decode_noise_scale = 0.0;
+  uint64_t seed = 0;
+  PlanFlags flags;
+  // Which options were given (CLI11 keeps the Option objects alive with the App).
+  CLI::Option *height_opt = nullptr, *width_opt = nullptr, *frames_opt = nullptr, *steps_opt = nullptr,
+              *prompt_opt = nullptr, *output_opt = nullptr, *decode_noise_opt = nullptr;
+};
+
+// CLI11's number validators report a non-number as out of a range with a 300-digit bound; these say what is wrong.
+CLI::Validator number_check(const char* description, bool integer, double min, bool min_inclusive) {
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        size_t used = 0;
+        double v = 0;
+        try {
+          v = integer ? static_cast<double>(std::stoll(text, &used)) : std::stod(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (text.empty() || used != text.size() || !std::isfinite(v) || (min_inclusive ? v < min : v <= min))
+          return std::string("expected ") + description + ", got '" + text + "'";
+        return std::string();
+      },
+      description);
+}
+const CLI::Validator kPositiveInt = number_check("a positive integer", true, 0, false);
+const CLI::Validator kPositive = number_check("a positive number", false, 0, false);
+const CLI::Validator kNonNegative = number_check("a number >= 0", false, 0, true);
+
+// The default output: an MP4 where FFmpeg is built in, else a folder of PNG frames.
+std::string default_output() {
+  return ltxmps::pipeline::video_io_has_ffmpeg() ? "ltxmps_default.mp4" : "ltxmps_default";
+}
+
+// `_class_name` of the folder's model_index.json ("" when it cannot be read: the loader reports that).
+std::string pipeline_class(const fs::path& root) {
+  std::ifstream in(root / "model_index.json");
+  if (!in) return "";
+  const auto index = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return index.is_object() && index.contains("_class_name") && index["_class_name"].is_string()
+             ? index["_class_name"].get<std::string>()
+             : "";
+}
+
+// The size rules of the model, read from its configs before anything heavy loads.
+ltxmps::pipeline::FitRules model_fit_rules(const fs::path& root) {
+  using namespace ltxmps::pipeline;
+  if (root.empty()) return fit_rules(EmbeddedDefault::vae_config(), EmbeddedDefault::transformer_config());
+  const auto vae = root / "vae" / "config.json", transformer = root / "transformer" / "config.json";
+  if (!fs::is_regular_file(vae) || !fs::is_regular_file(transformer)) return {};  // the loader names what is missing
+  return fit_rules(VaeConfig::from_file(vae), TransformerConfig::from_file(transformer));
+}
+
+void check_multiple(const char* option, int64_t value, int64_t multiple) {
+  if (value % multiple != 0)
+    throw UsageError(c10::str(option, " ", value, ": the model takes multiples of ", multiple,
+                              " (its VAE's spatial compression): use ", ltxmps::pipeline::nearest_multiples(value, multiple)));
+}
+
+void check_frame_count(int64_t frames, int64_t multiple) {
+  if ((frames - 1) % multiple != 0)
+    throw UsageError(c10::str("--num-frames ", frames, ": the model takes ", multiple, "k+1 frames (its VAE's temporal "
+                              "compression is ", multiple, "): use ",
+                              ltxmps::pipeline::nearest_frame_counts(frames, multiple)));
+}
+
+std::string describe_size(int64_t frames, int64_t height, int64_t width) {
+  return c10::str(frames, frames == 1 ? " frame of " : " frames of ", width, "x", height);
+}
+
+int run_generate(const GenerateOptions& o) {
+  using namespace ltxmps::pipeline;
+  const auto wall_start = std::chrono::steady_clock::now();
+  Log log;
+  const bool embedded = o.model_dir.empty();
+  const fs::path root(o.model_dir);
+
+  // Arguments that can be checked before anything runs.
+  if (!embedded && o.prompt_opt->count() == 0 && o.prompt_cache.empty())
+    throw UsageError("--prompt or --prompt-cache is required with --model-dir");
+  const std::string output = o.output_opt->count() ? o.output : default_output();
+  if (is_video_file_path(output) && !video_io_has_ffmpeg())
+    throw UsageError("--output " + output +
+                     ": this ltxmps was built without FFmpeg and cannot write video files; give a folder name to get PNG "
+                     "frames (for example --output " + fs::path(output).replace_extension().string() + ")");
+  const auto output_parent = fs::path(output).parent_path();
+  if (!output_parent.empty() && !fs::is_directory(output_parent))
+    throw UsageError("--output " + output + ": the folder '" + output_parent.string() + "' does not exist");
+  const auto fit = parse_fit_mode(o.fit);
+  if (!embedded)
+    LTXMPS_CHECK(fs::is_directory(root), "--model-dir ", root.string(), ": no such folder (expected a diffusers "
+                                         "LTX-Video folder with model_index.json)");
+
+  // The plan.
+  ltxmps::ExecutionPlan plan;
+  try {
+    plan = ltxmps::resolve(loader_settings(o.flags), ltxmps::current_capabilities());
+  } catch (const ltxmps::Error& e) {
+    throw UsageError(std::string("--device ") + o.flags.runtime.device + ": " + e.what());
+  }
+  {
+    log.line("execution plan:");
+    std::istringstream text(ltxmps::to_text(plan));
+    for (std::string l; std::getline(text, l);) log.line("  " + l);
+  }
+
+  // Sizes: the options, else the input's (fitted), else the defaults.
+  const auto rules = model_fit_rules(root);
+  if (o.height_opt->count()) check_multiple("--height", o.height, rules.spatial_multiple);
+  if (o.width_opt->count()) check_multiple("--width", o.width, rules.spatial_multiple);
+  if (o.frames_opt->count()) check_frame_count(o.num_frames, rules.temporal_multiple);
+  FitTarget target;
+  if (o.height_opt->count()) target.height = o.height;
+  if (o.width_opt->count()) target.width = o.width;
+  if (o.frames_opt->count()) target.num_frames = o.num_frames;
+
+  GenerateRequest request;
+  at::Tensor input;  // fitted input frames [F, 3, H, W] in [0, 1]
+  if (!o.image.empty()) {
+    input = fit_video(read_image(o.image).unsqueeze(0), rules, fit, {target.height, target.width, std::nullopt}, o.image);
+    log.line(c10::str("image ", o.image, ": ", describe_size(1, input.size(2), input.size(3))));
+  } else if (!o.video.empty()) {
+    input = fit_video(read_video(o.video), rules, fit, target, o.video);
+    if (target.num_frames && input.size(0) < *target.num_frames)
+      throw ltxmps::Error(c10::str(o.video, ": has ", input.size(0), " usable frames, fewer than --num-frames ",
+                                   *target.num_frames, " (video-to-video keeps the video's length)"));
+    log.line(c10::str("video ", o.video, ": ", describe_size(input.size(0), input.size(2), input.size(3))));
+  }
+  request.height = input.defined() ? input.size(2) : target.height.value_or(embedded ? EmbeddedDefault::height : request.height);
+  request.width = input.defined() ? input.size(3) : target.width.value_or(embedded ? EmbeddedDefault::width : request.width);
+  request.num_frames = !o.video.empty() ? input.size(0)
+                                        : target.num_frames.value_or(embedded ? EmbeddedDefault::num_frames
+                                                                              : request.num_frames);
+  request.num_inference_steps =
+      o.steps_opt->count() ? o.steps : (embedded ? EmbeddedDefault::num_inference_steps : request.num_inference_steps);
+  request.guidance_scale = o.guidance_scale;
+  request.guidance_rescale = o.guidance_rescale;
+  request.frame_rate = o.frame_rate;
+  request.decode_timestep = o.decode_timestep;
+  if (o.decode_noise_opt->count()) request.decode_noise_scale = o.decode_noise_scale;
+  request.seed = o.seed;
+
+  // The model.
+  LtxModel model;
+  std::string cls;
+  if (embedded) {
+    log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
+    log.line("the embedded default's weights are RANDOM: the video will be noise-like, not a picture of the prompt");
+    model = make_embedded_default_model(plan);
+  } else {
+    cls = pipeline_class(root);
+    LoadOptions load;
+    load.load_text_encoder = o.prompt_cache.empty();
+    model = load_ltx_model(root, plan, load, log.sink());
+  }
+
+  // The pipeline: the folder's class decides as DiffusionPipeline.from_pretrained does; a video is video-to-video.
+  const bool condition_model = cls == "LTXConditionPipeline";
+  if (!o.video.empty()) {
+    request.kind = PipelineKind::condition;
+    request.denoise_strength = o.strength;
+    const auto& vae = model.vae;
+    const auto pixels = input.mul(2.0).sub(1.0).permute({1, 0, 2, 3}).unsqueeze(0);  // [1, 3, F, H, W] in [-1, 1]
+    request.latents = vae.normalize_latents(vae.encode(pixels).mode().to(at::kFloat)).to(at::kCPU);
+    log.line(c10::str("video-to-video: the video's latents, denoised from strength ", o.strength,
+                      " (LTXConditionPipeline's denoise_strength)"));
+  } else if (!o.image.empty() && condition_model) {
+    request.kind = PipelineKind::condition;
+    request.conditions.push_back({input, 0, 1.0});
+    log.line("image condition at frame 0 (LTXConditionPipeline)");
+  } else if (!o.image.empty()) {
+    request.kind = PipelineKind::image_to_video;
+    request.image = input[0];
+    log.line("image-to-video (LTXImageToVideoPipeline)");
+  } else {
+    request.kind = condition_model ? PipelineKind::condition : PipelineKind::text_to_video;
+  }
+
+  // The prompt.
+  const std::string prompt = o.prompt_opt->count() ? o.prompt : std::string(EmbeddedDefault::prompt);
+  request.prompts = {prompt};
+  request.negative_prompts = {o.negative_prompt};
+  if (!o.prompt_cache.empty()) {
+    request.prompt_embeddings = load_prompt_cache(o.prompt_cache);
+    log.line("prompt embeddings from the cache " + o.prompt_cache);
+  } else if (embedded) {
+    const int64_t max_length = EmbeddedDefault::max_sequence_length;
+    request.prompt_embeddings = embedded_default_prompt_embeddings(model, request.prompts, request.negative_prompts,
+                                                                   max_length, request.kind == PipelineKind::condition);
+    model.text_encoder->release();
+    log.line("prompt \"" + prompt + "\" encoded by the embedded T5 (byte tokens, random weights); text encoder released");
+  }
+
+  log.line(c10::str("generating ", describe_size(request.num_frames, request.height, request.width), " at ",
+                    request.frame_rate, " fps, ", request.num_inference_steps, " steps, guidance ", request.guidance_scale,
+                    ", seed ", request.seed));
+  const auto result = generate(model, request, plan, log.sink(), [&](int64_t i, int64_t n) { log.step(i, n); });
+  log.end_bar();
+
+  VideoWriteOptions write;
+  write.frame_rate = request.frame_rate;
+  const auto written = write_video(output, result.frames[0], write);
+  for (const auto& note : written.notes) log.diagnostic(note);
+  if (!o.save_latents.empty()) {
+    save_safetensors(o.save_latents, {{"latents", result.latents.contiguous()}},
+                     {{"seed", std::to_string(request.seed)}, {"random_weights", model.random_weights ? "true" : "false"}});
+    log.line("latents " + c10::str(result.latents.sizes()) + " -> " + o.save_latents);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  log.line(c10::str("wrote ", written.path.string(), ": ", describe_size(written.frames, written.height, written.width),
+                    ", ", written.codec, written.format == "png" ? " frames" : ", " + written.format, ", ",
+                    request.frame_rate, " fps (", std::fixed, std::setprecision(1), seconds, " s in all)"));
+  if (model.random_weights)
+    log.line("reminder: random weights, so the video is noise-like; pass --model-dir for a real LTX-Video model");
+  std::cout << written.path.string() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+Runner setup_generate(CLI::App* cmd) {
+  auto o = std::make_shared<GenerateOptions>();
+  cmd->footer(
+      "Without --model-dir a tiny embedded model with random weights runs (64x64, 9 frames, 4 steps by default): the "
+      "pipeline works end to end, the video is noise-like.\n"
+      "--image: image-to-video (LTXImageToVideoPipeline; with an LTXConditionPipeline folder, an image condition at "
+      "frame 0). --video: video-to-video as diffusers' LTXConditionPipeline(latents=<the video's latents>, "
+      "denoise_strength=--strength): the video is encoded by the VAE and denoised from --strength (1 ignores it, "
+      "smaller keeps more of it; 0.8 as diffusers' video-to-video pipelines).\n"
+      "Inputs must fit the model (H, W multiples of 32 for the released models; 8k+1 frames): otherwise the error "
+      "says how, or --fit crop|resize|trim fits them.");
+  cmd->add_option("--model-dir", o->model_dir, "diffusers LTX-Video folder (model_index.json); none: the embedded default");
+  o->prompt_opt = cmd->add_option("--prompt", o->prompt, "the prompt (embedded default: \"" +
+                                                             std::string(ltxmps::pipeline::EmbeddedDefault::prompt) + "\")");
+  auto* cache = cmd->add_option("--prompt-cache", o->prompt_cache,
+                                "prompt cache from 'ltxmps encode-prompt' instead of --prompt (the text encoder is not "
+                                "loaded)")
+                    ->check(CLI::ExistingFile);
+  o->prompt_opt->excludes(cache);
+  cmd->add_option("--negative-prompt", o->negative_prompt, "negative prompt (default \"\", as diffusers)");
+  auto* image = cmd->add_option("--image", o->image, "first frame: image-to-video (PNG; JPEG etc. with FFmpeg)")
+                    ->check(CLI::ExistingPath);
+  auto* video = cmd->add_option("--video", o->video, "input video (file or folder of PNG frames): video-to-video")
+                    ->check(CLI::ExistingPath);
+  image->excludes(video);
+  cmd->add_option("--strength", o->strength, "with --video: denoise strength in (0, 1]")
+      ->capture_default_str()
+      ->check(CLI::Range(1e-6, 1.0))
+      ->needs(video);
+  o->height_opt = cmd->add_option("--height", o->height, "pixels (default: the input's, else 64 embedded / 512)")
+                      ->check(kPositiveInt);
+  o->width_opt = cmd->add_option("--width", o->width, "pixels (default: the input's, else 64 embedded / 704)")
+                     ->check(kPositiveInt);
+  o->frames_opt = cmd->add_option("--num-frames", o->num_frames, "frames, 8k+1 (default: 9 embedded / 161)")
+                      ->check(kPositiveInt);
+  o->steps_opt = cmd->add_option("--steps", o->steps, "denoising steps (default: 4 embedded / 50)")
+                     ->check(kPositiveInt);
+  cmd->add_option("--guidance-scale", o->guidance_scale, "classifier-free guidance (on above 1)")
+      ->capture_default_str()
+      ->check(kNonNegative);
+  cmd->add_option("--guidance-rescale", o->guidance_rescale, "rescale_noise_cfg's phi in [0, 1]")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--seed", o->seed, "seed of the CPU generator (same video on every device)")->capture_default_str();
+  cmd->add_option("--frame-rate", o->frame_rate, "frames per second (RoPE scale and the output file)")
+      ->capture_default_str()
+      ->check(kPositive);
+  cmd->add_option("--decode-timestep", o->decode_timestep, "VAE decode timestep (timestep-conditioned VAEs)")
+      ->capture_default_str()
+      ->check(kNonNegative);
+  o->decode_noise_opt = cmd->add_option("--decode-noise-scale", o->decode_noise_scale,
+                                        "decode noise mix (default: --decode-timestep)")
+                            ->check(kNonNegative);
+  o->output_opt = cmd->add_option("--output", o->output,
+                                  "*.mp4 (also .mov/.mkv/.webm/.avi; needs FFmpeg) or a folder for PNG frames (default "
+                                  "ltxmps_default.mp4, or the folder ltxmps_default without FFmpeg)");
+  cmd->add_option("--save-latents", o->save_latents, "also write the final latents (safetensors, 'latents')");
+  cmd->add_option("--fit", o->fit, "make --image/--video fit: crop (center), resize (bilinear), trim (frames only)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "crop", "resize", "trim"}));
+  add_plan_flags(cmd, o->flags);
+  cmd->add_flag("--vae-tiling", o->flags.vae_tiling, "decode in overlapping spatial tiles");
+  cmd->add_flag("--vae-slicing", o->flags.vae_slicing, "decode one batch item at a time");
+  return [o] { return run_generate(*o); };
+}
+
+Runner setup_plan(CLI::App* cmd) {
+  auto o = std::make_shared<PlanOptions>();
+  cmd->add_flag("--json", o->json, "print the plan as JSON");
+  cmd->add_option("--simulate", o->simulate, "resolve for a simulated machine instead of this one")
+      ->check(CLI::IsMember({"cpu", "cuda", "mps", "mps13"}));
+  add_plan_flags(cmd, o->flags);
+  return [o] { return run_plan(*o); };
+}
+
+}  // namespace ltxmps::cli

@@ -9,7 +9,7 @@
 //   pipeline_bench [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
 //                  [--steps N] [--guidance X] [--layers N] [--smoke]
 // --smoke: a 2-layer, 4-head transformer, the same VAE at 64x64x9 and 2 steps (any device; for CI and CPU).
-// Not wired into benchmarks/CMakeLists.txt yet; link it like ltxmps_transformer_bench (ltxmps_pipeline).
+// Built as ltxmps_pipeline_bench (benchmarks/CMakeLists.txt).
 
 #include "ltxmps_pipeline/pipeline.hpp"
 

@@ -40,6 +40,8 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     echo "== transformer $cfg C++"; build-gpu/benchmarks/ltxmps_transformer_bench $args | tee -a "$OUT/transformer_bench.jsonl"
     echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$OUT/transformer_bench.jsonl"
   done
+  echo "== pipeline t2v 2B 768x512x121 30 steps C++"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/pipeline_bench.jsonl"
+  echo "== pipeline diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
   for args in "" "--tiling" "--tiling --framewise"; do

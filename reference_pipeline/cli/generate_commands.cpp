@@ -354,7 +354,8 @@ int run_generate(const GenerateOptions& o) {
   }
 
   log.line(c10::str("generating ", describe_size(request.num_frames, request.height, request.width), " at ",
-                    request.frame_rate, " fps, ", request.num_inference_steps, " steps, guidance ", request.guidance_scale,
+                    request.frame_rate, " fps, ", request.num_inference_steps,
+                    request.num_inference_steps == 1 ? " step" : " steps", ", guidance ", request.guidance_scale,
                     ", seed ", request.seed));
   const auto result = generate(model, request, plan, log.sink(), [&](int64_t i, int64_t n) { log.step(i, n); });
   log.end_bar();

@@ -1,6 +1,15 @@
 #pragma once
 // Catch2 v2 (Debian 12) and v3 (Debian 13, the GPU machine) behind one include.
 // Use ltxmps_test::Contains(text) for substring matchers: v3 renamed Contains to ContainsSubstring.
+//
+// c10/util/Logging.h defines its own CHECK(condition) (glog style: aborts on failure, counts nothing). Whichever
+// of it and Catch2's CHECK comes last wins, silently (both are system headers). Include c10's first and drop its
+// CHECK so that Catch2's is the one every test uses; its include guard keeps later ATen includes from bringing
+// it back.
+#include <c10/util/Logging.h>
+#ifdef CHECK
+#undef CHECK
+#endif
 #include <string>
 #include <utility>
 #include <vector>

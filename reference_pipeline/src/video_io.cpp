@@ -2,6 +2,7 @@
 // written under a partial name and renamed; and the fit rules of the LTX models (video_io.hpp).
 
 #include "ltxmps_pipeline/video_io.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 
 #include "ltxmps_pipeline/transformer.hpp"
 #include "ltxmps_pipeline/vae.hpp"
@@ -79,8 +80,7 @@ fs::path partial_name(const fs::path& out) {
 }
 
 void remove_quietly(const fs::path& p) {
-  std::error_code ec;
-  fs::remove_all(p, ec);
+  (void)remove_tree(p);  // Note [No std::filesystem::remove_all]
 }
 
 // Writes [H, W, 3] uint8 at `data` with libpng's simplified API.
@@ -150,7 +150,10 @@ VideoWriteResult write_png_folder(const fs::path& out, const at::Tensor& rgb, co
       write_png_rgb24(partial / frame_name(i), rgb[i].data_ptr<uint8_t>(), H, W);
       if (options.on_frame) options.on_frame(i + 1, F);
     }
-    if (fs::exists(out)) fs::remove_all(out);
+    if (fs::exists(out)) {
+      const auto removed = remove_tree(out);
+      LTXMPS_CHECK(!removed, out.string(), ": cannot replace the existing folder (", removed.message(), ")");
+    }
     fs::rename(partial, out, ec);
     LTXMPS_CHECK(!ec, out.string(), ": cannot rename ", partial.string(), " to it (", ec.message(), ")");
   } catch (...) {

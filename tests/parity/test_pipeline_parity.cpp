@@ -6,6 +6,7 @@
 #include "catch_compat.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 
@@ -157,8 +158,8 @@ GenerateRequest small_t2v_request() {
 
 fs::path scratch_copy(const std::string& model, const std::string& tag) {
   const auto dst = fs::temp_directory_path() / ("ltxmps_pipeline_" + tag + "_" + std::to_string(::getpid()));
-  fs::remove_all(dst);
-  fs::copy(data_dir() / model, dst, fs::copy_options::recursive);
+  remove_tree(dst);
+  copy_tree(data_dir() / model, dst);
   return dst;
 }
 
@@ -321,18 +322,18 @@ TEST_CASE("pipeline parity: a prompt cache instead of the text encoder gives the
 TEST_CASE("pipeline: load errors name the missing subfolder, file or class", "[pipeline][errors]") {
   SECTION("missing subfolder") {
     const auto folder = scratch_copy("t2v", "novae");
-    fs::remove_all(folder / "vae");
+    remove_tree(folder / "vae");
     CHECK_THAT(load_error(folder), ltxmps_test::ContainsAll({"missing subfolder", "vae"}));
-    fs::remove_all(folder);
+    remove_tree(folder);
   }
   SECTION("missing text encoder is fine without it") {
     const auto folder = scratch_copy("t2v", "note");
-    fs::remove_all(folder / "text_encoder");
+    remove_tree(folder / "text_encoder");
     CHECK_THAT(load_error(folder), ltxmps_test::ContainsAll({"missing subfolder", "text_encoder"}));
     LoadOptions options;
     options.load_text_encoder = false;
     CHECK(load_error(folder, options) == "no error");
-    fs::remove_all(folder);
+    remove_tree(folder);
   }
   SECTION("missing file") {
     const auto folder = scratch_copy("t2v", "nosched");
@@ -340,13 +341,13 @@ TEST_CASE("pipeline: load errors name the missing subfolder, file or class", "[p
     CHECK_THAT(load_error(folder), ltxmps_test::ContainsAll({"missing file", "scheduler_config.json"}));
     fs::remove(folder / "model_index.json");
     CHECK_THAT(load_error(folder), ltxmps_test::ContainsAll({"missing file", "model_index.json"}));
-    fs::remove_all(folder);
+    remove_tree(folder);
   }
   SECTION("unknown pipeline class") {
     const auto folder = scratch_copy("t2v", "badclass");
     std::ofstream(folder / "model_index.json") << R"({"_class_name": "StableDiffusionPipeline"})";
     CHECK_THAT(load_error(folder), ltxmps_test::ContainsAll({"StableDiffusionPipeline", "LTXPipeline"}));
-    fs::remove_all(folder);
+    remove_tree(folder);
   }
   SECTION("unknown scheduler config field") {
     const auto folder = scratch_copy("t2v", "badsched");
@@ -354,7 +355,7 @@ TEST_CASE("pipeline: load errors name the missing subfolder, file or class", "[p
     config["mystery_knob"] = 3;
     std::ofstream(folder / "scheduler" / "scheduler_config.json") << config.dump();
     CHECK_THAT(load_error(folder), ltxmps_test::ContainsAll({"scheduler_config.json", "unknown field 'mystery_knob'"}));
-    fs::remove_all(folder);
+    remove_tree(folder);
   }
 }
 

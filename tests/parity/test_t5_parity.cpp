@@ -4,6 +4,7 @@
 #include "catch_compat.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/prompt_cache.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/t5.hpp"
@@ -141,7 +142,7 @@ TEST_CASE("t5: release drops the weights", "[t5]") {
 TEST_CASE("t5: config.json and strict loading errors", "[t5]") {
   const auto src = data_dir() / "gated_model";
   const auto dir = temp_path("config");
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directories(dir);
   auto config = read_json_file(src / "config.json");
   auto weights = load_all(src / "model.safetensors");
@@ -201,7 +202,7 @@ TEST_CASE("t5: config.json and strict loading errors", "[t5]") {
     CHECK_THROWS_WITH(model.forward(at::full({1, 3}, model.config.vocab_size, at::kLong)), ltxmps_test::Contains("token ids"));
     CHECK_THROWS_WITH(model.forward(at::zeros({1, 3}, at::kLong), at::ones({1, 4})), ltxmps_test::Contains("attention_mask must be [1, 3]"));
   }
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 TEST_CASE("t5 tokenizer: ids and masks equal transformers' AutoTokenizer", "[parity][t5][tokenizer]") {

@@ -3,6 +3,7 @@
 #include "catch_compat.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
@@ -235,7 +236,7 @@ TEST_CASE("transformer: forward input validation", "[transformer]") {
 TEST_CASE("transformer: config.json and strict loading errors", "[transformer]") {
   const auto src = data_dir() / "unit_model";
   const auto dir = fs::temp_directory_path() / ("ltxmps_tf_config_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directories(dir);
   auto config = read_json_file(src / "config.json");
   auto weights = load_all(src / "diffusion_pytorch_model.safetensors");
@@ -292,7 +293,7 @@ TEST_CASE("transformer: config.json and strict loading errors", "[transformer]")
     write(cfg, weights);
     CHECK_THROWS_WITH(load_transformer(dir, {}), ltxmps_test::Contains("caption_projection.linear_1.weight"));
   }
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 #ifdef LTXMPS_CLI_PATH

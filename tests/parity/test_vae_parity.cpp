@@ -8,6 +8,7 @@
 #include "catch_compat.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/vae.hpp"
 
@@ -230,7 +231,7 @@ TEST_CASE("vae: bad inputs", "[vae]") {
 TEST_CASE("vae: config.json and strict loading errors", "[vae]") {
   const auto src = data_dir() / "091";
   const auto dir = fs::temp_directory_path() / ("ltxmps_vae_config_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directories(dir);
   auto config = read_json_file(src / "config.json");
   std::map<std::string, at::Tensor> weights;
@@ -297,7 +298,7 @@ TEST_CASE("vae: config.json and strict loading errors", "[vae]") {
     write(config, w);
     CHECK_THROWS_WITH(load_vae(dir, {}), ltxmps_test::Contains("decoder.mid_block.resnets.0.per_channel_scale1"));
   }
-  fs::remove_all(dir);
+  remove_tree(dir);
 }
 
 #ifdef LTXMPS_CLI_PATH
@@ -353,6 +354,6 @@ TEST_CASE("ltxmps forward vae-encode / vae-decode CLI match diffusers", "[parity
                         inputs + "\" --output \"" + (tmp / "x.safetensors").string() + "\" 2>/dev/null")) == 1);
     CHECK(exit_code(cli("forward vae-decode --model-dir x --inputs y --output z --arg tile=3 2>/dev/null")) == 2);
   }
-  fs::remove_all(tmp);
+  remove_tree(tmp);
 }
 #endif

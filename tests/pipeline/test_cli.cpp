@@ -2,6 +2,7 @@
 // embedded default (PNG folder and MP4, deterministic per seed, image- and video-to-video, --fit), exit codes
 // (2 for usage errors naming the argument, 1 for other errors) and no partial outputs.
 #include "ltxmps_pipeline/safetensors.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
 
 #include <nlohmann/json.hpp>
@@ -34,7 +35,7 @@ fs::path work_dir() {
 
 fs::path fresh_dir(const std::string& sub) {
   const auto dir = work_dir() / sub;
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }

@@ -3,6 +3,7 @@
 // --fit mode, no partial output after a failed write, and errors that name a corrupt input.
 #include "ltxmps/error.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
 
 #include <ATen/ATen.h>
@@ -26,7 +27,7 @@ fs::path fresh_dir(const std::string& sub) {
   const char* env = std::getenv("LTXMPS_TEST_DATA");
   const fs::path root = env && *env ? fs::path(env) : fs::temp_directory_path() / "ltxmps_test_data";
   const fs::path dir = root / "video_io" / sub;
-  fs::remove_all(dir);
+  remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }

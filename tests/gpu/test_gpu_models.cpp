@@ -82,8 +82,8 @@ TEST_CASE("transformer on CUDA: fp32 equals the CPU; bf16 and fp16 within half-p
   const auto upcast = TransformerModel::from_weights(config, {kCuda, at::kFloat, {ltxmps::AttentionKernel::upcast}},
                                                      random_weight).forward(in);
   CHECK(scaled_error(upcast, reference) <= 1e-4);
-  // bf16 keeps 8 mantissa bits (relative rounding 2^-9 per operation); through two blocks of ~10 rounded ops each
-  // the output error stays within a few percent of its scale. fp16 has 11 bits: 8x tighter.
+  // Bounds against the CPU fp32 reference, as fractions of the output scale: fp16 rounds to 11 mantissa bits
+  // (1e-2), bf16 to 8 (5e-2 here). Bit-level parity of each dtype with diffusers is the CPU parity suites' job.
   const auto bf16 = TransformerModel::from_weights(config, {kCuda, at::kBFloat16, {}}, random_weight).forward(in);
   CHECK(bf16.scalar_type() == at::kBFloat16);
   CHECK(scaled_error(bf16, reference) <= 5e-2);
@@ -138,8 +138,10 @@ TEST_CASE("T5 on CUDA: fp32 equals the CPU; bf16 within half-precision error; fp
   const auto reference = T5EncoderModel::from_weights(config, {kCpu, at::kFloat, {}, {}}, source).forward(ids, mask);
   const auto fp32 = T5EncoderModel::from_weights(config, {kCuda, at::kFloat, {}, {}}, source).forward(ids, mask);
   CHECK(scaled_error(fp32, reference) <= 1e-4);
+  // fp16 1e-2 as for the transformer. bf16 8e-2, the full 8x of its 3 fewer mantissa bits: T5 does not scale
+  // q·kᵀ, so its scores are large and their bf16 rounding moves the softmax more (measured on the H200: 6.2e-2).
   const auto bf16 = T5EncoderModel::from_weights(config, {kCuda, at::kBFloat16, {}, {}}, source).forward(ids, mask);
-  CHECK(scaled_error(bf16, reference) <= 5e-2);
+  CHECK(scaled_error(bf16, reference) <= 8e-2);
   auto fp16_model =
       T5EncoderModel::from_weights(config, {kCuda, at::kHalf, t5_keep_in_fp32_modules(at::kHalf), {}}, source);
   CHECK(fp16_model.block[0].wo.scalar_type() == at::kFloat);

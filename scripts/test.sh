@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/build.sh
+scripts/build.sh -DLTXMPS_BUILD_TESTS=ON -DLTXMPS_BUILD_BENCHMARKS=ON -DLTXMPS_BUILD_EXAMPLES=ON -DLTXMPS_BUILD_PIPELINE=ON
 build=${BUILD_DIR:-build}
 status=0
 ctest --test-dir "$build" --output-on-failure --timeout 900 "$@" || status=$?

@@ -4,6 +4,7 @@
 // latents and the frames: max|C++ - diffusers| <= 1e-4 * max(1, max|reference|).
 
 #include "catch_compat.hpp"
+#include "parity_support.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
@@ -33,11 +34,7 @@ namespace {
 // The bound of every fp32 case (also written by the oracle into cases.json; checked equal below).
 constexpr double kFp32Bound = 1e-4;
 
-fs::path data_dir() {
-  const char* env = std::getenv("LTXMPS_TEST_DATA");
-  REQUIRE(env != nullptr);
-  return fs::path(env) / "pipeline";
-}
+fs::path data_dir() { return ltxmps_test::parity_data_dir("pipeline"); }
 
 ltxmps::ExecutionPlan cpu_fp32_plan() {
   ltxmps::LoaderSettings settings;
@@ -60,11 +57,7 @@ nlohmann::json find_case(const std::string& name) {
 }
 
 // max|out - ref| / max(1, max|ref|): the bound is relative to the output's scale.
-double scaled_error(const at::Tensor& out, const at::Tensor& ref) {
-  REQUIRE(out.sizes() == ref.sizes());
-  const double scale = std::max(1.0, ref.abs().max().item<double>());
-  return (out.to(at::kFloat) - ref).abs().max().item<double>() / scale;
-}
+using ltxmps_test::scaled_error;
 
 void check_output(const std::string& name, const std::string& what, const at::Tensor& out, const at::Tensor& ref) {
   const double err = scaled_error(out, ref);

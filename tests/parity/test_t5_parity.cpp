@@ -2,6 +2,7 @@
 // (tests/parity/t5_oracle.py writes the cases).
 
 #include "catch_compat.hpp"
+#include "parity_support.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
@@ -27,11 +28,7 @@ using namespace ltxmps::pipeline;
 
 namespace {
 
-fs::path data_dir() {
-  const char* env = std::getenv("LTXMPS_TEST_DATA");
-  REQUIRE(env != nullptr);
-  return fs::path(env) / "t5";
-}
+fs::path data_dir() { return ltxmps_test::parity_data_dir("t5"); }
 
 fs::path temp_path(const std::string& name) {
   return fs::temp_directory_path() / ("ltxmps_t5_" + std::to_string(::getpid()) + "_" + name);
@@ -43,11 +40,7 @@ at::ScalarType dtype_of(const std::string& name) {
   return at::kFloat;
 }
 
-double scaled_error(const at::Tensor& out, const at::Tensor& ref) {
-  REQUIRE(out.sizes() == ref.sizes());
-  const double scale = std::max(1.0, ref.to(at::kFloat).abs().max().item<double>());
-  return (out.to(at::kFloat) - ref.to(at::kFloat)).abs().max().item<double>() / scale;
-}
+using ltxmps_test::scaled_error;
 
 T5Runtime runtime_of(const nlohmann::json& c) {
   T5Runtime rt;

@@ -1,6 +1,7 @@
 // C++ LTXVideoTransformer3DModel against diffusers (tests/parity/transformer_oracle.py writes the cases).
 
 #include "catch_compat.hpp"
+#include "parity_support.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
@@ -25,11 +26,7 @@ using namespace ltxmps::pipeline;
 
 namespace {
 
-fs::path data_dir() {
-  const char* env = std::getenv("LTXMPS_TEST_DATA");
-  REQUIRE(env != nullptr);
-  return fs::path(env) / "transformer";
-}
+fs::path data_dir() { return ltxmps_test::parity_data_dir("transformer"); }
 
 nlohmann::json cases() { return read_json_file(data_dir() / "cases.json"); }
 
@@ -85,11 +82,7 @@ at::Tensor reference_of(const nlohmann::json& c) {
 }
 
 // max|out - ref| / max(1, max|ref|): the bound is relative to the output's scale.
-double scaled_error(const at::Tensor& out, const at::Tensor& ref) {
-  REQUIRE(out.sizes() == ref.sizes());
-  const double scale = std::max(1.0, ref.abs().max().item<double>());
-  return (out.to(at::kFloat) - ref).abs().max().item<double>() / scale;
-}
+using ltxmps_test::scaled_error;
 
 void check_case(const std::string& name) {
   const auto c = find_case(name);

@@ -6,6 +6,7 @@
 // make_cpu_generator(s) as the noise generator.
 
 #include "catch_compat.hpp"
+#include "parity_support.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
@@ -32,11 +33,7 @@ using namespace ltxmps::pipeline;
 
 namespace {
 
-fs::path data_dir() {
-  const char* env = std::getenv("LTXMPS_TEST_DATA");
-  REQUIRE(env != nullptr);
-  return fs::path(env) / "vae";
-}
+fs::path data_dir() { return ltxmps_test::parity_data_dir("vae"); }
 
 nlohmann::json find_case(const std::string& name) {
   for (const auto& c : read_json_file(data_dir() / "cases.json"))
@@ -74,11 +71,7 @@ std::map<std::string, at::Tensor> tensors(const nlohmann::json& c, const char* k
 }
 
 // max|out - ref| / max(1, max|ref|): the bound is relative to the output's scale.
-double scaled_error(const at::Tensor& out, const at::Tensor& ref) {
-  REQUIRE(out.sizes() == ref.sizes());
-  const double scale = std::max(1.0, ref.abs().max().item<double>());
-  return (out.to(at::kFloat) - ref).abs().max().item<double>() / scale;
-}
+using ltxmps_test::scaled_error;
 
 void check_output(const std::string& name, const std::string& what, const at::Tensor& out, const at::Tensor& ref,
                   double bound) {

@@ -32,15 +32,6 @@ T rounded(T value) {
   return stored;
 }
 
-template <typename T>
-T scheduler_value(const nlohmann::json& value, const std::string& key, const std::string& source) {
-  try {
-    return value.get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
-  }
-}
-
 }  // namespace
 
 std::vector<double> numpy_linspace(double start, double stop, int64_t num) {
@@ -100,28 +91,28 @@ FlowMatchSchedulerConfig FlowMatchSchedulerConfig::from_json(const nlohmann::jso
   for (const auto& [key, value] : json.items()) {
     if (!key.empty() && key[0] == '_') {
       if (key == "_class_name") {
-        const auto name = scheduler_value<std::string>(value, key, source);
+        const auto name = config_field<std::string>(value, key, source);
         LTXMPS_CHECK(name == "FlowMatchEulerDiscreteScheduler", source, ": _class_name is '", name,
                      "', expected 'FlowMatchEulerDiscreteScheduler' (the LTX-Video pipelines' scheduler)");
       }
       continue;  // _diffusers_version, ...: metadata
     }
-    if (key == "num_train_timesteps") c.num_train_timesteps = scheduler_value<int64_t>(value, key, source);
-    else if (key == "shift") c.shift = scheduler_value<double>(value, key, source);
-    else if (key == "use_dynamic_shifting") c.use_dynamic_shifting = scheduler_value<bool>(value, key, source);
-    else if (key == "base_shift") c.base_shift = value.is_null() ? 0.5 : scheduler_value<double>(value, key, source);
-    else if (key == "max_shift") c.max_shift = value.is_null() ? 1.15 : scheduler_value<double>(value, key, source);
-    else if (key == "base_image_seq_len") c.base_image_seq_len = scheduler_value<int64_t>(value, key, source);
-    else if (key == "max_image_seq_len") c.max_image_seq_len = scheduler_value<int64_t>(value, key, source);
-    else if (key == "invert_sigmas") c.invert_sigmas = scheduler_value<bool>(value, key, source);
+    if (key == "num_train_timesteps") c.num_train_timesteps = config_field<int64_t>(value, key, source);
+    else if (key == "shift") c.shift = config_field<double>(value, key, source);
+    else if (key == "use_dynamic_shifting") c.use_dynamic_shifting = config_field<bool>(value, key, source);
+    else if (key == "base_shift") c.base_shift = value.is_null() ? 0.5 : config_field<double>(value, key, source);
+    else if (key == "max_shift") c.max_shift = value.is_null() ? 1.15 : config_field<double>(value, key, source);
+    else if (key == "base_image_seq_len") c.base_image_seq_len = config_field<int64_t>(value, key, source);
+    else if (key == "max_image_seq_len") c.max_image_seq_len = config_field<int64_t>(value, key, source);
+    else if (key == "invert_sigmas") c.invert_sigmas = config_field<bool>(value, key, source);
     else if (key == "shift_terminal") {
       if (value.is_null()) c.shift_terminal.reset();
-      else c.shift_terminal = scheduler_value<double>(value, key, source);
-    } else if (key == "use_karras_sigmas") c.use_karras_sigmas = scheduler_value<bool>(value, key, source);
-    else if (key == "use_exponential_sigmas") c.use_exponential_sigmas = scheduler_value<bool>(value, key, source);
-    else if (key == "use_beta_sigmas") c.use_beta_sigmas = scheduler_value<bool>(value, key, source);
-    else if (key == "time_shift_type") c.time_shift_type = scheduler_value<std::string>(value, key, source);
-    else if (key == "stochastic_sampling") c.stochastic_sampling = scheduler_value<bool>(value, key, source);
+      else c.shift_terminal = config_field<double>(value, key, source);
+    } else if (key == "use_karras_sigmas") c.use_karras_sigmas = config_field<bool>(value, key, source);
+    else if (key == "use_exponential_sigmas") c.use_exponential_sigmas = config_field<bool>(value, key, source);
+    else if (key == "use_beta_sigmas") c.use_beta_sigmas = config_field<bool>(value, key, source);
+    else if (key == "time_shift_type") c.time_shift_type = config_field<std::string>(value, key, source);
+    else if (key == "stochastic_sampling") c.stochastic_sampling = config_field<bool>(value, key, source);
     else throw Error(c10::str(source, ": unknown field '", key, "' for FlowMatchEulerDiscreteScheduler"));
   }
   LTXMPS_CHECK(c.num_train_timesteps > 0, source, ": num_train_timesteps must be > 0, got ", c.num_train_timesteps);

@@ -24,15 +24,6 @@ namespace ltxmps::pipeline {
 
 namespace {
 
-template <typename T>
-T t5_field(const nlohmann::json& value, const std::string& key, const std::string& source) {
-  try {
-    return value.get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw Error(c10::str(source, ": T5 config field '", key, "' has the wrong type (", value.type_name(), ")"));
-  }
-}
-
 // Note [Generic config keys]
 // A transformers config.json carries the generic `PretrainedConfig` fields next to the model's own. For an
 // encoder-only eval forward none of them matters (dropout is inactive, token ids only concern generation and
@@ -66,20 +57,20 @@ T5Config T5Config::from_json(const nlohmann::json& json, const std::string& sour
   std::optional<bool> is_gated_act;
   for (const auto& [key, value] : json.items()) {
     if (!key.empty() && key[0] == '_') continue;  // _name_or_path, _attn_implementation_autoset, ...
-    if (key == "vocab_size") c.vocab_size = t5_field<int64_t>(value, key, source);
-    else if (key == "d_model") c.d_model = t5_field<int64_t>(value, key, source);
-    else if (key == "d_kv") c.d_kv = t5_field<int64_t>(value, key, source);
-    else if (key == "d_ff") c.d_ff = t5_field<int64_t>(value, key, source);
-    else if (key == "num_layers") c.num_layers = t5_field<int64_t>(value, key, source);
-    else if (key == "num_heads") c.num_heads = t5_field<int64_t>(value, key, source);
-    else if (key == "relative_attention_num_buckets") c.relative_attention_num_buckets = t5_field<int64_t>(value, key, source);
-    else if (key == "relative_attention_max_distance") c.relative_attention_max_distance = t5_field<int64_t>(value, key, source);
-    else if (key == "layer_norm_epsilon") c.layer_norm_epsilon = t5_field<double>(value, key, source);
-    else if (key == "feed_forward_proj") c.feed_forward_proj = t5_field<std::string>(value, key, source);
-    else if (key == "dense_act_fn") dense_act_fn = t5_field<std::string>(value, key, source);
-    else if (key == "is_gated_act") is_gated_act = t5_field<bool>(value, key, source);
+    if (key == "vocab_size") c.vocab_size = config_field<int64_t>(value, key, source);
+    else if (key == "d_model") c.d_model = config_field<int64_t>(value, key, source);
+    else if (key == "d_kv") c.d_kv = config_field<int64_t>(value, key, source);
+    else if (key == "d_ff") c.d_ff = config_field<int64_t>(value, key, source);
+    else if (key == "num_layers") c.num_layers = config_field<int64_t>(value, key, source);
+    else if (key == "num_heads") c.num_heads = config_field<int64_t>(value, key, source);
+    else if (key == "relative_attention_num_buckets") c.relative_attention_num_buckets = config_field<int64_t>(value, key, source);
+    else if (key == "relative_attention_max_distance") c.relative_attention_max_distance = config_field<int64_t>(value, key, source);
+    else if (key == "layer_norm_epsilon") c.layer_norm_epsilon = config_field<double>(value, key, source);
+    else if (key == "feed_forward_proj") c.feed_forward_proj = config_field<std::string>(value, key, source);
+    else if (key == "dense_act_fn") dense_act_fn = config_field<std::string>(value, key, source);
+    else if (key == "is_gated_act") is_gated_act = config_field<bool>(value, key, source);
     else if (key == "is_decoder") {
-      LTXMPS_CHECK(!t5_field<bool>(value, key, source), source, ": is_decoder is true; only the T5 encoder is supported");
+      LTXMPS_CHECK(!config_field<bool>(value, key, source), source, ": is_decoder is true; only the T5 encoder is supported");
     } else if (!ignored_config_keys().count(key)) {
       throw Error(c10::str(source, ": unknown field '", key, "' for T5EncoderModel"));
     }

@@ -17,46 +17,33 @@ namespace ltxmps::pipeline {
 // ---------------------------------------------------------------------------------------------------
 // Config
 
-namespace {
-
-template <typename T>
-T config_value(const nlohmann::json& value, const std::string& key, const std::string& source) {
-  try {
-    return value.get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
-  }
-}
-
-}  // namespace
-
 TransformerConfig TransformerConfig::from_json(const nlohmann::json& json, const std::string& source) {
   LTXMPS_CHECK(json.is_object(), source, ": expected a JSON object, got ", json.type_name());
   TransformerConfig c;
   for (const auto& [key, value] : json.items()) {
     if (!key.empty() && key[0] == '_') {
       if (key == "_class_name") {
-        const auto name = config_value<std::string>(value, key, source);
+        const auto name = config_field<std::string>(value, key, source);
         LTXMPS_CHECK(name == "LTXVideoTransformer3DModel", source, ": _class_name is '", name,
                      "', expected 'LTXVideoTransformer3DModel'");
       }
       continue;  // _diffusers_version, _name_or_path, ...: metadata
     }
-    if (key == "in_channels") c.in_channels = config_value<int64_t>(value, key, source);
-    else if (key == "out_channels") c.out_channels = value.is_null() ? 0 : config_value<int64_t>(value, key, source);
-    else if (key == "patch_size") c.patch_size = config_value<int64_t>(value, key, source);
-    else if (key == "patch_size_t") c.patch_size_t = config_value<int64_t>(value, key, source);
-    else if (key == "num_attention_heads") c.num_attention_heads = config_value<int64_t>(value, key, source);
-    else if (key == "attention_head_dim") c.attention_head_dim = config_value<int64_t>(value, key, source);
-    else if (key == "cross_attention_dim") c.cross_attention_dim = config_value<int64_t>(value, key, source);
-    else if (key == "num_layers") c.num_layers = config_value<int64_t>(value, key, source);
-    else if (key == "activation_fn") c.activation_fn = config_value<std::string>(value, key, source);
-    else if (key == "qk_norm") c.qk_norm = config_value<std::string>(value, key, source);
-    else if (key == "norm_elementwise_affine") c.norm_elementwise_affine = config_value<bool>(value, key, source);
-    else if (key == "norm_eps") c.norm_eps = config_value<double>(value, key, source);
-    else if (key == "caption_channels") c.caption_channels = config_value<int64_t>(value, key, source);
-    else if (key == "attention_bias") c.attention_bias = config_value<bool>(value, key, source);
-    else if (key == "attention_out_bias") c.attention_out_bias = config_value<bool>(value, key, source);
+    if (key == "in_channels") c.in_channels = config_field<int64_t>(value, key, source);
+    else if (key == "out_channels") c.out_channels = value.is_null() ? 0 : config_field<int64_t>(value, key, source);
+    else if (key == "patch_size") c.patch_size = config_field<int64_t>(value, key, source);
+    else if (key == "patch_size_t") c.patch_size_t = config_field<int64_t>(value, key, source);
+    else if (key == "num_attention_heads") c.num_attention_heads = config_field<int64_t>(value, key, source);
+    else if (key == "attention_head_dim") c.attention_head_dim = config_field<int64_t>(value, key, source);
+    else if (key == "cross_attention_dim") c.cross_attention_dim = config_field<int64_t>(value, key, source);
+    else if (key == "num_layers") c.num_layers = config_field<int64_t>(value, key, source);
+    else if (key == "activation_fn") c.activation_fn = config_field<std::string>(value, key, source);
+    else if (key == "qk_norm") c.qk_norm = config_field<std::string>(value, key, source);
+    else if (key == "norm_elementwise_affine") c.norm_elementwise_affine = config_field<bool>(value, key, source);
+    else if (key == "norm_eps") c.norm_eps = config_field<double>(value, key, source);
+    else if (key == "caption_channels") c.caption_channels = config_field<int64_t>(value, key, source);
+    else if (key == "attention_bias") c.attention_bias = config_field<bool>(value, key, source);
+    else if (key == "attention_out_bias") c.attention_out_bias = config_field<bool>(value, key, source);
     else throw Error(c10::str(source, ": unknown field '", key, "' for LTXVideoTransformer3DModel"));
   }
   // diffusers: `out_channels = out_channels or in_channels`

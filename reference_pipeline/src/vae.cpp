@@ -20,27 +20,18 @@ namespace ltxmps::pipeline {
 
 namespace {
 
-template <typename T>
-T json_as(const nlohmann::json& value, const std::string& key, const std::string& source) {
-  try {
-    return value.get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
-  }
-}
-
 // diffusers stores the per-block tuples as JSON lists; a scalar is not accepted by the constructor either.
 template <typename T>
 std::vector<T> json_list(const nlohmann::json& value, const std::string& key, const std::string& source) {
   LTXMPS_CHECK(value.is_array(), source, ": field '", key, "' must be a list, got ", value.type_name());
   std::vector<T> out;
-  for (const auto& item : value) out.push_back(json_as<T>(item, key, source));
+  for (const auto& item : value) out.push_back(config_field<T>(item, key, source));
   return out;
 }
 
 std::optional<int64_t> json_optional_int(const nlohmann::json& value, const std::string& key, const std::string& source) {
   if (value.is_null()) return std::nullopt;
-  return json_as<int64_t>(value, key, source);
+  return config_field<int64_t>(value, key, source);
 }
 
 bool is_095_encoder(const VaeConfig& c) { return c.down_block_types.back() == "LTXVideo095DownBlock3D"; }
@@ -65,15 +56,15 @@ VaeConfig VaeConfig::from_json(const nlohmann::json& json, const std::string& so
   for (const auto& [key, value] : json.items()) {
     if (!key.empty() && key[0] == '_') {
       if (key == "_class_name") {
-        const auto name = json_as<std::string>(value, key, source);
+        const auto name = config_field<std::string>(value, key, source);
         LTXMPS_CHECK(name == "AutoencoderKLLTXVideo", source, ": _class_name is '", name,
                      "', expected 'AutoencoderKLLTXVideo'");
       }
       continue;  // _diffusers_version, _name_or_path, ...: metadata
     }
-    if (key == "in_channels") c.in_channels = json_as<int64_t>(value, key, source);
-    else if (key == "out_channels") c.out_channels = json_as<int64_t>(value, key, source);
-    else if (key == "latent_channels") c.latent_channels = json_as<int64_t>(value, key, source);
+    if (key == "in_channels") c.in_channels = config_field<int64_t>(value, key, source);
+    else if (key == "out_channels") c.out_channels = config_field<int64_t>(value, key, source);
+    else if (key == "latent_channels") c.latent_channels = config_field<int64_t>(value, key, source);
     else if (key == "block_out_channels") c.block_out_channels = json_list<int64_t>(value, key, source);
     else if (key == "down_block_types") c.down_block_types = json_list<std::string>(value, key, source);
     else if (key == "decoder_block_out_channels") c.decoder_block_out_channels = json_list<int64_t>(value, key, source);
@@ -86,13 +77,13 @@ VaeConfig VaeConfig::from_json(const nlohmann::json& json, const std::string& so
     else if (key == "downsample_type") c.downsample_type = json_list<std::string>(value, key, source);
     else if (key == "upsample_residual") c.upsample_residual = json_list<bool>(value, key, source);
     else if (key == "upsample_factor") c.upsample_factor = json_list<int64_t>(value, key, source);
-    else if (key == "timestep_conditioning") c.timestep_conditioning = json_as<bool>(value, key, source);
-    else if (key == "patch_size") c.patch_size = json_as<int64_t>(value, key, source);
-    else if (key == "patch_size_t") c.patch_size_t = json_as<int64_t>(value, key, source);
-    else if (key == "resnet_norm_eps") c.resnet_norm_eps = json_as<double>(value, key, source);
-    else if (key == "scaling_factor") c.scaling_factor = json_as<double>(value, key, source);
-    else if (key == "encoder_causal") c.encoder_causal = json_as<bool>(value, key, source);
-    else if (key == "decoder_causal") c.decoder_causal = json_as<bool>(value, key, source);
+    else if (key == "timestep_conditioning") c.timestep_conditioning = config_field<bool>(value, key, source);
+    else if (key == "patch_size") c.patch_size = config_field<int64_t>(value, key, source);
+    else if (key == "patch_size_t") c.patch_size_t = config_field<int64_t>(value, key, source);
+    else if (key == "resnet_norm_eps") c.resnet_norm_eps = config_field<double>(value, key, source);
+    else if (key == "scaling_factor") c.scaling_factor = config_field<double>(value, key, source);
+    else if (key == "encoder_causal") c.encoder_causal = config_field<bool>(value, key, source);
+    else if (key == "decoder_causal") c.decoder_causal = config_field<bool>(value, key, source);
     else if (key == "spatial_compression_ratio") c.spatial_compression_ratio = json_optional_int(value, key, source);
     else if (key == "temporal_compression_ratio") c.temporal_compression_ratio = json_optional_int(value, key, source);
     else throw Error(c10::str(source, ": unknown field '", key, "' for AutoencoderKLLTXVideo"));

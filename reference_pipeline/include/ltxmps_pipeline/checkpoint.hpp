@@ -5,6 +5,8 @@
 
 #include "ltxmps_pipeline/safetensors.hpp"
 
+#include <ltxmps/error.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
@@ -112,6 +114,17 @@ class StrictLoader {
 /// @brief Reads and parses a JSON file (config.json, model_index.json, an index); the error names
 /// the file and the parse position. Duplicate keys are rejected.
 nlohmann::json read_json_file(const std::filesystem::path& file);
+
+/// @brief One config.json field as `T`; a value of another JSON type is an error naming `source` (the file)
+///        and the field. Shared by every model's and the scheduler's config parser.
+template <typename T>
+T config_field(const nlohmann::json& value, const std::string& key, const std::string& source) {
+  try {
+    return value.get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw ::ltxmps::Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
+  }
+}
 
 namespace detail {
 /// @brief Parses `text` as JSON and rejects duplicate object keys; errors name `file` and `what`

@@ -12,6 +12,7 @@
 // Built as ltxmps_pipeline_bench (benchmarks/CMakeLists.txt).
 
 #include "ltxmps_pipeline/pipeline.hpp"
+#include "ltxmps_pipeline/runtime.hpp"
 
 #include "ltxmps/memory.hpp"
 #include "ltxmps/plan.hpp"
@@ -54,10 +55,7 @@ int main(int argc, char** argv) try {
   TransformerConfig tc;  // 2B defaults
   tc.num_layers = num("layers");
   if (smoke) tc.num_attention_heads = 4, tc.cross_attention_dim = tc.inner_dim();
-  TransformerRuntime tr;
-  tr.device = device;
-  tr.dtype = plan.precision.transformer.compute;
-  tr.attention = ltxmps::AttentionOptions(plan.attention.kernel);
+  const TransformerRuntime tr = transformer_runtime(plan);
   const auto random_source = [&](at::ScalarType dtype) {
     return [device, dtype](const std::string&, const std::vector<int64_t>& shape) {
       int64_t fan_in = 1;  // weights ~ N(0, 1/fan_in); vectors (biases, norms, tables) ~ N(0, 1/64)
@@ -68,16 +66,11 @@ int main(int argc, char** argv) try {
     };
   };
   VaeConfig vc;  // 0.9.0 defaults: compression 32 / 8
-  VaeRuntime vr;
-  vr.device = device;
-  vr.dtype = plan.precision.vae.compute;
-  LtxModel model{{},
-                 std::nullopt,
-                 std::nullopt,
-                 TransformerModel::from_weights(tc, tr, random_source(tr.dtype)),
-                 VaeModel::from_weights(vc, vr, random_source(vr.dtype)),
-                 FlowMatchSchedulerConfig{},
-                 true};
+  const VaeRuntime vr = vae_runtime(plan);
+  LtxModel model;
+  model.transformer = TransformerModel::from_weights(tc, tr, random_source(tr.dtype));
+  model.vae = VaeModel::from_weights(vc, vr, random_source(vr.dtype));
+  model.random_weights = true;
   model.vae.latents_mean = at::zeros({vc.latent_channels}, at::TensorOptions().device(device));
   model.vae.latents_std = at::ones({vc.latent_channels}, at::TensorOptions().device(device));
 
@@ -98,10 +91,10 @@ int main(int argc, char** argv) try {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
   };
   ltxmps::reset_peak_memory(device);
-  const auto result = generate(model, r, plan, ltxmps::null_sink(), [&](int64_t, int64_t) {
-    ltxmps::synchronize(device);
-    step_end.push_back(seconds_since(start));
-  });
+  const auto result = generate(model, r, plan, ltxmps::null_sink(), step_progress([&](int64_t, int64_t) {
+                                 ltxmps::synchronize(device);
+                                 step_end.push_back(seconds_since(start));
+                               }));
   ltxmps::synchronize(device);
   const double total = seconds_since(start);
   double per_step = step_end.empty() ? 0.0 : step_end.front();

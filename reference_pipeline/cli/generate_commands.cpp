@@ -6,6 +6,7 @@
 // otherwise. stdout gets only the result (the written file for generate, the plan for plan).
 
 #include "cli_common.hpp"
+#include "run_common.hpp"
 
 #include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
@@ -15,8 +16,6 @@
 
 #include "ltxmps/error.hpp"
 #include "ltxmps/plan.hpp"
-
-#include <nlohmann/json.hpp>
 
 #include <ATen/ATen.h>
 
@@ -38,95 +37,6 @@ namespace fs = std::filesystem;
 namespace ltxmps::cli {
 
 namespace {
-
-// ---------------------------------------------------------------------------------------------------
-// Logging and progress
-
-/// Progress and log lines on stderr; a terminal gets a bar redrawn in place.
-class Log {
- public:
-  Log() : tty_(isatty(fileno(stderr)) != 0) {}
-
-  void line(const std::string& text) {
-    end_bar();
-    std::cerr << "ltxmps: " << text << "\n";
-  }
-  void diagnostic(const ltxmps::Diagnostic& d) {
-    std::ostringstream os;
-    os << (d.severity == ltxmps::Severity::warning ? "warning: " : "") << d.topic << ": " << d.message;
-    line(os.str());
-  }
-  ltxmps::DiagnosticSink sink() {
-    return [this](const ltxmps::Diagnostic& d) { diagnostic(d); };
-  }
-  /// Step `step` of `total` finished.
-  void step(int64_t step, int64_t total) {
-    const auto now = std::chrono::steady_clock::now();
-    if (step <= 1 || !started_) start_ = now, started_ = true, first_step_ = step;
-    const double elapsed = std::chrono::duration<double>(now - start_).count();
-    // The rate counts the steps after the first one (the first pays for warm-up) once there are some.
-    std::ostringstream os;
-    os << "step " << step << "/" << total;
-    if (step > first_step_ && elapsed > 0) {
-      const double rate = static_cast<double>(step - first_step_) / elapsed;
-      os << std::fixed << std::setprecision(2) << ", " << rate << " it/s, ETA " << std::setprecision(1)
-         << static_cast<double>(total - step) / rate << " s";
-    }
-    if (tty_) {
-      const auto text = os.str();
-      std::cerr << "\r" << text << std::string(bar_width_ > text.size() ? bar_width_ - text.size() : 0, ' ') << std::flush;
-      bar_width_ = text.size();
-      bar_open_ = true;
-      if (step == total) end_bar();
-    } else {
-      line(os.str());
-    }
-  }
-  void end_bar() {
-    if (!bar_open_) return;
-    std::cerr << "\n";
-    bar_open_ = false;
-    bar_width_ = 0;
-  }
-
- private:
-  bool tty_;
-  bool bar_open_ = false;
-  size_t bar_width_ = 0;
-  bool started_ = false;
-  int64_t first_step_ = 1;
-  std::chrono::steady_clock::time_point start_;
-};
-
-// ---------------------------------------------------------------------------------------------------
-// Options shared by generate and plan
-
-struct PlanFlags {
-  RuntimeOptions runtime;
-  bool cpu_offload = false;
-  bool vae_float32 = true;
-  bool vae_tiling = false;
-  bool vae_slicing = false;
-};
-
-void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
-  add_runtime_options(cmd, f.runtime);
-  cmd->add_flag("--cpu-offload", f.cpu_offload,
-                "keep components on the CPU and move each to the GPU while it runs (CUDA/XPU; ignored elsewhere)");
-  cmd->add_flag("--vae-float32,!--no-vae-float32", f.vae_float32,
-                "run the VAE in float32 whatever --precision says (default on; --no-vae-float32 follows --precision)");
-}
-
-ltxmps::LoaderSettings loader_settings(const PlanFlags& f) {
-  ltxmps::LoaderSettings s;
-  s.device = f.runtime.device;
-  s.precision = ltxmps::parse_precision(f.runtime.precision);
-  s.cpu_offload = f.cpu_offload;
-  s.vae_float32 = f.vae_float32;
-  s.vae_tiling = f.vae_tiling;
-  s.vae_slicing = f.vae_slicing;
-  return s;
-}
 
 // ---------------------------------------------------------------------------------------------------
 // ltxmps plan
@@ -168,49 +78,16 @@ struct GenerateOptions {
               *prompt_opt = nullptr, *output_opt = nullptr, *decode_noise_opt = nullptr;
 };
 
-// CLI11's number validators report a non-number as out of a range with a 300-digit bound; these say what is wrong.
-CLI::Validator number_check(const char* description, bool integer, double min, bool min_inclusive) {
-  return CLI::Validator(
-      [=](std::string& text) -> std::string {
-        size_t used = 0;
-        double v = 0;
-        try {
-          v = integer ? static_cast<double>(std::stoll(text, &used)) : std::stod(text, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (text.empty() || used != text.size() || !std::isfinite(v) || (min_inclusive ? v < min : v <= min))
-          return std::string("expected ") + description + ", got '" + text + "'";
-        return std::string();
-      },
-      description);
-}
-const CLI::Validator kPositiveInt = number_check("a positive integer", true, 0, false);
-const CLI::Validator kPositive = number_check("a positive number", false, 0, false);
-const CLI::Validator kNonNegative = number_check("a number >= 0", false, 0, true);
-
 // The default output: an MP4 where FFmpeg is built in, else a folder of PNG frames.
 std::string default_output() {
   return ltxmps::pipeline::video_io_has_ffmpeg() ? "ltxmps_default.mp4" : "ltxmps_default";
 }
 
-// `_class_name` of the folder's model_index.json ("" when it cannot be read: the loader reports that).
-std::string pipeline_class(const fs::path& root) {
-  std::ifstream in(root / "model_index.json");
-  if (!in) return "";
-  const auto index = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  return index.is_object() && index.contains("_class_name") && index["_class_name"].is_string()
-             ? index["_class_name"].get<std::string>()
-             : "";
-}
-
-// The size rules of the model, read from its configs before anything heavy loads.
-ltxmps::pipeline::FitRules model_fit_rules(const fs::path& root) {
+// The size rules of the model, from its configs (read once, before anything heavy loads).
+ltxmps::pipeline::FitRules model_fit_rules(const std::optional<ltxmps::pipeline::LtxFolder>& folder) {
   using namespace ltxmps::pipeline;
-  if (root.empty()) return fit_rules(EmbeddedDefault::vae_config(), EmbeddedDefault::transformer_config());
-  const auto vae = root / "vae" / "config.json", transformer = root / "transformer" / "config.json";
-  if (!fs::is_regular_file(vae) || !fs::is_regular_file(transformer)) return {};  // the loader names what is missing
-  return fit_rules(VaeConfig::from_file(vae), TransformerConfig::from_file(transformer));
+  if (!folder) return fit_rules(EmbeddedDefault::vae_config(), EmbeddedDefault::transformer_config());
+  return fit_rules(folder->vae, folder->transformer);
 }
 
 void check_multiple(const char* option, int64_t value, int64_t multiple) {
@@ -252,6 +129,10 @@ int run_generate(const GenerateOptions& o) {
   if (!embedded)
     LTXMPS_CHECK(fs::is_directory(root), "--model-dir ", root.string(), ": no such folder (expected a diffusers "
                                          "LTX-Video folder with model_index.json)");
+  LoadOptions load;
+  load.load_text_encoder = o.prompt_cache.empty();
+  std::optional<LtxFolder> folder;
+  if (!embedded) folder = inspect_ltx_folder(root, load);
 
   // The plan.
   ltxmps::ExecutionPlan plan;
@@ -260,14 +141,10 @@ int run_generate(const GenerateOptions& o) {
   } catch (const ltxmps::Error& e) {
     throw UsageError(std::string("--device ") + o.flags.runtime.device + ": " + e.what());
   }
-  {
-    log.line("execution plan:");
-    std::istringstream text(ltxmps::to_text(plan));
-    for (std::string l; std::getline(text, l);) log.line("  " + l);
-  }
+  log_plan(log, plan);
 
   // Sizes: the options, else the input's (fitted), else the defaults.
-  const auto rules = model_fit_rules(root);
+  const auto rules = model_fit_rules(folder);
   if (o.height_opt->count()) check_multiple("--height", o.height, rules.spatial_multiple);
   if (o.width_opt->count()) check_multiple("--width", o.width, rules.spatial_multiple);
   if (o.frames_opt->count()) check_frame_count(o.num_frames, rules.temporal_multiple);
@@ -304,26 +181,20 @@ int run_generate(const GenerateOptions& o) {
 
   // The model.
   LtxModel model;
-  std::string cls;
   if (embedded) {
     log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
     log.line("the embedded default's weights are RANDOM: the video will be noise-like, not a picture of the prompt");
     model = make_embedded_default_model(plan);
   } else {
-    cls = pipeline_class(root);
-    LoadOptions load;
-    load.load_text_encoder = o.prompt_cache.empty();
-    model = load_ltx_model(root, plan, load, log.sink());
+    model = load_ltx_model(*folder, plan, load, log.sink());
   }
 
   // The pipeline: the folder's class decides as DiffusionPipeline.from_pretrained does; a video is video-to-video.
-  const bool condition_model = cls == "LTXConditionPipeline";
+  const bool condition_model = model.pipeline_class == "LTXConditionPipeline";
   if (!o.video.empty()) {
     request.kind = PipelineKind::condition;
     request.denoise_strength = o.strength;
-    const auto& vae = model.vae;
-    const auto pixels = input.mul(2.0).sub(1.0).permute({1, 0, 2, 3}).unsqueeze(0);  // [1, 3, F, H, W] in [-1, 1]
-    request.latents = vae.normalize_latents(vae.encode(pixels).mode().to(at::kFloat)).to(at::kCPU);
+    request.video = input;
     log.line(c10::str("video-to-video: the video's latents, denoised from strength ", o.strength,
                       " (LTXConditionPipeline's denoise_strength)"));
   } else if (!o.image.empty() && condition_model) {
@@ -346,18 +217,15 @@ int run_generate(const GenerateOptions& o) {
     request.prompt_embeddings = load_prompt_cache(o.prompt_cache);
     log.line("prompt embeddings from the cache " + o.prompt_cache);
   } else if (embedded) {
-    const int64_t max_length = EmbeddedDefault::max_sequence_length;
-    request.prompt_embeddings = embedded_default_prompt_embeddings(model, request.prompts, request.negative_prompts,
-                                                                   max_length, request.kind == PipelineKind::condition);
-    model.text_encoder->release();
-    log.line("prompt \"" + prompt + "\" encoded by the embedded T5 (byte tokens, random weights); text encoder released");
+    request.max_sequence_length = EmbeddedDefault::max_sequence_length;
+    log.line("prompt \"" + prompt + "\" is encoded by the embedded T5 (byte tokens, random weights)");
   }
 
   log.line(c10::str("generating ", describe_size(request.num_frames, request.height, request.width), " at ",
                     request.frame_rate, " fps, ", request.num_inference_steps,
                     request.num_inference_steps == 1 ? " step" : " steps", ", guidance ", request.guidance_scale,
                     ", seed ", request.seed));
-  const auto result = generate(model, request, plan, log.sink(), [&](int64_t i, int64_t n) { log.step(i, n); });
+  const auto result = generate(model, request, plan, log.sink(), log.progress_callback());
   log.end_bar();
 
   VideoWriteOptions write;

@@ -2,6 +2,8 @@
 
 #include "cli_common.hpp"
 
+#include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/vae.hpp"
 
@@ -58,7 +60,10 @@ LoadedVae load(const ForwardVaeOptions& o, const std::map<std::string, std::stri
   VaeRuntime runtime;
   runtime.device = plan.device;
   runtime.dtype = plan.precision.vae.compute;
+  Activity loading("loading the VAE from " + o.model_dir);
+  const WeightCheckGuard weight_check(!o.runtime.skip_weight_check);
   auto model = load_vae(o.model_dir, runtime);
+  throw_if_cancelled();
   model.tiling = tiling;
   return {std::move(plan), std::move(model)};
 }
@@ -73,18 +78,31 @@ std::map<std::string, std::string> metadata(const LoadedVae& v) {
   return {{"device", v.plan.device.str()}, {"dtype", c10::toString(v.model.runtime.dtype)}};
 }
 
+// Reads --inputs, each tensor checked for NaN/Inf.
+std::vector<std::pair<std::string, at::Tensor>> read_inputs(const ForwardVaeOptions& o) {
+  Activity reading("reading --inputs " + o.inputs);
+  auto inputs = ltxmps::pipeline::load_all(o.inputs);
+  for (const auto& [name, tensor] : inputs) require_finite_input(tensor, "--inputs", o.inputs, name);
+  return inputs;
+}
+
 int run_forward_vae_encode(const ForwardVaeOptions& o) {
   const auto named = parse_named_args(o.args, kTileArgs, "forward vae-encode");
+  check_outputs({{"--output", o.output}}, {{"--inputs", o.inputs}, {"--model-dir", o.model_dir}});
   at::Tensor sample;
-  for (auto& [name, tensor] : ltxmps::pipeline::load_all(o.inputs)) {
+  for (auto& [name, tensor] : read_inputs(o)) {
     if (name == "sample") sample = tensor;
     else throw ltxmps::Error(o.inputs + ": unknown tensor '" + name + "' (expected sample)");
   }
   LTXMPS_CHECK(sample.defined(), o.inputs, ": missing tensor 'sample' (the video [B, C, F, H, W] in [-1, 1])");
   const auto vae = load(o, named);
+  Activity running("running the VAE encoder");
   const auto posterior = vae.model.encode(sample);
   auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU).to(at::kFloat).contiguous(); };
   const auto mean = cpu(posterior.mean), logvar = cpu(posterior.logvar);
+  require_finite_output(mean, "VAE encoder", "mean", vae.model.runtime.dtype, o.runtime);
+  require_finite_output(logvar, "VAE encoder", "logvar", vae.model.runtime.dtype, o.runtime);
+  Activity writing("writing --output " + o.output);
   ltxmps::pipeline::save_safetensors(o.output, {{"mean", mean}, {"logvar", logvar}}, metadata(vae));
   std::cout << "mean, logvar " << mean.sizes() << " (" << describe(vae) << ") -> " << o.output << "\n";
   return 0;
@@ -94,9 +112,10 @@ int run_forward_vae_decode(const ForwardVaeOptions& o) {
   auto allowed = kTileArgs;
   allowed.insert("noise_seed");
   const auto named = parse_named_args(o.args, allowed, "forward vae-decode");
+  check_outputs({{"--output", o.output}}, {{"--inputs", o.inputs}, {"--model-dir", o.model_dir}});
   at::Tensor latents;
   std::optional<at::Tensor> temb;
-  for (auto& [name, tensor] : ltxmps::pipeline::load_all(o.inputs)) {
+  for (auto& [name, tensor] : read_inputs(o)) {
     if (name == "latents") latents = tensor;
     else if (name == "temb") temb = tensor;
     else throw ltxmps::Error(o.inputs + ": unknown tensor '" + name + "' (expected latents, temb)");
@@ -104,10 +123,13 @@ int run_forward_vae_decode(const ForwardVaeOptions& o) {
   LTXMPS_CHECK(latents.defined(), o.inputs, ": missing tensor 'latents' ([B, latent_channels, F, H, W])");
   std::optional<at::Generator> noise;
   if (named.count("noise_seed"))
-    noise = ltxmps::make_cpu_generator(static_cast<uint64_t>(positive_int_arg("noise_seed", named.at("noise_seed"))));
+    noise = ltxmps::make_cpu_generator(parse_seed("--arg noise_seed", named.at("noise_seed")));
   const auto vae = load(o, named);
+  Activity running("running the VAE decoder");
   const auto sample =
       vae.model.decode(latents, temb, noise ? &*noise : nullptr).to(at::kCPU).to(at::kFloat).contiguous();
+  require_finite_output(sample, "VAE decoder", "sample", vae.model.runtime.dtype, o.runtime);
+  Activity writing("writing --output " + o.output);
   ltxmps::pipeline::save_safetensors(o.output, {{"sample", sample}}, metadata(vae));
   std::cout << "sample " << sample.sizes() << " (" << describe(vae) << ") -> " << o.output << "\n";
   return 0;
@@ -120,6 +142,7 @@ std::shared_ptr<ForwardVaeOptions> add_vae_options(CLI::App* cmd, const std::str
   cmd->add_option("--inputs", o->inputs, inputs_help)->required();
   cmd->add_option("--output", o->output, output_help)->required();
   add_runtime_options(cmd, o->runtime);
+  add_weight_check_option(cmd, o->runtime);
   cmd->add_flag("--tiling", o->tiling, "spatial tiles, as diffusers' enable_tiling()");
   cmd->add_flag("--slicing", o->slicing, "one batch item at a time, as enable_slicing()");
   cmd->add_flag("--framewise", o->framewise,

@@ -1,12 +1,11 @@
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 
 #include "ltxmps/error.hpp"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 namespace ltxmps::pipeline {
 
@@ -56,15 +55,54 @@ std::string describe_json(const nlohmann::json& value) {
   return text;
 }
 
+void config_field_error(const nlohmann::json& value, const std::string& key, const std::string& source,
+                        const std::string& expected) {
+  if (expected.empty())
+    throw Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
+  throw Error(c10::str(source, ": field '", key, "' is ", describe_json(value), ", expected ", expected));
+}
+
 }  // namespace detail
 
+void check_config_range(const std::string& source, const char* name, int64_t value, int64_t lo, int64_t hi) {
+  LTXMPS_CHECK(value >= lo && value <= hi, source, ": ", name, " = ", value, " is out of range (expected ", lo, " to ",
+               hi, ")");
+}
+
 nlohmann::json read_json_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  LTXMPS_CHECK(in.is_open() && !std::filesystem::is_directory(file), "cannot read JSON file ", file.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  LTXMPS_CHECK(!in.bad(), "cannot read JSON file ", file.string());
-  return detail::parse_json_strict(text.str(), file, "");
+  constexpr uint64_t kMaxJsonBytes = uint64_t{256} << 20;
+  const auto text = read_regular_file(file, "cannot read JSON file", kMaxJsonBytes);
+  return detail::parse_json_strict(text, file, "");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Finiteness
+
+namespace {
+thread_local bool t_weight_check = true;
+}  // namespace
+
+bool weight_check_enabled() noexcept { return t_weight_check; }
+
+WeightCheckGuard::WeightCheckGuard(bool enabled) noexcept : previous_(t_weight_check) { t_weight_check = enabled; }
+WeightCheckGuard::~WeightCheckGuard() { t_weight_check = previous_; }
+
+bool all_finite(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0 || !(at::isFloatingType(t.scalar_type()) || at::isComplexType(t.scalar_type())))
+    return true;
+  if (at::isComplexType(t.scalar_type())) return at::isfinite(t).all().item<bool>();
+  // min and max propagate NaN, and an Inf is one of them: one reduction, no full-size temporary.
+  const auto [lo, hi] = at::aminmax(t);
+  const auto both = at::stack({lo.to(at::kFloat), hi.to(at::kFloat)}).to(at::kCPU);
+  const float* v = both.data_ptr<float>();
+  return std::isfinite(v[0]) && std::isfinite(v[1]);
+}
+
+void require_finite(const at::Tensor& t, const std::string& what) {
+  if (all_finite(t)) return;
+  const auto nan = at::isnan(t).sum().item<int64_t>();
+  const auto inf = at::isinf(t).sum().item<int64_t>();
+  LTXMPS_CHECK(false, what, " is not finite: ", nan, " NaN and ", inf, " Inf among ", t.numel(), " values");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,7 +297,7 @@ const std::vector<std::string>& WeightStore::unlisted() const { return state_->u
 // StrictLoader
 
 StrictLoader::StrictLoader(const WeightStore& store, at::TensorOptions options, std::string prefix)
-    : store_(store), options_(options), prefix_(std::move(prefix)) {}
+    : store_(store), options_(options), prefix_(std::move(prefix)), check_finite_(weight_check_enabled()) {}
 
 at::Tensor StrictLoader::take(const std::string& name, std::vector<int64_t> expected_shape) {
   return take_as(name, expected_shape, std::nullopt);
@@ -293,6 +331,19 @@ at::Tensor StrictLoader::take_as(const std::string& name, const std::vector<int6
                  safetensors_dtype_name(info.dtype), ", expected ", safetensors_dtype_name(target));
   }
   at::Tensor out = store_.load(full, at::TensorOptions().dtype(target).device(options_.device()));
+  if (check_finite_ && !all_finite(out)) {
+    // Note [Weight check]: stored values, or an overflow of the conversion to the run dtype.
+    const auto stored = info.dtype == target ? out : store_.load(full);
+    const auto where = c10::str("weight '", full, "' in ", file.string());
+    try {
+      require_finite(stored, where);
+      require_finite(out, c10::str(where, " (finite as stored in ", safetensors_dtype_name(info.dtype),
+                                   ", but not once converted to ", target, ": run in a wider precision)"));
+    } catch (const Error& e) {
+      throw Error(c10::str(e.what(), "; the checkpoint cannot produce a usable result (--skip-weight-check loads it "
+                                     "anyway)"));
+    }
+  }
   used_.insert(full);
   return out;
 }

@@ -3,6 +3,8 @@
 
 #include "ltxmps_pipeline/embedded_default.hpp"
 
+#include "ltxmps_pipeline/runtime.hpp"
+
 #include "ltxmps/error.hpp"
 #include "ltxmps/random.hpp"
 
@@ -88,8 +90,6 @@ T5Config EmbeddedDefault::text_encoder_config() {
 }
 
 LtxModel make_embedded_default_model(const ltxmps::ExecutionPlan& plan) {
-  // Components live where the plan keeps them between uses (the CPU under offload, else the device).
-  const c10::Device home = plan.offload.enabled ? plan.offload.home : plan.device;
   at::Generator generator = ltxmps::make_cpu_generator(EmbeddedDefault::weight_seed);
   auto draw = [&](const std::string& name, const std::vector<int64_t>& shape) {
     return random_weight(generator, name, shape);
@@ -97,27 +97,13 @@ LtxModel make_embedded_default_model(const ltxmps::ExecutionPlan& plan) {
 
   LtxModel model;
   model.random_weights = true;
+  model.byte_tokenizer = true;
   model.scheduler = FlowMatchSchedulerConfig{};
-
-  T5Runtime t5;
-  t5.device = home;
-  t5.dtype = plan.precision.text_encoder.compute;
-  t5.keep_in_fp32_modules = plan.precision.text_encoder.keep_in_fp32_modules;
-  t5.attention.kernel = plan.attention.kernel;
   model.text_encoder = T5EncoderModel::from_weights(
-      EmbeddedDefault::text_encoder_config(), t5,
+      EmbeddedDefault::text_encoder_config(), t5_runtime(plan),
       [&](const std::string& name, const std::vector<int64_t>& shape, at::ScalarType) { return draw(name, shape); });
-
-  TransformerRuntime transformer;
-  transformer.device = home;
-  transformer.dtype = plan.precision.transformer.compute;
-  transformer.attention.kernel = plan.attention.kernel;
-  model.transformer = TransformerModel::from_weights(EmbeddedDefault::transformer_config(), transformer, draw);
-
-  VaeRuntime vae;
-  vae.device = home;
-  vae.dtype = plan.precision.vae.compute;
-  model.vae = VaeModel::from_weights(EmbeddedDefault::vae_config(), vae, draw);
+  model.transformer = TransformerModel::from_weights(EmbeddedDefault::transformer_config(), transformer_runtime(plan), draw);
+  model.vae = VaeModel::from_weights(EmbeddedDefault::vae_config(), vae_runtime(plan), draw);
   if (plan.vae.tiling) model.vae.tiling.enable_tiling();  // diffusers' default tile sizes, as load_ltx_model
   model.vae.tiling.use_slicing = plan.vae.slicing;
   return model;

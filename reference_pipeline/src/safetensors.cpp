@@ -1,13 +1,13 @@
 #include "ltxmps_pipeline/safetensors.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 
 #include "ltxmps/error.hpp"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -97,7 +97,8 @@ void map_file(const std::filesystem::path& file, Mapping& mapping) {
   LTXMPS_CHECK(fd.fd >= 0, "cannot open safetensors file ", file.string(), ": ", std::strerror(errno));
   struct stat st {};
   LTXMPS_CHECK(::fstat(fd.fd, &st) == 0, "cannot stat safetensors file ", file.string(), ": ", std::strerror(errno));
-  LTXMPS_CHECK(S_ISREG(st.st_mode), "safetensors file ", file.string(), " is not a regular file");
+  LTXMPS_CHECK(S_ISREG(st.st_mode), "safetensors file ", file.string(), " is ", describe_file_type(file),
+               ", not a regular file");
   const auto size = static_cast<uint64_t>(st.st_size);
   LTXMPS_CHECK(size >= 8, "safetensors file ", file.string(), " is ", size,
                " bytes long, shorter than the 8-byte header length that starts the format");
@@ -301,29 +302,6 @@ at::Tensor SafetensorsFile::load(std::string_view name, const at::TensorOptions&
   return flat.view(info->shape);
 }
 
-namespace {
-
-// Removes the temporary file unless the write completed.
-struct TempFile {
-  std::filesystem::path path;
-  bool keep = false;
-  ~TempFile() {
-    if (!keep) {
-      std::error_code ec;
-      std::filesystem::remove(path, ec);
-    }
-  }
-};
-
-std::filesystem::path temp_path_for(const std::filesystem::path& file) {
-  static std::atomic<uint64_t> counter{0};
-  auto tmp = file;
-  tmp += c10::str(".tmp-", ::getpid(), "-", counter++);
-  return tmp;
-}
-
-}  // namespace
-
 void save_safetensors(const std::filesystem::path& file, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   std::set<std::string_view> names;
@@ -369,27 +347,32 @@ void save_safetensors(const std::filesystem::path& file, const std::vector<std::
   }
   text.append((8 - text.size() % 8) % 8, ' ');
 
-  TempFile tmp{temp_path_for(file)};
-  std::ofstream out(tmp.path, std::ios::binary | std::ios::trunc);
-  LTXMPS_CHECK(out.is_open(), "cannot write ", file.string(), ": cannot create ", tmp.path.string(), ": ",
-               std::strerror(errno));
+  AtomicOutput output(file, AtomicOutput::Kind::file);
+  const auto& tmp = output.temporary();
+  std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+  LTXMPS_CHECK(out.is_open(), "cannot write ", file.string(), ": cannot create ", tmp.string(), ": ", std::strerror(errno));
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));
   out.write(reinterpret_cast<const char*>(length), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  // Written in chunks with a cancellation check between them, so that SIGINT during a multi-gigabyte write
+  // stops within one chunk.
+  constexpr uint64_t kChunk = uint64_t{64} << 20;
   for (size_t i : order) {
+    throw_if_cancelled();
     // One host copy at a time keeps host memory near the largest tensor.
     const at::Tensor host = tensors[i].second.detach().to(at::kCPU).contiguous();
-    out.write(static_cast<const char*>(host.data_ptr()), static_cast<std::streamsize>(host.nbytes()));
-    LTXMPS_CHECK(out.good(), "cannot write ", file.string(), ": writing tensor '", tensors[i].first, "' to ",
-                 tmp.path.string(), " failed: ", std::strerror(errno));
+    const auto* bytes = static_cast<const char*>(host.data_ptr());
+    for (uint64_t done = 0; done < host.nbytes(); done += kChunk) {
+      if (done > 0) throw_if_cancelled();
+      out.write(bytes + done, static_cast<std::streamsize>(std::min<uint64_t>(kChunk, host.nbytes() - done)));
+      LTXMPS_CHECK(out.good(), "cannot write ", file.string(), ": writing tensor '", tensors[i].first, "' to ",
+                   tmp.string(), " failed: ", std::strerror(errno));
+    }
   }
   out.close();
-  LTXMPS_CHECK(!out.fail(), "cannot write ", file.string(), ": closing ", tmp.path.string(), " failed: ", std::strerror(errno));
-  std::error_code ec;
-  std::filesystem::rename(tmp.path, file, ec);
-  LTXMPS_CHECK(!ec, "cannot write ", file.string(), ": renaming ", tmp.path.string(), " failed: ", ec.message());
-  tmp.keep = true;
+  LTXMPS_CHECK(!out.fail(), "cannot write ", file.string(), ": closing ", tmp.string(), " failed: ", std::strerror(errno));
+  output.commit();
 }
 
 std::vector<std::pair<std::string, at::Tensor>> load_all(const std::filesystem::path& file, const at::TensorOptions& options) {

@@ -1,7 +1,10 @@
 // The T5 tokenizer of LTX pipelines (transformers 5.17 models/t5/tokenization_t5.py, tokenizers-backed)
-// on top of the SentencePiece library.
+// on top of the SentencePiece library (loaded in isolation: Note [SentencePiece isolation] in
+// sentencepiece_isolation.cpp).
 
 #include "ltxmps_pipeline/tokenizer.hpp"
+
+#include "sentencepiece_isolation.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
 
@@ -9,7 +12,6 @@
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-#include <sentencepiece_processor.h>
 
 #include <algorithm>
 #include <cctype>
@@ -39,7 +41,9 @@ namespace ltxmps::pipeline {
 // then `<pad>` (0) up to max_length; the mask is 1 for the text and `</s>`.
 
 struct T5Tokenizer::State {
-  sentencepiece::SentencePieceProcessor sp;
+  explicit State(const std::filesystem::path& model_file) : sp(model_file), file(model_file) {}
+
+  detail::SentencePieceModel sp;
   std::filesystem::path file;
   int64_t pieces = 0;
   int64_t extra_ids = 100;
@@ -72,20 +76,17 @@ struct T5Tokenizer::State {
                                        const std::string& eos_token, const std::string& unk_token) {
     LTXMPS_CHECK(std::filesystem::is_regular_file(file), "tokenizer model ", file.string(), " does not exist");
     LTXMPS_CHECK(extra_ids >= 0, file.string(), ": extra_ids must be >= 0, got ", extra_ids);
-    auto s = std::make_unique<State>();
-    s->file = file;
-    const auto status = s->sp.Load(file.string());
-    LTXMPS_CHECK(status.ok(), file.string(), ": not a SentencePiece model (", status.ToString(), ")");
-    s->pieces = s->sp.GetPieceSize();
+    auto s = std::make_unique<State>(file);
+    s->pieces = s->sp.piece_size();
     s->extra_ids = extra_ids;
     s->pad_token = pad_token;
     s->eos_token = eos_token;
     s->unk_token = unk_token;
     auto id_of = [&](const std::string& token, const char* what) {
-      const int id = s->sp.PieceToId(token);
-      LTXMPS_CHECK(s->sp.IdToPiece(id) == token, file.string(), ": the ", what, " token '", token,
+      const int64_t id = s->sp.piece_to_id(token);
+      LTXMPS_CHECK(s->sp.id_to_piece(id) == token, file.string(), ": the ", what, " token '", token,
                    "' is not a piece of the model");
-      return static_cast<int64_t>(id);
+      return id;
     };
     s->pad = id_of(pad_token, "pad");
     s->eos = id_of(eos_token, "eos");
@@ -99,12 +100,7 @@ struct T5Tokenizer::State {
     while (true) {
       const size_t end = segment.find(nel, begin);
       const auto word = segment.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
-      if (!word.empty()) {
-        std::vector<int> ids;
-        const auto status = sp.Encode(word, &ids);
-        LTXMPS_CHECK(status.ok(), file.string(), ": SentencePiece could not encode the prompt: ", status.ToString());
-        out.insert(out.end(), ids.begin(), ids.end());
-      }
+      if (!word.empty()) sp.encode(word, out);
       if (end == std::string::npos) break;
       begin = end + nel.size();
     }

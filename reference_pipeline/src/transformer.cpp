@@ -56,15 +56,19 @@ TransformerConfig TransformerConfig::from_file(const std::filesystem::path& path
   return from_json(read_json_file(path), path.string());
 }
 
+// Sizes are bounded as Note [Config bounds] (checkpoint.hpp) explains.
 void TransformerConfig::validate(const std::string& source) const {
-  const std::pair<const char*, int64_t> positive[] = {
+  const std::pair<const char*, int64_t> sizes[] = {
       {"in_channels", in_channels},           {"out_channels", out_channels},
-      {"patch_size", patch_size},             {"patch_size_t", patch_size_t},
       {"num_attention_heads", num_attention_heads}, {"attention_head_dim", attention_head_dim},
       {"cross_attention_dim", cross_attention_dim}, {"caption_channels", caption_channels}};
-  for (const auto& [name, v] : positive) LTXMPS_CHECK(v > 0, source, ": ", name, " must be > 0, got ", v);
-  LTXMPS_CHECK(num_layers >= 0, source, ": num_layers must be >= 0, got ", num_layers);
-  LTXMPS_CHECK(norm_eps > 0.0, source, ": norm_eps must be > 0, got ", norm_eps);
+  for (const auto& [name, v] : sizes) check_config_range(source, name, v, 1, kMaxConfigChannels);
+  check_config_range(source, "patch_size", patch_size, 1, kMaxConfigPatch);
+  check_config_range(source, "patch_size_t", patch_size_t, 1, kMaxConfigPatch);
+  check_config_range(source, "num_layers", num_layers, 0, kMaxConfigLayers);
+  LTXMPS_CHECK(norm_eps > 0.0 && std::isfinite(norm_eps), source, ": norm_eps must be > 0, got ", norm_eps);
+  LTXMPS_CHECK(inner_dim() <= kMaxConfigChannels, source, ": inner dim num_attention_heads * attention_head_dim = ",
+               inner_dim(), " is out of range (at most ", kMaxConfigChannels, ")");
   LTXMPS_CHECK(activation_fn == "gelu-approximate" || activation_fn == "gelu", source, ": activation_fn '",
                activation_fn, "' is not supported (gelu-approximate, gelu)");
   LTXMPS_CHECK(qk_norm == "rms_norm_across_heads", source, ": qk_norm '", qk_norm,
@@ -237,22 +241,25 @@ at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttenti
   // torch.nn.RMSNorm(D, eps=1e-5) across all heads, before the head split (at::rms_norm, as torch does).
   q = at::rms_norm(q, {q.size(-1)}, w.norm_q_weight, 1e-5);
   k = at::rms_norm(k, {k.size(-1)}, w.norm_k_weight, 1e-5);
+  const auto q_normed = q, k_normed = k;  // what a capture without RoPE reads
   if (rope) {
     q = apply_rotary_emb(q, rope->first, rope->second);
     k = apply_rotary_emb(k, rope->first, rope->second);
   }
   // [B, S, D] -> [B, S, H, Dh] -> [B, H, S, Dh] (views, as diffusers' native backend permutes)
-  auto qh = q.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
-  auto kh = k.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
-  auto vh = v.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
+  const auto split_heads = [heads](const at::Tensor& t) { return t.unflatten(2, {heads, -1}).permute({0, 2, 1, 3}); };
+  auto qh = split_heads(q);
+  auto kh = split_heads(k);
+  auto vh = split_heads(v);
   std::optional<at::Tensor> mask;
   if (bias.defined()) {
     // prepare_attention_mask: [B, 1, L] repeated per head -> [B, H, 1, L]
     mask = bias.unsqueeze(1).expand({bias.size(0), heads, bias.size(1), bias.size(2)}).contiguous();
   }
   if (capture_layer >= 0) {
+    const bool rotated = ctx.capture->apply_rope;
     ltxmps::visit_attention_probs(
-        qh, kh, mask, ctx.capture->query_chunk,
+        rotated ? qh : split_heads(q_normed), rotated ? kh : split_heads(k_normed), mask, ctx.capture->query_chunk,
         [&](int64_t begin, const at::Tensor& probs) { ctx.capture->visit(capture_layer, begin, probs); },
         ctx.runtime.attention.scale);
   }
@@ -433,10 +440,10 @@ TransformerModel load_from_store(const WeightStore& store, const TransformerConf
 }  // namespace
 
 TransformerModel load_transformer(const std::filesystem::path& model_dir, const TransformerRuntime& runtime,
-                                  std::optional<std::string> variant) {
+                                  std::optional<std::string> variant, std::optional<TransformerConfig> parsed) {
   LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "transformer folder ", model_dir.string(),
                " does not exist or is not a folder");
-  const auto config = TransformerConfig::from_file(model_dir / "config.json");
+  const auto config = parsed ? *parsed : TransformerConfig::from_file(model_dir / "config.json");
   const auto store = WeightStore::open_component(model_dir, std::move(variant));
   return load_from_store(store, config, runtime);
 }

@@ -38,16 +38,26 @@ bool is_095_encoder(const VaeConfig& c) { return c.down_block_types.back() == "L
 
 int64_t count_true(const std::vector<bool>& v) { return std::count(v.begin(), v.end(), true); }
 
+// patch · 2^scalings, checked (Note [Config bounds]): a config built in code may skip validate().
+int64_t compression(int64_t patch, int64_t scalings, const char* what) {
+  const bool ok = patch >= 1 && patch <= kMaxConfigCompression && scalings < 17 &&
+                  (patch << scalings) <= kMaxConfigCompression;
+  LTXMPS_CHECK(ok, "the ", what, " compression (patch size ", patch, " times 2^", scalings,
+               " for the true spatio_temporal_scaling entries) is out of range (expected 1 to ", kMaxConfigCompression,
+               ")");
+  return patch << scalings;
+}
+
 }  // namespace
 
 int64_t VaeConfig::spatial_compression() const {
   return spatial_compression_ratio ? *spatial_compression_ratio
-                                   : patch_size * (int64_t{1} << count_true(spatio_temporal_scaling));
+                                   : compression(patch_size, count_true(spatio_temporal_scaling), "spatial");
 }
 
 int64_t VaeConfig::temporal_compression() const {
   return temporal_compression_ratio ? *temporal_compression_ratio
-                                    : patch_size_t * (int64_t{1} << count_true(spatio_temporal_scaling));
+                                    : compression(patch_size_t, count_true(spatio_temporal_scaling), "temporal");
 }
 
 VaeConfig VaeConfig::from_json(const nlohmann::json& json, const std::string& source) {
@@ -97,26 +107,29 @@ VaeConfig VaeConfig::from_file(const std::filesystem::path& path) {
 }
 
 void VaeConfig::validate(const std::string& source) const {
-  const std::pair<const char*, int64_t> positive[] = {{"in_channels", in_channels},
-                                                      {"out_channels", out_channels},
-                                                      {"latent_channels", latent_channels},
-                                                      {"patch_size", patch_size},
-                                                      {"patch_size_t", patch_size_t}};
-  for (const auto& [name, v] : positive) LTXMPS_CHECK(v > 0, source, ": ", name, " must be > 0, got ", v);
+  // Sizes are bounded as Note [Config bounds] (checkpoint.hpp) explains.
+  const std::pair<const char*, int64_t> positive[] = {
+      {"in_channels", in_channels}, {"out_channels", out_channels}, {"latent_channels", latent_channels}};
+  for (const auto& [name, v] : positive) check_config_range(source, name, v, 1, kMaxConfigChannels);
+  check_config_range(source, "patch_size", patch_size, 1, kMaxConfigPatch);
+  check_config_range(source, "patch_size_t", patch_size_t, 1, kMaxConfigPatch);
   // Note [VAE patch_size_t]
   // LTXVideoEncoder3d sizes conv_in with in_channels · patch_size² (no patch_size_t) while its patchify
   // produces in_channels · patch_size_t · patch_size² channels, so diffusers only runs patch_size_t = 1.
   LTXMPS_CHECK(patch_size_t == 1, source, ": patch_size_t = ", patch_size_t,
                " is not supported (diffusers' LTX VAE sizes conv_in with in_channels * patch_size^2 and so only "
                "runs patch_size_t = 1)");
-  LTXMPS_CHECK(resnet_norm_eps > 0.0, source, ": resnet_norm_eps must be > 0, got ", resnet_norm_eps);
-  LTXMPS_CHECK(scaling_factor != 0.0, source, ": scaling_factor must not be 0");
+  LTXMPS_CHECK(resnet_norm_eps > 0.0 && std::isfinite(resnet_norm_eps), source, ": resnet_norm_eps must be > 0, got ",
+               resnet_norm_eps);
+  LTXMPS_CHECK(scaling_factor != 0.0 && std::isfinite(scaling_factor), source, ": scaling_factor must be finite and not 0");
   LTXMPS_CHECK(!block_out_channels.empty() && !down_block_types.empty(), source,
                ": block_out_channels and down_block_types must not be empty");
-  for (auto v : block_out_channels) LTXMPS_CHECK(v > 0, source, ": block_out_channels must be > 0");
-  for (auto v : decoder_block_out_channels) LTXMPS_CHECK(v > 0, source, ": decoder_block_out_channels must be > 0");
-  for (auto v : layers_per_block) LTXMPS_CHECK(v >= 0, source, ": layers_per_block must be >= 0");
-  for (auto v : decoder_layers_per_block) LTXMPS_CHECK(v >= 0, source, ": decoder_layers_per_block must be >= 0");
+  for (auto v : block_out_channels) check_config_range(source, "block_out_channels[i]", v, 1, kMaxConfigChannels);
+  for (auto v : decoder_block_out_channels)
+    check_config_range(source, "decoder_block_out_channels[i]", v, 1, kMaxConfigChannels);
+  for (auto v : layers_per_block) check_config_range(source, "layers_per_block[i]", v, 0, kMaxConfigLayers);
+  for (auto v : decoder_layers_per_block)
+    check_config_range(source, "decoder_layers_per_block[i]", v, 0, kMaxConfigLayers);
   for (auto v : upsample_factor) LTXMPS_CHECK(v > 0 && 8 % v == 0, source, ": upsample_factor must be 1, 2, 4 or 8");
 
   auto need = [&](const char* name, size_t have, size_t want) {
@@ -173,9 +186,16 @@ void VaeConfig::validate(const std::string& source) const {
     LTXMPS_CHECK(!(in != dec_out && timestep_conditioning), source, ": decoder up block ", i, " changes channels (",
                  in, " -> ", dec_out, ") with timestep_conditioning; diffusers cannot run that combination");
   }
-  if (spatial_compression_ratio) LTXMPS_CHECK(*spatial_compression_ratio > 0, source, ": spatial_compression_ratio must be > 0");
+  if (spatial_compression_ratio)
+    check_config_range(source, "spatial_compression_ratio", *spatial_compression_ratio, 1, kMaxConfigCompression);
   if (temporal_compression_ratio)
-    LTXMPS_CHECK(*temporal_compression_ratio > 0, source, ": temporal_compression_ratio must be > 0");
+    check_config_range(source, "temporal_compression_ratio", *temporal_compression_ratio, 1, kMaxConfigCompression);
+  try {
+    (void)spatial_compression();
+    (void)temporal_compression();
+  } catch (const Error& e) {
+    throw Error(c10::str(source, ": ", e.what()));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -675,7 +695,8 @@ at::Tensor temporal_tiled_encode(const VaeModel& m, const at::Tensor& x) {
 
 at::Tensor encode_one(const VaeModel& m, const at::Tensor& x) {
   const auto& t = m.tiling;
-  // diffusers 0.42.1 checks use_framewise_decoding here (not use_framewise_encoding): spec §2.9.
+  // diffusers 0.42.1's _encode checks use_framewise_decoding here (not use_framewise_encoding); encodes match
+  // only with the same switch (docs/models/vae.md, "Tiling, framewise tiling and slicing").
   if (t.use_framewise_decoding && x.size(2) > t.tile_sample_min_num_frames) return temporal_tiled_encode(m, x);
   if (t.use_tiling && (x.size(4) > t.tile_sample_min_width || x.size(3) > t.tile_sample_min_height))
     return tiled_encode(m, x);
@@ -829,10 +850,11 @@ at::Tensor mix_decode_noise(const at::Tensor& latents, const at::Tensor& noise, 
 // ---------------------------------------------------------------------------------------------------
 // Loading
 
-VaeModel load_vae(const std::filesystem::path& model_dir, const VaeRuntime& runtime, std::optional<std::string> variant) {
+VaeModel load_vae(const std::filesystem::path& model_dir, const VaeRuntime& runtime, std::optional<std::string> variant,
+                  std::optional<VaeConfig> parsed) {
   LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "VAE folder ", model_dir.string(),
                " does not exist or is not a folder");
-  const auto config = VaeConfig::from_file(model_dir / "config.json");
+  const auto config = parsed ? *parsed : VaeConfig::from_file(model_dir / "config.json");
   const auto store = WeightStore::open_component(model_dir, std::move(variant));
   StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
   auto model = VaeModel::from_weights(

@@ -1,13 +1,16 @@
 // Video and image files as [F, 3, H, W] float tensors (FFmpeg's libraries for video files, libpng for PNG),
-// written under a partial name and renamed; and the fit rules of the LTX models (video_io.hpp).
+// written under a unique temporary name and renamed; and the fit rules of the LTX models (video_io.hpp).
 
 #include "ltxmps_pipeline/video_io.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 
 #include "ltxmps_pipeline/transformer.hpp"
 #include "ltxmps_pipeline/vae.hpp"
 
 #include "ltxmps/error.hpp"
+
+#include <c10/util/safe_numerics.h>
 
 #include <png.h>
 
@@ -26,11 +29,14 @@ extern "C" {
 #include <cctype>
 #include <cmath>
 #include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <system_error>
 #include <utility>
+
+#include <sys/stat.h>
 
 namespace fs = std::filesystem;
 
@@ -73,14 +79,20 @@ bool is_frame_file(const fs::path& p) {
   return name.rfind("frame_", 0) == 0 && is_png_path(p);
 }
 
-fs::path partial_name(const fs::path& out) {
-  auto p = out;
-  p += ".partial";
-  return p;
+// Note [Decoded size bounds]
+// Sizes in file headers are untrusted: a 68-byte PNG can declare 100000 x 100000 pixels. Each side is bounded
+// (kMaxVideoSide) before a buffer is allocated, and so is the pixel count of a whole video as frames accumulate
+// (kMaxVideoPixels); within the bounds every size product fits in int64 and the allocation is the size of the
+// real request, which the memory plan judges.
+void check_frame_size(const fs::path& file, int64_t width, int64_t height, const char* what) {
+  LTXMPS_CHECK(width >= 1 && height >= 1 && width <= kMaxVideoSide && height <= kMaxVideoSide, file.string(), ": ",
+               what, " ", width, "x", height, " pixels; this reader accepts 1 to ", kMaxVideoSide,
+               " pixels on each side (corrupt, or too large to process)");
 }
 
-void remove_quietly(const fs::path& p) {
-  (void)remove_tree(p);  // Note [No std::filesystem::remove_all]
+void check_total_pixels(const fs::path& file, int64_t frames, int64_t width, int64_t height) {
+  LTXMPS_CHECK(frames * width * height <= kMaxVideoPixels, file.string(), ": frame ", frames, " of ", width, "x",
+               height, " pixels passes the limit of ", kMaxVideoPixels, " pixels in one video");
 }
 
 // Writes [H, W, 3] uint8 at `data` with libpng's simplified API.
@@ -97,16 +109,30 @@ void write_png_rgb24(const fs::path& file, const uint8_t* data, int64_t height, 
   LTXMPS_CHECK(ok != 0, file.string(), ": cannot write the PNG (libpng: ", message, ")");
 }
 
-// Reads one PNG as [1, H, W, 3] uint8.
+struct StdioCloser {
+  void operator()(FILE* f) const { std::fclose(f); }
+};
+
+// Reads one PNG as [1, H, W, 3] uint8. The file is opened as in Note [Opening inputs without blocking] and its
+// header read before the pixel buffer is sized (Note [Decoded size bounds]).
 at::Tensor read_png_rgb24(const fs::path& file) {
-  LTXMPS_CHECK(fs::is_regular_file(file), file.string(), ": no such file");
+  auto fd = open_regular_file(file);
+  std::unique_ptr<FILE, StdioCloser> stream(::fdopen(fd.get(), "rb"));
+  LTXMPS_CHECK(stream != nullptr, file.string(), ": cannot read it (", std::strerror(errno), ")");
+  fd.release();  // owned by `stream` now
   png_image image;
   std::memset(&image, 0, sizeof image);
   image.version = PNG_IMAGE_VERSION;
-  if (png_image_begin_read_from_file(&image, file.string().c_str()) == 0) {
+  if (png_image_begin_read_from_stdio(&image, stream.get()) == 0) {
     const std::string message = image.message;
     png_image_free(&image);
     throw ltxmps::Error(file.string() + ": not a readable PNG image (libpng: " + message + ")");
+  }
+  try {
+    check_frame_size(file, image.width, image.height, "the PNG header declares");
+  } catch (...) {
+    png_image_free(&image);
+    throw;
   }
   image.format = PNG_FORMAT_RGB;
   auto out = at::empty({1, static_cast<int64_t>(image.height), static_cast<int64_t>(image.width), 3}, at::kByte);
@@ -131,35 +157,17 @@ VideoWriteResult written(const fs::path& out, const at::Tensor& rgb, std::string
   return result;
 }
 
-// A folder of frame_*.png written as <out>.partial/ and renamed.
+// A folder of frame_*.png written into a unique temporary folder and renamed over `out`.
 VideoWriteResult write_png_folder(const fs::path& out, const at::Tensor& rgb, const VideoWriteOptions& options) {
-  if (fs::exists(out)) {
-    LTXMPS_CHECK(fs::is_directory(out), out.string(), ": exists and is not a folder; not replacing it with PNG frames");
-    for (const auto& entry : fs::directory_iterator(out))
-      LTXMPS_CHECK(is_frame_file(entry.path()), out.string(), ": the folder holds '", entry.path().filename().string(),
-                   "', which is not a frame_*.png file; not replacing it (choose another --output)");
-  }
-  const auto partial = partial_name(out);
-  remove_quietly(partial);  // left over by a run that was killed
+  check_frame_folder_target(out, out.string());
   const int64_t F = rgb.size(0), H = rgb.size(1), W = rgb.size(2);
-  try {
-    std::error_code ec;
-    fs::create_directory(partial, ec);
-    LTXMPS_CHECK(!ec, partial.string(), ": cannot create the folder (", ec.message(), ")");
-    for (int64_t i = 0; i < F; ++i) {
-      write_png_rgb24(partial / frame_name(i), rgb[i].data_ptr<uint8_t>(), H, W);
-      if (options.on_frame) options.on_frame(i + 1, F);
-    }
-    if (fs::exists(out)) {
-      const auto removed = remove_tree(out);
-      LTXMPS_CHECK(!removed, out.string(), ": cannot replace the existing folder (", removed.message(), ")");
-    }
-    fs::rename(partial, out, ec);
-    LTXMPS_CHECK(!ec, out.string(), ": cannot rename ", partial.string(), " to it (", ec.message(), ")");
-  } catch (...) {
-    remove_quietly(partial);
-    throw;
+  AtomicOutput output(out, AtomicOutput::Kind::folder);
+  for (int64_t i = 0; i < F; ++i) {
+    throw_if_cancelled();
+    write_png_rgb24(output.temporary() / frame_name(i), rgb[i].data_ptr<uint8_t>(), H, W);
+    if (options.on_frame) options.on_frame(i + 1, F);
   }
+  output.commit();
   return written(out, rgb, "png", "png", "PNG");
 }
 
@@ -289,10 +297,10 @@ VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, c
   stream->time_base = enc->time_base;
   stream->avg_frame_rate = rate;
 
-  const auto partial = partial_name(out);
-  remove_quietly(partial);
+  AtomicOutput output(out, AtomicOutput::Kind::file);
+  const auto& partial = output.temporary();
   try {
-    LTXMPS_AV_CHECK(avio_open(&ctx->pb, partial.string().c_str(), AVIO_FLAG_WRITE), partial.string(),
+    LTXMPS_AV_CHECK(avio_open(&ctx->pb, ("file:" + partial.string()).c_str(), AVIO_FLAG_WRITE), partial.string(),
                     ": cannot open for writing");
     LTXMPS_AV_CHECK(avformat_write_header(ctx.get(), nullptr), out.string(), ": cannot write the container header");
 
@@ -318,6 +326,7 @@ VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, c
       }
     };
     for (int64_t i = 0; i < F; ++i) {
+      throw_if_cancelled();
       LTXMPS_AV_CHECK(av_frame_make_writable(frame.get()), out.string(), ": frame buffer not writable");
       const uint8_t* src[1] = {rgb[i].data_ptr<uint8_t>()};
       const int src_stride[1] = {static_cast<int>(3 * W)};
@@ -332,13 +341,10 @@ VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, c
     drain();
     LTXMPS_AV_CHECK(av_write_trailer(ctx.get()), out.string(), ": cannot finish the container");
     LTXMPS_AV_CHECK(avio_closep(&ctx->pb), partial.string(), ": cannot close");
-    std::error_code ec;
-    fs::rename(partial, out, ec);
-    LTXMPS_CHECK(!ec, out.string(), ": cannot rename ", partial.string(), " to it (", ec.message(), ")");
+    output.commit();
   } catch (...) {
     if (ctx->pb) avio_closep(&ctx->pb);
-    remove_quietly(partial);
-    throw;
+    throw;  // `output` removes the temporary
   }
 
   auto result = written(out, rgb, ctx->oformat->name, codec->name, describe_encoder(codec));
@@ -353,15 +359,21 @@ VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, c
 
 // Every frame of the best video stream of `in`, as [F, H, W, 3] uint8.
 at::Tensor read_ffmpeg_rgb24(const fs::path& in) {
+  (void)open_regular_file(in);  // Note [Opening inputs without blocking]: FFmpeg would block on a FIFO
   begin_ffmpeg_call();
   AVFormatContext* raw = nullptr;
-  LTXMPS_AV_CHECK(avformat_open_input(&raw, in.string().c_str(), nullptr, nullptr), in.string(),
-                  ": FFmpeg cannot read it as a video or image");
+  // "file:" keeps a name such as "pipe:0" or "http://x" a local file name; only local files may be opened.
+  AVDictionary* open_options = nullptr;
+  av_dict_set(&open_options, "protocol_whitelist", "file", 0);
+  const int opened = avformat_open_input(&raw, ("file:" + in.string()).c_str(), nullptr, &open_options);
+  av_dict_free(&open_options);
+  LTXMPS_AV_CHECK(opened, in.string(), ": FFmpeg cannot read it as a video or image");
   std::unique_ptr<AVFormatContext, InputContextDeleter> ctx(raw);
   LTXMPS_AV_CHECK(avformat_find_stream_info(ctx.get(), nullptr), in.string(), ": cannot read the stream information");
   const int index = av_find_best_stream(ctx.get(), AVMEDIA_TYPE_VIDEO, -1, -1, nullptr, 0);
   LTXMPS_CHECK(index >= 0, in.string(), ": has no video stream");
   const AVStream* stream = ctx->streams[index];
+  check_frame_size(in, stream->codecpar->width, stream->codecpar->height, "the stream header declares");
   const AVCodec* codec = avcodec_find_decoder(stream->codecpar->codec_id);
   LTXMPS_CHECK(codec != nullptr, in.string(), ": this FFmpeg has no decoder for its codec '",
                avcodec_get_name(stream->codecpar->codec_id), "'");
@@ -382,6 +394,8 @@ at::Tensor read_ffmpeg_rgb24(const fs::path& in) {
       if (rc == AVERROR(EAGAIN) || rc == AVERROR_EOF) return;
       LTXMPS_AV_CHECK(rc, in.string(), ": decoding frame ", frames.size(), " failed");
       const int w = frame->width, h = frame->height;
+      check_frame_size(in, w, h, c10::str("frame ", frames.size(), " is").c_str());
+      check_total_pixels(in, static_cast<int64_t>(frames.size()) + 1, w, h);
       if (!frames.empty())
         LTXMPS_CHECK(frames.front().size(0) == h && frames.front().size(1) == w, in.string(), ": frame ", frames.size(),
                      " is ", w, "x", h, ", the first frame ", frames.front().size(1), "x", frames.front().size(0));
@@ -429,10 +443,16 @@ at::Tensor read_ffmpeg_rgb24(const fs::path& in) {
 #endif
 
 at::Tensor read_video_rgb24(const fs::path& in) {
-  if (fs::is_directory(in)) {
+  struct stat st {};
+  LTXMPS_CHECK(::stat(in.c_str(), &st) == 0, in.string(), ": no such file or folder");
+  if (S_ISDIR(st.st_mode)) {
     std::vector<fs::path> files;
-    for (const auto& entry : fs::directory_iterator(in))
-      if (entry.is_regular_file() && is_png_path(entry.path())) files.push_back(entry.path());
+    for (const auto& entry : fs::directory_iterator(in)) {
+      if (!is_png_path(entry.path())) continue;
+      LTXMPS_CHECK(entry.is_regular_file(), entry.path().string(), ": is ", describe_file_type(entry.path()),
+                   ", not a PNG frame file");
+      files.push_back(entry.path());
+    }
     LTXMPS_CHECK(!files.empty(), in.string(), ": the folder has no .png frames");
     std::sort(files.begin(), files.end());
     std::vector<at::Tensor> frames;
@@ -441,10 +461,11 @@ at::Tensor read_video_rgb24(const fs::path& in) {
       LTXMPS_CHECK(frames.back().sizes() == frames.front().sizes(), f.string(), ": size ", frames.back().size(1), "x",
                    frames.back().size(0), " differs from the first frame's ", frames.front().size(1), "x",
                    frames.front().size(0));
+      check_total_pixels(in, static_cast<int64_t>(frames.size()), frames.front().size(1), frames.front().size(0));
     }
     return at::stack(frames);
   }
-  LTXMPS_CHECK(fs::exists(in), in.string(), ": no such file or folder");
+  LTXMPS_CHECK(S_ISREG(st.st_mode), in.string(), ": is ", describe_file_type(in), ", not a video or image file");
   if (is_png_path(in)) return read_png_rgb24(in);
 #if LTXMPS_WITH_FFMPEG
   return read_ffmpeg_rgb24(in);
@@ -509,7 +530,20 @@ void write_png(const fs::path& file, const at::Tensor& image) {
   LTXMPS_CHECK(image.defined() && image.dim() == 3, file.string(), ": an image must be [3, H, W], got ",
                image.defined() ? image.sizes() : at::IntArrayRef{});
   const auto rgb = to_rgb24(image.unsqueeze(0), file.string());
-  write_png_rgb24(file, rgb.data_ptr<uint8_t>(), rgb.size(1), rgb.size(2));
+  AtomicOutput output(file, AtomicOutput::Kind::file);
+  write_png_rgb24(output.temporary(), rgb.data_ptr<uint8_t>(), rgb.size(1), rgb.size(2));
+  output.commit();
+}
+
+void check_frame_folder_target(const fs::path& out, const std::string& what) {
+  struct stat st {};
+  if (::stat(out.c_str(), &st) != 0) return;
+  LTXMPS_CHECK(S_ISDIR(st.st_mode), what, ": exists and is ", describe_file_type(out),
+               "; not replacing it with a folder of PNG frames");
+  for (const auto& entry : fs::directory_iterator(out))
+    LTXMPS_CHECK(is_frame_file(entry.path()) && entry.is_regular_file(), what, ": the folder holds '",
+                 entry.path().filename().string(),
+                 "', which is not a frame_*.png file; not replacing it (choose another output)");
 }
 
 at::Tensor read_png(const fs::path& file) { return from_rgb24(read_png_rgb24(file))[0]; }
@@ -534,7 +568,15 @@ FitMode parse_fit_mode(const std::string& text) {
 }
 
 FitRules fit_rules(const VaeConfig& vae, const TransformerConfig& transformer) {
-  return {vae.spatial_compression() * transformer.patch_size, vae.temporal_compression() * transformer.patch_size_t};
+  // Validated configs keep both factors far below 2^31; the check guards configs built in code.
+  const auto product = [](int64_t a, int64_t b, const char* what) {
+    int64_t out = 0;
+    LTXMPS_CHECK(a > 0 && b > 0 && !c10::mul_overflows(a, b, &out), "the VAE's ", what, " compression ", a,
+                 " times the transformer's patch size ", b, " is not a positive size (overflow or non-positive)");
+    return out;
+  };
+  return {product(vae.spatial_compression(), transformer.patch_size, "spatial"),
+          product(vae.temporal_compression(), transformer.patch_size_t, "temporal")};
 }
 
 std::string nearest_multiples(int64_t value, int64_t multiple) {

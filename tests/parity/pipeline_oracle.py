@@ -11,8 +11,8 @@ Writes under OUT/pipeline/:
   scheduler.safetensors + scheduler_cases.json   FlowMatchEulerDiscreteScheduler.set_timesteps and
                                  linear_quadratic_schedule results (float32) with their arguments
 
-Components (spec §5): transformer in/out 8, 4 heads x 8, cross 32, 1 layer, caption 32; the tiny "090" VAE
-(latent_channels 8, compression 4/4) or, for decode_timestep / decode_noise_scale, the tiny timestep-conditioned
+Components (the tiny configs of diffusers' tests/pipelines/ltx/test_ltx*.py): transformer in/out 8, 4 heads x 8,
+cross 32, 1 layer, caption 32; the tiny "090" VAE (latent_channels 8, compression 4/4) or, for decode_timestep / decode_noise_scale, the tiny timestep-conditioned
 "091" VAE with per_channel_scale zeroed (its noise injection draws from the global RNG); FlowMatchEulerDiscrete-
 Scheduler() defaults; a small random T5 (d_model 32) with a SentencePiece tokenizer trained as t5_oracle.py does.
 Every pipeline runs on the CPU with generator=torch.Generator().manual_seed(seed), 32x32, 2 steps,

@@ -122,11 +122,11 @@ void check_case(const std::string& name) {
   std::vector<ltxmps::Diagnostic> diagnostics;
   int64_t steps_seen = 0;
   const auto result = generate(model, request, plan, ltxmps::collect_into(diagnostics),
-                               [&](int64_t step, int64_t total) {
+                               step_progress([&](int64_t step, int64_t total) {
                                  ++steps_seen;
                                  CHECK(step == steps_seen);
                                  CHECK(total >= step);
-                               });
+                               }));
   CHECK(steps_seen >= 1);
   CHECK(ltxmps::has_rule(diagnostics, "pipeline.text_encoder_released"));
   CHECK_FALSE(model.text_encoder->loaded());
@@ -234,7 +234,7 @@ TEST_CASE("scheduler parity: calculate_shift and linear_quadratic_schedule", "[p
     CHECK((s.timesteps() - ref.at("lq_" + std::to_string(steps) + ".timesteps")).abs().max().item<double>() == 0.0);
     CHECK((s.sigmas() - ref.at("lq_" + std::to_string(steps) + ".sigmas")).abs().max().item<double>() == 0.0);
   }
-  const auto two = linear_quadratic_schedule(2);  // spec §3.4: N = 2 gives [1.0, 0.975]
+  const auto two = linear_quadratic_schedule(2);  // diffusers' condition pipeline test: N = 2 gives [1.0, 0.975]
   REQUIRE(two.size() == 2);
   CHECK(two[0] == 1.0);
   CHECK(static_cast<float>(two[1]) == 0.975f);
@@ -404,7 +404,7 @@ TEST_CASE("pipeline: NaN in the loop is an error naming the step", "[pipeline][e
                                          at::ones({1, 16}, at::kBool)};
   int64_t steps = 0;
   try {
-    generate(model, r, plan, ltxmps::null_sink(), [&](int64_t, int64_t) { ++steps; });
+    generate(model, r, plan, ltxmps::null_sink(), step_progress([&](int64_t, int64_t) { ++steps; }));
     FAIL("no error");
   } catch (const ltxmps::Error& e) {
     CHECK_THAT(std::string(e.what()), ltxmps_test::ContainsAll({"NaN", "step 1 of 2"}));

@@ -94,7 +94,8 @@ def main():
         cases.append(dict(name=name, model=model_dir, format=model_format, variant=variant, dtype=dtype, kernel=kernel, bound=bound,
                           inputs=os.path.join(name, "inputs.safetensors"), reference=reference, args=scalars))
 
-    # (1) diffusers' unit-test config and inputs (spec §5): integer RoPE grid, no scale.
+    # (1) diffusers' unit-test config and inputs (tests/models/transformers/test_models_transformer_ltx.py):
+    #     integer RoPE grid, no scale.
     unit = build(UNIT_CONFIG, 0)
     unit.save_pretrained(os.path.join(root, "unit_model"))
     g = torch.Generator("cpu").manual_seed(0)

@@ -7,7 +7,8 @@ Writes under OUT/vae/:
   <case>/reference.safetensors   encode: `mean`, `logvar` [+ `posterior_sample`]; decode: `sample` (float32)
   cases.json                     per case: model folder, op, tiling state, seeds, error bound
 
-Configs: spec §5's tiny "090" and "091" unit-test configs, a "090_wide" config whose blocks change width
+Configs: the tiny "090" and "091" configs of diffusers' LTX VAE unit test
+(tests/models/autoencoders/test_models_autoencoder_ltx_video.py), a "090_wide" config whose blocks change width
 (LTXVideoDownBlock3D.conv_out, LTXVideoUpBlock3d.conv_in, norm3 + conv_shortcut, patch_size 2) and a
 0.9.5/0.9.7-style config (LTXVideo095DownBlock3D with spatial/temporal/spatiotemporal downsamplers, residual
 upsamplers with upsample_factor 2, timestep conditioning, patch_size 2, explicit compression ratios 16/8).
@@ -147,7 +148,7 @@ def main():
     tiles_32_24 = dict(use_tiling=True, tile_sample_min_height=32, tile_sample_min_width=32,
                        tile_sample_stride_height=24, tile_sample_stride_width=24)
 
-    # 0.9.0 (spec §5 "090"): spatial/temporal compression 4/4.
+    # 0.9.0 (diffusers' unit-test "090" config): spatial/temporal compression 4/4.
     model("090", CONFIG_090, 0)
     run_case("090_encode", "090", "encode", dict(sample=randn(2, 3, 9, 16, 16)), sample_seed=42)
     run_case("090_decode", "090", "decode", dict(latents=randn(2, 8, 3, 4, 4)))
@@ -155,7 +156,7 @@ def main():
     run_case("090_decode_tiled", "090", "decode", dict(latents=randn(1, 8, 3, 16, 24)), tiling=tiles_32_24)
     framewise = dict(tiles_32_24, use_framewise_decoding=True, tile_sample_min_num_frames=8,
                      tile_sample_stride_num_frames=4)
-    # use_framewise_decoding also switches diffusers' encode to temporal tiles (spec §2.9 quirk).
+    # use_framewise_decoding also switches diffusers' encode to temporal tiles (a diffusers 0.42.1 quirk).
     run_case("090_encode_framewise", "090", "encode", dict(sample=randn(1, 3, 17, 48, 48)), tiling=framewise)
     run_case("090_decode_framewise", "090", "decode", dict(latents=randn(1, 8, 5, 12, 12)), tiling=framewise)
     run_case("090_encode_sliced", "090", "encode", dict(sample=randn(2, 3, 9, 32, 32)),
@@ -167,7 +168,7 @@ def main():
     run_case("090_wide_encode", "090_wide", "encode", dict(sample=randn(2, 3, 17, 32, 48)), sample_seed=7)
     run_case("090_wide_decode", "090_wide", "decode", dict(latents=randn(1, 8, 3, 2, 3)))
 
-    # 0.9.1 (spec §5 "091"): timestep conditioning, residual upsamplers; per_channel_scale* zero.
+    # 0.9.1 (diffusers' unit-test "091" config): timestep conditioning, residual upsamplers; per_channel_scale* zero.
     model("091", CONFIG_091, 2)
     run_case("091_encode", "091", "encode", dict(sample=randn(2, 3, 9, 16, 16)))
     temb2 = torch.tensor([0.05, 0.2])

@@ -1,7 +1,8 @@
 #pragma once
 /// @file checkpoint.hpp
 /// @brief Diffusers checkpoint loading: component folders, sharded indexes, the original Lightricks
-/// single-file transformer, strict binding of weights to model code, and config.json reading.
+/// single-file transformer, strict binding of weights to model code (with a NaN/Inf check of every weight),
+/// and config.json reading.
 
 #include "ltxmps_pipeline/safetensors.hpp"
 
@@ -9,13 +10,17 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace ltxmps::pipeline {
@@ -74,11 +79,44 @@ class WeightStore {
 /// q_norm->norm_q, k_norm->norm_k (as diffusers' scripts/convert_ltx_to_diffusers.py does).
 std::optional<std::string> lightricks_transformer_key(std::string_view key);
 
+// Note [Weight check]
+// A checkpoint with NaN or Inf weights (a broken conversion, a diverged fine-tune, bit rot) otherwise shows
+// up as a NaN video after minutes of work, blamed on whichever component first reports it. StrictLoader
+// checks each floating-point weight as it is loaded, in the dtype it will run in, with one min/max reduction
+// (no copy), and names the tensor; values that are finite as stored but overflow in the run dtype (a BF16
+// weight above 65504 loaded as Half) are told apart. The check is on by default and can be skipped per
+// thread with WeightCheckGuard, e.g. for a checkpoint known to be good whose load time matters.
+
+/// @brief Whether StrictLoader checks loaded floating-point weights for NaN/Inf on this thread (default true).
+bool weight_check_enabled() noexcept;
+
+/// @brief Sets weight_check_enabled() for the current thread while it lives (restoring the previous value),
+///        like c10's thread-local guards: `WeightCheckGuard skip(false);` before loading skips the check.
+class WeightCheckGuard {
+ public:
+  /// @brief Sets the check to `enabled` for this thread until the guard is destroyed.
+  explicit WeightCheckGuard(bool enabled) noexcept;
+  ~WeightCheckGuard();
+  WeightCheckGuard(const WeightCheckGuard&) = delete;
+  WeightCheckGuard& operator=(const WeightCheckGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+/// @brief True when `t` holds no NaN or Inf (always true for integer, bool and empty tensors). One
+///        min/max reduction on the tensor's device.
+bool all_finite(const at::Tensor& t);
+
+/// @brief Throws ltxmps::Error "<what> is not finite: N NaN and M Inf among K values" unless all_finite(t).
+void require_finite(const at::Tensor& t, const std::string& what);
+
 /// @brief Strict binding of stored weights to model code.
 ///
 /// Each take() checks that the tensor exists, has the expected shape and, for a floating-point
-/// target, is stored as F32, F16 or BF16; finish() then reports stored keys that were never taken.
-/// Names are relative to `prefix`; finish() looks only at stored keys under `prefix`.
+/// target, is stored as F32, F16 or BF16 and holds no NaN/Inf (Note [Weight check]; skipped while a
+/// WeightCheckGuard(false) is active at construction); finish() then reports stored keys that were
+/// never taken. Names are relative to `prefix`; finish() looks only at stored keys under `prefix`.
 class StrictLoader {
  public:
   /// @brief Binds to a copy of `store` (cheap); tensors load in `options`' dtype and device (the
@@ -109,22 +147,14 @@ class StrictLoader {
   at::TensorOptions options_;
   std::string prefix_;
   std::set<std::string, std::less<>> used_;
+  bool check_finite_ = true;
 };
 
 /// @brief Reads and parses a JSON file (config.json, model_index.json, an index); the error names
-/// the file and the parse position. Duplicate keys are rejected.
+/// the file and the parse position. Duplicate keys are rejected. Only a regular file is read: a FIFO,
+/// a device or a folder is an error before anything is opened blocking (open_regular_file()), and a
+/// file above 256 MiB is refused before it is read.
 nlohmann::json read_json_file(const std::filesystem::path& file);
-
-/// @brief One config.json field as `T`; a value of another JSON type is an error naming `source` (the file)
-///        and the field. Shared by every model's and the scheduler's config parser.
-template <typename T>
-T config_field(const nlohmann::json& value, const std::string& key, const std::string& source) {
-  try {
-    return value.get<T>();
-  } catch (const nlohmann::json::exception&) {
-    throw ::ltxmps::Error(c10::str(source, ": field '", key, "' has the wrong type (", value.type_name(), ")"));
-  }
-}
 
 namespace detail {
 /// @brief Parses `text` as JSON and rejects duplicate object keys; errors name `file` and `what`
@@ -134,6 +164,66 @@ nlohmann::json parse_json_strict(std::string_view text, const std::filesystem::p
 /// flat arrays as JSON (cut to 64 characters), other containers by kind (never dumped: they may be
 /// deeply nested).
 std::string describe_json(const nlohmann::json& value);
+[[noreturn]] void config_field_error(const nlohmann::json& value, const std::string& key, const std::string& source,
+                                     const std::string& expected);
 }  // namespace detail
+
+/// @brief One config.json field as `T`; a value of another JSON type is an error naming `source` (the file)
+///        and the field ("has the wrong type"). Shared by every model's and the scheduler's config parser.
+///
+/// An integer field takes only a JSON integer within `T`'s range: `1.9`, `2.0` and `2^64` are errors, never
+/// truncated or wrapped (Python would fail on them later, or compute with a float). A floating-point field
+/// takes any finite JSON number.
+template <typename T>
+T config_field(const nlohmann::json& value, const std::string& key, const std::string& source) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (value.is_number_unsigned()) {
+      const auto v = value.get<uint64_t>();
+      if (v <= static_cast<uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(v);
+    } else if (value.is_number_integer()) {
+      const auto v = value.get<int64_t>();
+      if (v >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+          static_cast<uint64_t>(std::max<int64_t>(v, 0)) <= static_cast<uint64_t>(std::numeric_limits<T>::max()))
+        return static_cast<T>(v);
+    } else if (value.is_number_float()) {
+      detail::config_field_error(value, key, source, "an integer");
+    } else {
+      detail::config_field_error(value, key, source, "");
+    }
+    detail::config_field_error(value, key, source,
+                               c10::str("an integer from ", std::numeric_limits<T>::min(), " to ",
+                                        std::numeric_limits<T>::max()));
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!value.is_number()) detail::config_field_error(value, key, source, "");
+    const auto v = value.get<T>();
+    if (!std::isfinite(v)) detail::config_field_error(value, key, source, "a finite number");
+    return v;
+  } else {
+    try {
+      return value.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      detail::config_field_error(value, key, source, "");
+    }
+  }
+}
+
+// Note [Config bounds]
+// Sizes from config.json are untrusted. Each is bounded far above every released model (LTX-Video: 128
+// channels, 2048 inner dim, 28 layers, patch 1) yet low enough that every product the model and pipeline form
+// from them (inner dim, patch volumes, compression times patch size) fits in int64 with room to spare, so
+// a hostile value is a named error here and never an overflow, a division by zero or a huge allocation later.
+
+/// @brief Upper bound of a channel count or inner dimension in a model config (Note [Config bounds]).
+constexpr int64_t kMaxConfigChannels = int64_t{1} << 20;
+/// @brief Upper bound of a patch size.
+constexpr int64_t kMaxConfigPatch = 64;
+/// @brief Upper bound of a compression ratio (VAE spatial/temporal compression).
+constexpr int64_t kMaxConfigCompression = int64_t{1} << 16;
+/// @brief Upper bound of a layer count.
+constexpr int64_t kMaxConfigLayers = 10000;
+
+/// @brief Throws "<source>: <name> = <value> is out of range (expected <lo> to <hi>)" unless lo <= value <= hi.
+///        Config validators bound every size so that the products computed from them cannot overflow.
+void check_config_range(const std::string& source, const char* name, int64_t value, int64_t lo, int64_t hi);
 
 }  // namespace ltxmps::pipeline

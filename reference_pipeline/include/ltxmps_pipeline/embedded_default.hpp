@@ -2,9 +2,10 @@
 /// @file embedded_default.hpp
 /// @brief The embedded default model of `ltxmps generate`: a small LTX-Video built in memory with deterministic
 ///        random weights, so the whole pipeline runs with no files (make_embedded_default_model() is declared in
-///        pipeline.hpp). Its videos are noise-like: the weights are random.
+///        model.hpp). Its videos are noise-like: the weights are random.
 ///
-/// Sizes (the tiny pipeline configs of diffusers' tests, spec §5, with the released models' compression):
+/// Sizes (the tiny pipeline configs of diffusers' LTX pipeline tests, `tests/pipelines/ltx/test_ltx.py` in the
+/// diffusers repository, with the released models' compression):
 /// - transformer: in/out 8 channels, 4 heads × 8, cross-attention 32, 2 layers, caption 32, patch 1×1;
 /// - VAE: "090"-style (LTXVideoDownBlock3D), 8 latent channels, blocks of 16 channels, patch 4 and three
 ///   spatio-temporal scalings: 32× spatial and 8× temporal compression like LTX-Video 0.9.x, so the same size rules
@@ -21,7 +22,7 @@
 /// `</s>` (ids 0/1/2 are T5's pad/eos/unk). embedded_default_prompt_embeddings() runs this and the tiny T5 as
 /// diffusers' `encode_prompt` does.
 
-#include "ltxmps_pipeline/pipeline.hpp"
+#include "ltxmps_pipeline/model.hpp"
 #include "ltxmps_pipeline/prompt_cache.hpp"
 #include "ltxmps_pipeline/t5.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
@@ -35,16 +36,16 @@ namespace ltxmps::pipeline {
 
 /// @brief The embedded default's component configs and the CLI's defaults for it.
 struct EmbeddedDefault {
-  static TransformerConfig transformer_config();
-  static VaeConfig vae_config();
-  static T5Config text_encoder_config();
+  static TransformerConfig transformer_config();  ///< the tiny transformer (sizes in the file comment)
+  static VaeConfig vae_config();                  ///< the tiny "090"-style VAE with 32x / 8x compression
+  static T5Config text_encoder_config();          ///< the tiny T5 over the byte vocabulary
   static constexpr uint64_t weight_seed = 20240101;  ///< seed of the weight generator
-  static constexpr int64_t height = 64;
-  static constexpr int64_t width = 64;
-  static constexpr int64_t num_frames = 9;
-  static constexpr int64_t num_inference_steps = 4;
-  static constexpr int64_t max_sequence_length = 32;
-  static constexpr const char* prompt = "a red fox running through snow";
+  static constexpr int64_t height = 64;              ///< the CLI's default height with this model
+  static constexpr int64_t width = 64;               ///< the CLI's default width with this model
+  static constexpr int64_t num_frames = 9;           ///< the CLI's default frame count with this model
+  static constexpr int64_t num_inference_steps = 4;  ///< the CLI's default step count with this model
+  static constexpr int64_t max_sequence_length = 32; ///< tokens per prompt (bytes + `</s>` + padding)
+  static constexpr const char* prompt = "a red fox running through snow";  ///< the CLI's default prompt
 };
 
 /// @brief The byte tokenizer stand-in: ids `[B, max_length]` int64 and the mask `[B, max_length]` int64.

@@ -82,9 +82,10 @@ class SafetensorsFile {
 /// Supported dtypes: F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL. Tensors on any device and
 /// with any strides are written as contiguous host copies, one at a time. The header is padded
 /// with spaces to a multiple of 8 bytes and tensors are laid out largest itemsize first, as the
-/// Python library does, so every tensor is aligned in a mapping. The bytes go to a temporary file
-/// in the same folder that is renamed over `file` only once complete, so a partial file never
-/// carries the final name.
+/// Python library does, so every tensor is aligned in a mapping. The bytes go to a unique temporary
+/// file in the same folder (AtomicOutput, output_files.hpp) that is renamed over `file` only once
+/// complete, so a partial file never carries the final name and an existing `file` stays intact
+/// until then. Cancellation (throw_if_cancelled()) is checked between tensors and every 64 MiB.
 void save_safetensors(const std::filesystem::path& file,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});

@@ -1,11 +1,11 @@
 #pragma once
 /// @file t5.hpp
 /// @brief transformers' `T5EncoderModel` (transformers 5.17.0, models/t5/modeling_t5.py) as a flat struct
-///        of checkpoint tensors, and the SentencePiece tokenizer LTX pipelines call before it.
+///        of checkpoint tensors (the tokenizer that LTX pipelines call before it is in tokenizer.hpp).
 ///
 /// Numerics follow the installed transformers source (the default "sdpa" attention implementation);
-/// /work/shared/reference/ltx-video-spec.md §6 lists the essentials and the Notes in t5.cpp the places
-/// where transformers 5.17 differs from that page.
+/// docs/models/t5.md describes the encoder, and the Notes in t5.cpp the places where transformers 5.17
+/// differs from older releases.
 
 #include "ltxmps/attention.hpp"
 
@@ -27,20 +27,22 @@ namespace ltxmps::pipeline {
 /// Generic `PretrainedConfig` keys (architectures, model_type, token ids, dropout, ...) are accepted and
 /// ignored (they do not change the encoder's eval forward); any other unknown key is an error.
 struct T5Config {
-  int64_t vocab_size = 32128;
-  int64_t d_model = 512;
-  int64_t d_kv = 64;
-  int64_t d_ff = 2048;
-  int64_t num_layers = 6;
-  int64_t num_heads = 8;
-  int64_t relative_attention_num_buckets = 32;
-  int64_t relative_attention_max_distance = 128;
-  double layer_norm_epsilon = 1e-6;
+  int64_t vocab_size = 32128;                      ///< rows of the token embedding
+  int64_t d_model = 512;                           ///< width of the residual stream (4096 for T5-XXL)
+  int64_t d_kv = 64;                               ///< width of one attention head
+  int64_t d_ff = 2048;                             ///< hidden width of the feed-forward
+  int64_t num_layers = 6;                          ///< encoder blocks
+  int64_t num_heads = 8;                           ///< attention heads
+  int64_t relative_attention_num_buckets = 32;     ///< buckets of the relative position bias
+  int64_t relative_attention_max_distance = 128;   ///< distance from which all positions share the last bucket
+  double layer_norm_epsilon = 1e-6;                ///< eps of every T5LayerNorm
   std::string feed_forward_proj = "relu";  ///< "relu", "gated-gelu", "gelu", "gated-silu", ...
-  /// Derived from feed_forward_proj as T5Config.__post_init__ does ("gated-gelu" -> "gelu_new"); an
+  ///@{
+  /// Derived from feed_forward_proj as T5Config.__post_init__ does ("gated-gelu" -> "gelu_new", gated); an
   /// explicit `dense_act_fn` / `is_gated_act` in config.json wins, as in transformers.
   std::string dense_act_fn = "relu";
   bool is_gated_act = false;
+  ///@}
 
   /// @brief `inner = num_heads * d_kv`.
   int64_t inner_dim() const { return num_heads * d_kv; }
@@ -55,7 +57,7 @@ struct T5Config {
 
 /// @brief Where and in which precision the encoder runs.
 struct T5Runtime {
-  c10::Device device = c10::kCPU;
+  c10::Device device = c10::kCPU;  ///< where the weights live and the encoder runs
   /// Weights and activations (`torch_dtype` of `from_pretrained`).
   at::ScalarType dtype = at::kFloat;
   /// Checkpoint name components whose weights stay float32 whatever `dtype` says (`{"wo"}`: transformers'
@@ -72,12 +74,19 @@ std::vector<std::string> t5_keep_in_fp32_modules(at::ScalarType dtype);
 /// @brief One `T5Block` of the encoder (`encoder.block.{i}`); names follow the checkpoint.
 struct T5BlockWeights {
   at::Tensor layer_0_layer_norm_weight;                  ///< [d_model]
-  at::Tensor q, k, v;                                    ///< [inner, d_model]
+  ///@{
+  /// Self-attention projections q, k, v: [inner, d_model], no bias.
+  at::Tensor q, k, v;
+  ///@}
   at::Tensor o;                                          ///< [d_model, inner]
   at::Tensor relative_attention_bias;                    ///< [buckets, heads]; block 0 only
   at::Tensor layer_1_layer_norm_weight;                  ///< [d_model]
   at::Tensor wi;                                         ///< [d_ff, d_model]; non-gated only
-  at::Tensor wi_0, wi_1;                                 ///< [d_ff, d_model]; gated only
+  ///@{
+  /// Gated feed-forward input projections (`wi_0` through the activation, times `wi_1`): [d_ff, d_model];
+  /// gated only.
+  at::Tensor wi_0, wi_1;
+  ///@}
   at::Tensor wo;                                         ///< [d_model, d_ff]
 };
 
@@ -87,11 +96,11 @@ using T5WeightSource =
 
 /// @brief `T5EncoderModel` in eval mode.
 struct T5EncoderModel {
-  T5Config config;
-  T5Runtime runtime;
+  T5Config config;    ///< the checkpoint's config.json
+  T5Runtime runtime;  ///< device, dtype, float32 modules, attention kernel
 
-  at::Tensor shared;  ///< [vocab, d_model]: `shared.weight` (or the tied `encoder.embed_tokens.weight`)
-  std::vector<T5BlockWeights> block;
+  at::Tensor shared;  ///< `shared.weight` [vocab, d_model] (or the tied `encoder.embed_tokens.weight`)
+  std::vector<T5BlockWeights> block;  ///< `encoder.block.{i}`
   at::Tensor final_layer_norm;  ///< `encoder.final_layer_norm.weight`
 
   /// @brief Builds the model from `weights`, asked once per tensor with the dtype the runtime gives it.

@@ -23,7 +23,7 @@ struct TokenizedPrompts {
 /// @brief `spiece.model` plus the special tokens of transformers' T5 tokenizer.
 ///
 /// Ids: the SentencePiece pieces, then `extra_ids` sentinels `<extra_id_{i}>` with id
-/// `piece_count + extra_ids - 1 - i`. See Note [T5 tokenizer rules] in t5.cpp for the rules that make the
+/// `piece_count + extra_ids - 1 - i`. See Note [T5 tokenizer rules] in tokenizer.cpp for the rules that make the
 /// result equal to the tokenizers-backed tokenizer.
 class T5Tokenizer {
  public:
@@ -41,14 +41,17 @@ class T5Tokenizer {
   TokenizedPrompts operator()(const std::vector<std::string>& prompts, std::optional<int64_t> max_length = std::nullopt) const;
 
   int64_t vocab_size() const;  ///< pieces + extra ids
-  int64_t pad_id() const;
-  int64_t eos_id() const;
-  int64_t unk_id() const;
+  int64_t pad_id() const;  ///< `<pad>` (0 for T5), the padding id
+  int64_t eos_id() const;  ///< `</s>` (1 for T5), appended to every prompt
+  int64_t unk_id() const;  ///< `<unk>` (2 for T5)
   /// @brief `model_max_length` of tokenizer_config.json, when it is a real limit.
   std::optional<int64_t> model_max_length() const;
 
+  ///@{
+  /// Movable, not copyable (it owns the SentencePiece processor).
   T5Tokenizer(T5Tokenizer&&) noexcept;
   T5Tokenizer& operator=(T5Tokenizer&&) noexcept;
+  ///@}
   ~T5Tokenizer();
 
  private:

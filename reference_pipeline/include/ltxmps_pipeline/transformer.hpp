@@ -4,7 +4,8 @@
 ///
 /// The caller patchifies: the model takes packed tokens `[B, S, in_channels]` and returns the velocity
 /// `[B, S, out_channels]`. Layout, names and numerics follow diffusers'
-/// `models/transformers/transformer_ltx.py`; /work/shared/reference/ltx-video-spec.md §1 and §8 list them.
+/// `models/transformers/transformer_ltx.py`; docs/models/transformer.md describes the model and what is easy to
+/// get wrong (RoPE layout, norms across heads, the mask bias, per-token timesteps).
 
 #include "ltxmps/attention.hpp"
 
@@ -25,21 +26,21 @@ namespace ltxmps::pipeline {
 /// @brief The `config.json` of a diffusers `transformer/` folder, field by field, with diffusers'
 ///        defaults (`LTXVideoTransformer3DModel.__init__`).
 struct TransformerConfig {
-  int64_t in_channels = 128;
+  int64_t in_channels = 128;   ///< features of a packed token: latent channels · patch_size_t · patch_size²
   int64_t out_channels = 128;  ///< `null` or 0 in config.json means `in_channels`, as in diffusers.
-  int64_t patch_size = 1;
-  int64_t patch_size_t = 1;
-  int64_t num_attention_heads = 32;
-  int64_t attention_head_dim = 64;
-  int64_t cross_attention_dim = 2048;
-  int64_t num_layers = 28;
+  int64_t patch_size = 1;      ///< latents per token in height and width
+  int64_t patch_size_t = 1;    ///< latent frames per token
+  int64_t num_attention_heads = 32;    ///< heads of every attention
+  int64_t attention_head_dim = 64;     ///< width of one head; D = heads · head_dim
+  int64_t cross_attention_dim = 2048;  ///< width of the projected caption read by attn2; must equal D
+  int64_t num_layers = 28;             ///< transformer blocks
   std::string activation_fn = "gelu-approximate";  ///< "gelu-approximate" or "gelu".
   std::string qk_norm = "rms_norm_across_heads";   ///< The only value diffusers accepts.
   bool norm_elementwise_affine = false;            ///< true adds `norm1.weight` / `norm2.weight`.
-  double norm_eps = 1e-6;
-  int64_t caption_channels = 4096;
-  bool attention_bias = true;
-  bool attention_out_bias = true;
+  double norm_eps = 1e-6;            ///< eps of the block RMS norms
+  int64_t caption_channels = 4096;   ///< width of the text encoder's embeddings
+  bool attention_bias = true;        ///< biases on to_q / to_k / to_v
+  bool attention_out_bias = true;    ///< bias on to_out.0
 
   /// @brief `D = num_attention_heads * attention_head_dim`.
   int64_t inner_dim() const { return num_attention_heads * attention_head_dim; }
@@ -56,7 +57,7 @@ struct TransformerConfig {
 
 /// @brief Where and in which precision the model runs.
 struct TransformerRuntime {
-  c10::Device device = c10::kCPU;
+  c10::Device device = c10::kCPU;  ///< where the weights live and the model runs
   /// Weights and activations (RoPE, the sinusoidal timestep projection and the norms' statistics
   /// are computed in float32 wherever diffusers does it).
   at::ScalarType dtype = at::kFloat;
@@ -74,9 +75,12 @@ struct TransformerInputs {
   at::Tensor encoder_hidden_states;  ///< [B, L, caption_channels]
   at::Tensor timestep;               ///< [B], [B, 1] (per sample) or [B, S] (per token); any real dtype
   std::optional<at::Tensor> encoder_attention_mask;  ///< [B, L], 1/true = attend
+  ///@{
+  /// The token grid (latent units after patchify) for RoPE when `video_coords` is not given.
   std::optional<int64_t> num_frames;
   std::optional<int64_t> height;
   std::optional<int64_t> width;
+  ///@}
   std::optional<std::array<double, 3>> rope_interpolation_scale;  ///< (s_t, s_h, s_w)
   std::optional<at::Tensor> video_coords;                         ///< [B, 3, S] (frame, height, width)
 };
@@ -90,9 +94,14 @@ struct TransformerInputs {
 /// captured layer. The visitor should reduce the chunk (mean over heads, a token range) and not keep
 /// it: a full map is B·heads·S² floats.
 struct AttentionCapture {
-  std::vector<int64_t> layers;
-  int64_t query_chunk = 1024;
-  std::function<void(int64_t layer, int64_t begin, const at::Tensor& probs)> visit;
+  std::vector<int64_t> layers;  ///< blocks whose self-attention (attn1) is read out
+  int64_t query_chunk = 1024;   ///< query rows per call of `visit`
+  std::function<void(int64_t layer, int64_t begin, const at::Tensor& probs)> visit;  ///< receives each chunk
+  /// true: the model's own attention (q and k after their RMSNorm and RoPE). false: q and k after the
+  /// RMSNorm but before RoPE, as OmnimatteZero's effects-mask maps compute them (its hook recomputes
+  /// `norm_q(to_q(x))`, `norm_k(to_k(x))` from attn1's input and never applies the rotary embedding).
+  /// Either way the layer's output uses RoPE.
+  bool apply_rope = true;
 };
 
 /// @brief A capture that accumulates, for each listed layer, the head-mean probabilities of query
@@ -110,14 +119,23 @@ struct LinearWeights {
 
 /// @brief `LTXAttention` (`transformer_blocks.{i}.attn1` / `.attn2`).
 struct TransformerAttentionWeights {
+  ///@{
+  /// Query, key and value projections (`to_q`, `to_k`, `to_v`).
   LinearWeights to_q, to_k, to_v;
+  ///@}
   LinearWeights to_out_0;  ///< `to_out.0`
-  at::Tensor norm_q_weight, norm_k_weight;  ///< torch.nn.RMSNorm over the full inner dim D
+  ///@{
+  /// `norm_q.weight` / `norm_k.weight`: torch.nn.RMSNorm over the full inner dim D.
+  at::Tensor norm_q_weight, norm_k_weight;
+  ///@}
 };
 
 /// @brief `LTXVideoTransformerBlock` (`transformer_blocks.{i}`).
 struct TransformerBlockWeights {
-  at::Tensor norm1_weight, norm2_weight;  ///< only with norm_elementwise_affine, else undefined
+  ///@{
+  /// `norm1.weight` / `norm2.weight`: only with norm_elementwise_affine, else undefined.
+  at::Tensor norm1_weight, norm2_weight;
+  ///@}
   TransformerAttentionWeights attn1;      ///< self-attention with RoPE
   TransformerAttentionWeights attn2;      ///< cross-attention to the caption
   LinearWeights ff_net_0_proj;            ///< `ff.net.0.proj` D -> 4D
@@ -130,18 +148,18 @@ using TransformerWeightSource = std::function<at::Tensor(const std::string& name
 
 /// @brief `LTXVideoTransformer3DModel` in eval mode: member names are the checkpoint names.
 struct TransformerModel {
-  TransformerConfig config;
-  TransformerRuntime runtime;
+  TransformerConfig config;    ///< the checkpoint's config.json
+  TransformerRuntime runtime;  ///< device, dtype, attention kernel
 
-  LinearWeights proj_in;
+  LinearWeights proj_in;  ///< in_channels -> D
   at::Tensor scale_shift_table;                        ///< [2, D]: row 0 shift, row 1 scale
   LinearWeights time_embed_emb_timestep_embedder_linear_1;  ///< 256 -> D
   LinearWeights time_embed_emb_timestep_embedder_linear_2;  ///< D -> D
   LinearWeights time_embed_linear;                     ///< D -> 6D
   LinearWeights caption_projection_linear_1;           ///< caption_channels -> D
   LinearWeights caption_projection_linear_2;           ///< D -> D
-  std::vector<TransformerBlockWeights> transformer_blocks;
-  LinearWeights proj_out;
+  std::vector<TransformerBlockWeights> transformer_blocks;  ///< `transformer_blocks.{i}`
+  LinearWeights proj_out;                                   ///< D -> out_channels
 
   /// @brief Builds the model from `weights`, asked once for every tensor of the checkpoint (in a fixed
   ///        order); each tensor is moved to `runtime.device` / `runtime.dtype`.
@@ -155,9 +173,11 @@ struct TransformerModel {
 
 /// @brief Loads a diffusers `transformer/` folder: `config.json` plus
 ///        `diffusion_pytorch_model[.variant].safetensors` (or its sharded index). Strict: missing,
-///        unexpected and mis-shaped tensors are errors naming the file and tensor.
+///        unexpected and mis-shaped tensors are errors naming the file and tensor. A `config` already parsed
+///        from the folder's config.json is used instead of reading it again.
 TransformerModel load_transformer(const std::filesystem::path& model_dir, const TransformerRuntime& runtime,
-                                  std::optional<std::string> variant = std::nullopt);
+                                  std::optional<std::string> variant = std::nullopt,
+                                  std::optional<TransformerConfig> config = std::nullopt);
 
 /// @brief Loads the transformer of an original Lightricks single-file checkpoint
 ///        (`model.diffusion_model.*` keys, renamed to diffusers names by the WeightStore).

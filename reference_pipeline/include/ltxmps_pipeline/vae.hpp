@@ -4,7 +4,8 @@
 /// 0.9.5/0.9.7, as nested structs of checkpoint tensors.
 ///
 /// Layout, names and numerics follow diffusers' `models/autoencoders/autoencoder_kl_ltx.py`;
-/// /work/shared/reference/ltx-video-spec.md §2 and §8 list them. Videos are `[B, C, F, H, W]` in [-1, 1].
+/// docs/models/vae.md describes the versions, the causal convolutions and the tiling rules. Videos are
+/// `[B, C, F, H, W]` in [-1, 1].
 /// The decode-noise mixing of the pipelines (`(1 - s)·z + s·noise`) is not part of the VAE: see
 /// mix_decode_noise(). Latent (de)normalization with `latents_mean` / `latents_std` is also the
 /// pipeline's: see VaeModel::normalize_latents() / denormalize_latents().
@@ -35,31 +36,31 @@ namespace ltxmps::pipeline {
 /// @brief The `config.json` of a diffusers `vae/` folder, field by field, with the defaults of
 ///        `AutoencoderKLLTXVideo.__init__` (which is also what an older config missing a newer field gets).
 struct VaeConfig {
-  int64_t in_channels = 3;
-  int64_t out_channels = 3;
-  int64_t latent_channels = 128;
-  std::vector<int64_t> block_out_channels{128, 256, 512, 512};
+  int64_t in_channels = 3;        ///< channels of the input video (RGB)
+  int64_t out_channels = 3;       ///< channels of the decoded video
+  int64_t latent_channels = 128;  ///< channels of the latents
+  std::vector<int64_t> block_out_channels{128, 256, 512, 512};  ///< encoder widths, block by block
   /// "LTXVideoDownBlock3D" (0.9.0/0.9.1) or "LTXVideo095DownBlock3D" (0.9.5+). As in diffusers, the
   /// last entry decides whether the encoder has len(block_out_channels) - 1 blocks (0.9.5+) or
   /// len(block_out_channels) blocks.
   std::vector<std::string> down_block_types{"LTXVideoDownBlock3D", "LTXVideoDownBlock3D", "LTXVideoDownBlock3D",
                                             "LTXVideoDownBlock3D"};
-  std::vector<int64_t> decoder_block_out_channels{128, 256, 512, 512};
+  std::vector<int64_t> decoder_block_out_channels{128, 256, 512, 512};  ///< decoder widths (reversed in the decoder)
   std::vector<int64_t> layers_per_block{4, 3, 3, 3, 4};  ///< per encoder block; the last also sizes the mid block
-  std::vector<int64_t> decoder_layers_per_block{4, 3, 3, 3, 4};
-  std::vector<bool> spatio_temporal_scaling{true, true, true, false};
-  std::vector<bool> decoder_spatio_temporal_scaling{true, true, true, false};
-  std::vector<bool> decoder_inject_noise{false, false, false, false, false};
+  std::vector<int64_t> decoder_layers_per_block{4, 3, 3, 3, 4};  ///< resnets of the decoder's mid and up blocks
+  std::vector<bool> spatio_temporal_scaling{true, true, true, false};  ///< which encoder blocks downsample
+  std::vector<bool> decoder_spatio_temporal_scaling{true, true, true, false};  ///< which decoder blocks upsample
+  std::vector<bool> decoder_inject_noise{false, false, false, false, false};  ///< 0.9.1: resnets adding a noise map
   std::vector<std::string> downsample_type{"conv", "conv", "conv", "conv"};  ///< conv, spatial, temporal, spatiotemporal
-  std::vector<bool> upsample_residual{false, false, false, false};
-  std::vector<int64_t> upsample_factor{1, 1, 1, 1};
-  bool timestep_conditioning = false;
-  int64_t patch_size = 4;
-  int64_t patch_size_t = 1;
-  double resnet_norm_eps = 1e-6;
-  double scaling_factor = 1.0;
-  bool encoder_causal = true;
-  bool decoder_causal = false;
+  std::vector<bool> upsample_residual{false, false, false, false};  ///< upsamplers with a depth-to-space residual
+  std::vector<int64_t> upsample_factor{1, 1, 1, 1};  ///< each upsampler outputs in / factor channels
+  bool timestep_conditioning = false;  ///< 0.9.1+: the decoder takes a decode timestep
+  int64_t patch_size = 4;              ///< pixels per patch side in the (un)patchify of encoder and decoder
+  int64_t patch_size_t = 1;            ///< frames per patch (diffusers only runs 1)
+  double resnet_norm_eps = 1e-6;       ///< eps of the resnets' shortcut LayerNorm
+  double scaling_factor = 1.0;         ///< latent scale of (de)normalization (1.0 for every release)
+  bool encoder_causal = true;          ///< encoder convs pad time with copies of the first frame only
+  bool decoder_causal = false;         ///< decoder convs pad time on both sides
   std::optional<int64_t> spatial_compression_ratio;   ///< null: patch_size · 2^sum(spatio_temporal_scaling)
   std::optional<int64_t> temporal_compression_ratio;  ///< null: patch_size_t · 2^sum(spatio_temporal_scaling)
 
@@ -85,15 +86,16 @@ struct VaeTiling {
   bool use_tiling = false;   ///< spatial tiles (enable_tiling)
   bool use_slicing = false;  ///< one batch item at a time (enable_slicing)
   /// Kept for symmetry with diffusers. diffusers 0.42.1 never reads it: its `_encode` tiles over frames
-  /// when **use_framewise_decoding** is set (spec §2.9), and so does this port.
+  /// when **use_framewise_decoding** is set, and so does this port (docs/models/vae.md, "Tiling, framewise
+  /// tiling and slicing").
   bool use_framewise_encoding = false;
   bool use_framewise_decoding = false;  ///< temporal tiles for decode, and (diffusers quirk) for encode
-  int64_t tile_sample_min_height = 512;
-  int64_t tile_sample_min_width = 512;
-  int64_t tile_sample_min_num_frames = 16;
-  int64_t tile_sample_stride_height = 448;
-  int64_t tile_sample_stride_width = 448;
-  int64_t tile_sample_stride_num_frames = 8;
+  int64_t tile_sample_min_height = 512;       ///< tile height in pixels; taller frames are tiled
+  int64_t tile_sample_min_width = 512;        ///< tile width in pixels; wider frames are tiled
+  int64_t tile_sample_min_num_frames = 16;    ///< temporal tile in pixel frames
+  int64_t tile_sample_stride_height = 448;    ///< vertical tile stride (overlap = min - stride, blended)
+  int64_t tile_sample_stride_width = 448;     ///< horizontal tile stride
+  int64_t tile_sample_stride_num_frames = 8;  ///< temporal tile stride in pixel frames
 
   /// @brief diffusers' `enable_tiling(...)`: sets use_tiling and overrides the sizes that are given.
   void enable_tiling(std::optional<int64_t> min_height = std::nullopt, std::optional<int64_t> min_width = std::nullopt,
@@ -109,8 +111,8 @@ struct VaeTiling {
 ///        statistics and the sinusoidal timestep projection in float32, as in diffusers). float32 is the
 ///        default and the recommended setting (`vae_float32`); half precision is allowed on CUDA.
 struct VaeRuntime {
-  c10::Device device = c10::kCPU;
-  at::ScalarType dtype = at::kFloat;
+  c10::Device device = c10::kCPU;     ///< where the weights live and the VAE runs
+  at::ScalarType dtype = at::kFloat;  ///< weights and activations
   /// Check every decoder stage (and the encoder output) for NaN/Inf and throw naming the stage.
   bool check_finite = true;
 };
@@ -119,17 +121,26 @@ struct VaeRuntime {
 struct VaeConv3dWeights {
   at::Tensor weight;  ///< [out, in, kt, kh, kw]
   at::Tensor bias;    ///< [out]
-  std::array<int64_t, 3> stride{1, 1, 1};
-  bool is_causal = true;
+  std::array<int64_t, 3> stride{1, 1, 1};  ///< (t, h, w)
+  bool is_causal = true;                   ///< time padding: frame 0 in front only (else both ends)
 };
 
 /// @brief `LTXVideoResnetBlock3d`.
 struct VaeResnetWeights {
+  ///@{
+  /// The two k3 convolutions of the residual branch.
   VaeConv3dWeights conv1, conv2;
-  at::Tensor norm3_weight, norm3_bias;  ///< LayerNorm over channels, only when in != out
+  ///@}
+  ///@{
+  /// `norm3`: LayerNorm over channels, only when in != out.
+  at::Tensor norm3_weight, norm3_bias;
+  ///@}
   double norm3_eps = 1e-6;              ///< resnet_norm_eps
   VaeConv3dWeights conv_shortcut;       ///< k1 conv, only when in != out (weight undefined otherwise)
-  at::Tensor per_channel_scale1, per_channel_scale2;  ///< [in, 1, 1], only with noise injection
+  ///@{
+  /// Scales of the injected noise after conv1 / conv2: [in, 1, 1], only with noise injection.
+  at::Tensor per_channel_scale1, per_channel_scale2;
+  ///@}
   at::Tensor scale_shift_table;                       ///< [4, in], only with timestep conditioning
 };
 
@@ -137,6 +148,7 @@ struct VaeResnetWeights {
 struct VaeTimeEmbedderWeights {
   LinearWeights linear_1;  ///< 256 -> dim
   LinearWeights linear_2;  ///< dim -> dim
+  /// @brief Whether the embedder exists (timestep-conditioned decoders only).
   bool defined() const { return linear_1.weight.defined(); }
 };
 
@@ -145,52 +157,52 @@ struct VaeDownsamplerWeights {
   /// false: a stride-2 LTXVideoCausalConv3d (`downsamplers.0.conv.*`, type "conv");
   /// true: LTXVideoDownsampler3d (`downsamplers.0.conv.conv.*`: space-to-depth plus a residual path).
   bool space_to_depth = false;
-  VaeConv3dWeights conv;
+  VaeConv3dWeights conv;  ///< the strided conv, or the stride-1 conv before space-to-depth
   std::array<int64_t, 3> stride{2, 2, 2};  ///< (t, h, w)
   int64_t group_size = 1;                  ///< channels averaged by the residual path
 };
 
 /// @brief `LTXVideoDownBlock3D` / `LTXVideo095DownBlock3D` (`encoder.down_blocks.{i}`).
 struct VaeDownBlockWeights {
-  std::vector<VaeResnetWeights> resnets;
-  std::optional<VaeDownsamplerWeights> downsampler;
+  std::vector<VaeResnetWeights> resnets;             ///< `resnets.{j}`
+  std::optional<VaeDownsamplerWeights> downsampler;  ///< when the block scales
   std::optional<VaeResnetWeights> conv_out;  ///< LTXVideoDownBlock3D with in != out
 };
 
 /// @brief `LTXVideoUpsampler3d` (`upsamplers.0`): conv, depth-to-space, first frame dropped.
 struct VaeUpsamplerWeights {
-  VaeConv3dWeights conv;
-  bool residual = false;
-  int64_t upscale_factor = 1;
+  VaeConv3dWeights conv;       ///< in -> in · 8 / upscale_factor
+  bool residual = false;       ///< add the depth-to-space of the input, tiled over channels
+  int64_t upscale_factor = 1;  ///< upsample_factor of the block
 };
 
 /// @brief `LTXVideoMidBlock3d`.
 struct VaeMidBlockWeights {
   VaeTimeEmbedderWeights time_embedder;  ///< decoder with timestep conditioning only
-  std::vector<VaeResnetWeights> resnets;
+  std::vector<VaeResnetWeights> resnets;  ///< `resnets.{j}`
 };
 
 /// @brief `LTXVideoUpBlock3d` (`decoder.up_blocks.{i}`).
 struct VaeUpBlockWeights {
   std::optional<VaeResnetWeights> conv_in;  ///< in != out (0.9.0)
-  VaeTimeEmbedderWeights time_embedder;
-  std::optional<VaeUpsamplerWeights> upsampler;
-  std::vector<VaeResnetWeights> resnets;
+  VaeTimeEmbedderWeights time_embedder;     ///< timestep conditioning only
+  std::optional<VaeUpsamplerWeights> upsampler;  ///< `upsamplers.0`, when the block scales
+  std::vector<VaeResnetWeights> resnets;         ///< `resnets.{j}`
 };
 
 /// @brief `LTXVideoEncoder3d` (`encoder.*`).
 struct VaeEncoderWeights {
-  VaeConv3dWeights conv_in;
-  std::vector<VaeDownBlockWeights> down_blocks;
-  VaeMidBlockWeights mid_block;
+  VaeConv3dWeights conv_in;                      ///< patchified pixels -> first block width
+  std::vector<VaeDownBlockWeights> down_blocks;  ///< `down_blocks.{i}`
+  VaeMidBlockWeights mid_block;                  ///< `mid_block`
   VaeConv3dWeights conv_out;  ///< C -> latent_channels + 1
 };
 
 /// @brief `LTXVideoDecoder3d` (`decoder.*`).
 struct VaeDecoderWeights {
-  VaeConv3dWeights conv_in;
-  VaeMidBlockWeights mid_block;
-  std::vector<VaeUpBlockWeights> up_blocks;
+  VaeConv3dWeights conv_in;                  ///< latent_channels -> first decoder width
+  VaeMidBlockWeights mid_block;              ///< `mid_block`
+  std::vector<VaeUpBlockWeights> up_blocks;  ///< `up_blocks.{i}`
   VaeConv3dWeights conv_out;             ///< C -> out_channels · patch_size²
   at::Tensor timestep_scale_multiplier;  ///< scalar, timestep conditioning only
   VaeTimeEmbedderWeights time_embedder;  ///< 2C, timestep conditioning only
@@ -216,12 +228,12 @@ using VaeWeightSource = std::function<at::Tensor(const std::string& name, const 
 
 /// @brief `AutoencoderKLLTXVideo` in eval mode.
 struct VaeModel {
-  VaeConfig config;
-  VaeRuntime runtime;
-  VaeTiling tiling;
+  VaeConfig config;    ///< the checkpoint's config.json
+  VaeRuntime runtime;  ///< device, dtype, finiteness checks
+  VaeTiling tiling;    ///< tiling / slicing state (all off by default, as in diffusers)
 
-  VaeEncoderWeights encoder;
-  VaeDecoderWeights decoder;
+  VaeEncoderWeights encoder;  ///< `encoder.*`
+  VaeDecoderWeights decoder;  ///< `decoder.*`
   at::Tensor latents_mean;  ///< [latent_channels] (buffer; the pipeline normalizes with it)
   at::Tensor latents_std;   ///< [latent_channels]
 
@@ -236,8 +248,8 @@ struct VaeModel {
 
   /// @brief diffusers' `decode(z, temb).sample`, honouring `tiling`. `latents` is
   ///        `[B, latent_channels, F', H', W']`; `temb` (the decode timestep, [B] or one value for all) is
-  ///        required with timestep conditioning and ignored otherwise. Returns `[B, out_channels,
-  ///        (F'-1)·temporal_compression + 1, H'·spatial, W'·spatial]` in `runtime.dtype`.
+  ///        required with timestep conditioning and ignored otherwise. Returns
+  ///        `[B, out_channels, (F'-1)·temporal_compression + 1, H'·spatial, W'·spatial]` in `runtime.dtype`.
   ///
   /// Noise injection (0.9.1) draws one (H, W) map per resnet conv, as diffusers does with the global
   /// torch RNG. With `noise_generator` the maps come from that CPU generator (drawn in `runtime.dtype`
@@ -265,6 +277,6 @@ at::Tensor mix_decode_noise(const at::Tensor& latents, const at::Tensor& noise, 
 /// @brief Loads a diffusers `vae/` folder: `config.json` plus `diffusion_pytorch_model[.variant].safetensors`.
 ///        Strict: missing, unexpected and mis-shaped tensors are errors naming the file and tensor.
 VaeModel load_vae(const std::filesystem::path& model_dir, const VaeRuntime& runtime,
-                  std::optional<std::string> variant = std::nullopt);
+                  std::optional<std::string> variant = std::nullopt, std::optional<VaeConfig> config = std::nullopt);
 
 }  // namespace ltxmps::pipeline

@@ -11,8 +11,12 @@
 ///   (8-bit RGB; alpha is composited onto black, 16-bit input is reduced to 8 bits). Other image files (JPEG, ...)
 ///   are read through FFmpeg's image2 demuxer where FFmpeg is present.
 ///
-/// Writes never leave a partial result under the requested name: a file is written as `<out>.partial` and a
-/// folder as `<out>.partial/`, then renamed; on any error the partial output is removed.
+/// Writes never leave a partial result under the requested name: a file or a folder is written under a unique
+/// temporary name next to it (AtomicOutput, output_files.hpp), then renamed over it; on any error or cancellation
+/// the temporary is removed and an existing output is left as it was.
+///
+/// Inputs are opened without blocking (a FIFO or a device is an error, never a hang) and sizes from file headers
+/// are bounded before anything is allocated (kMaxVideoSide, kMaxVideoPixels).
 ///
 /// FFmpeg logs through a process-wide callback; the first call into FFmpeg here installs one that keeps the
 /// last error lines for the exception messages and prints nothing (library code never prints).
@@ -33,6 +37,11 @@ namespace ltxmps::pipeline {
 struct TransformerConfig;
 struct VaeConfig;
 
+/// @brief The largest width or height a reader accepts (16K): larger header values are corrupt or hostile.
+constexpr int64_t kMaxVideoSide = 16384;
+/// @brief The most pixels (frames x height x width) one read video may have.
+constexpr int64_t kMaxVideoPixels = int64_t{1} << 31;
+
 /// @brief True when this build reads and writes video files through FFmpeg.
 bool video_io_has_ffmpeg();
 
@@ -42,7 +51,7 @@ bool is_video_file_path(const std::filesystem::path& path);
 
 /// @brief Options of write_video().
 struct VideoWriteOptions {
-  double frame_rate = 25.0;
+  double frame_rate = 25.0;  ///< frames per second of a video file (PNG folders have none)
   /// FFmpeg encoders to try, in order; the first one this FFmpeg has is used.
   std::vector<std::string> encoders{"libx264", "mpeg4"};
   /// libx264's constant rate factor (0 lossless luma, 18 visually near-lossless, 23 its default).
@@ -55,7 +64,10 @@ struct VideoWriteOptions {
 /// @brief What write_video() wrote.
 struct VideoWriteResult {
   std::filesystem::path path;  ///< the final name
+  ///@{
+  /// The frame count and the frame size written.
   int64_t frames = 0, height = 0, width = 0;
+  ///@}
   std::string format;   ///< "png" (a folder of frames) or FFmpeg's container name ("mp4", "mov", ...)
   std::string encoder;  ///< "png", "libx264", "mpeg4", ...
   std::string codec;    ///< human-readable codec, e.g. "H.264 (libx264)", "MPEG-4 Part 2 (mpeg4)", "PNG"
@@ -65,7 +77,8 @@ struct VideoWriteResult {
 
 /// @brief Writes `frames` `[F, 3, H, W]` (floating, values clamped to [0, 1] and rounded to 8 bits) as a video file
 ///        (is_video_file_path(), needs FFmpeg; H and W must be even for yuv420p) or as a folder of PNG frames.
-///        An existing folder is replaced only when it holds nothing but `frame_*.png` files.
+///        An existing folder is replaced only when it holds nothing but `frame_*.png` files. Cancellation
+///        (throw_if_cancelled()) is checked before each frame.
 VideoWriteResult write_video(const std::filesystem::path& out, const at::Tensor& frames,
                              const VideoWriteOptions& options = {});
 
@@ -77,8 +90,12 @@ at::Tensor read_video(const std::filesystem::path& in);
 ///        float32 in [0, 1]. A video file gives its first frame.
 at::Tensor read_image(const std::filesystem::path& in);
 
-/// @brief Writes one `[3, H, W]` image in [0, 1] as an 8-bit RGB PNG (directly, not through a partial name).
+/// @brief Writes one `[3, H, W]` image in [0, 1] as an 8-bit RGB PNG.
 void write_png(const std::filesystem::path& file, const at::Tensor& image);
+
+/// @brief Throws unless `out` may be replaced by a folder of PNG frames: absent, or a folder holding nothing but
+///        `frame_*.png` files. `what` starts the message (e.g. "--output clip").
+void check_frame_folder_target(const std::filesystem::path& out, const std::string& what);
 
 /// @brief Reads one PNG as `[3, H, W]` float32 in [0, 1].
 at::Tensor read_png(const std::filesystem::path& file);
@@ -101,8 +118,8 @@ FitMode parse_fit_mode(const std::string& text);
 
 /// @brief What the model accepts: H and W multiples of `spatial_multiple`, frame counts k·temporal_multiple + 1.
 struct FitRules {
-  int64_t spatial_multiple = 32;
-  int64_t temporal_multiple = 8;
+  int64_t spatial_multiple = 32;  ///< height and width must be multiples of this
+  int64_t temporal_multiple = 8;  ///< frame counts must be k · this + 1
 };
 
 /// @brief The rules of a model: the VAE's compression ratios times the transformer's patch sizes.
@@ -116,7 +133,10 @@ std::string nearest_frame_counts(int64_t frames, int64_t multiple);
 
 /// @brief The size an input should get; empty fields follow the input.
 struct FitTarget {
+  ///@{
+  /// The output frame size in pixels; empty: the input's.
   std::optional<int64_t> height, width;
+  ///@}
   std::optional<int64_t> num_frames;  ///< at most this many frames are kept (more is an error without a fit mode)
 };
 

@@ -1,0 +1,58 @@
+#pragma once
+/// @file runtime.hpp
+/// @brief One source for "where and in which dtype does each component run" (from the ExecutionPlan) and
+///        one tensor visitor per model, used by movers, offload and dtype casts.
+
+#include "ltxmps_pipeline/t5.hpp"
+#include "ltxmps_pipeline/transformer.hpp"
+#include "ltxmps_pipeline/vae.hpp"
+
+#include <ltxmps/plan.hpp>
+
+#include <ATen/ATen.h>
+
+#include <functional>
+
+namespace ltxmps::pipeline {
+
+/// @brief Where the components live between uses: the offload home (the CPU) under CPU offload, else the
+///        plan's device.
+c10::Device home_device(const ltxmps::ExecutionPlan& plan);
+/// @brief Where the components run: the offload execution device under CPU offload, else the plan's device.
+c10::Device execution_device(const ltxmps::ExecutionPlan& plan);
+
+/// @brief The transformer's runtime for `plan` (home device, compute dtype, attention kernel).
+TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan);
+/// @brief The VAE's runtime for `plan`.
+VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan);
+/// @brief The T5 encoder's runtime for `plan` (its float32 modules come from the plan's precision).
+T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan);
+
+/// @brief Called with every weight tensor of a model (undefined optional tensors included; check defined()).
+using TensorVisitor = std::function<void(at::Tensor&)>;
+
+/// @brief Visits every weight of the transformer.
+void for_each_tensor(TransformerModel& model, const TensorVisitor& visit);
+/// @brief Visits every weight and buffer of the VAE (latents_mean / latents_std included).
+void for_each_tensor(VaeModel& model, const TensorVisitor& visit);
+/// @brief Visits every weight of the T5 encoder.
+void for_each_tensor(T5EncoderModel& model, const TensorVisitor& visit);
+
+/// @brief Moves every tensor of `model` to `device` and records it in the model's runtime.
+template <typename Model>
+void move_model(Model& model, const c10::Device& device) {
+  for_each_tensor(model, [&](at::Tensor& t) {
+    if (t.defined()) t = t.to(device);
+  });
+  model.runtime.device = device;
+}
+
+/// @brief Number of defined tensors of `model` (for checks that the visitor misses no weight).
+template <typename Model>
+int64_t count_tensors(Model& model) {
+  int64_t n = 0;
+  for_each_tensor(model, [&](at::Tensor& t) { n += t.defined() ? 1 : 0; });
+  return n;
+}
+
+}  // namespace ltxmps::pipeline

@@ -1,0 +1,201 @@
+// The shared stages of the LTX-Video pipelines (see stages.hpp).
+//
+// Note [One generator, diffusers' order of draws]
+// Every random tensor of a run comes from one CPU generator seeded with the request's seed, drawn with
+// ltxmps::randn in float32 (equal to diffusers' randn_tensor / torch.randn with
+// `torch.Generator().manual_seed(seed)` in float32), in the pipeline's order: each pipeline file lists its
+// draws. 0.9.1's decoder noise injection uses diffusers' *global* torch RNG, which no pipeline argument seeds;
+// here it comes from a second CPU generator seeded with the same seed (deterministic, but only equal to
+// diffusers after `torch.manual_seed(seed)` right before the decode).
+//
+// Note [Dtypes in the loop]
+// As in diffusers: the loop latents are float32; the transformer input is cast to the prompt embeddings'
+// dtype (the text encoder's); T2V/I2V cast the velocity to float32 before guidance, the condition pipeline
+// guides in the transformer's dtype; the Euler step runs in float32. Before decoding, the latents are cast
+// to the embeddings' dtype (the decode noise is mixed in that dtype) and then to the VAE's.
+
+#include "ltxmps_pipeline/stages.hpp"
+
+#include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/runtime.hpp"
+
+#include "ltxmps/error.hpp"
+#include "ltxmps/memory.hpp"
+#include "ltxmps/offload.hpp"
+#include "ltxmps/random.hpp"
+
+#include <cmath>
+
+namespace ltxmps::pipeline {
+
+namespace {
+
+/// VideoProcessor.postprocess_video(output_type="pt"): [B, C, F, H, W] in [-1, 1] -> [B, F, C, H, W] in [0, 1].
+at::Tensor postprocess_video(const at::Tensor& video) {
+  return (video * 0.5 + 0.5).clamp(0, 1).permute({0, 2, 1, 3, 4}).to(at::kCPU, at::kFloat).contiguous();
+}
+
+}  // namespace
+
+PromptEmbeddings text_embeddings(StageContext& ctx, const PromptRequest& r) {
+  if (r.embeddings) return *r.embeddings;
+  auto& m = ctx.model;
+  LTXMPS_CHECK(m.text_encoder && m.text_encoder->loaded() && (m.tokenizer || m.byte_tokenizer),
+               "generate: no text encoder (it was not loaded, or released after an earlier generation): pass "
+               "prompt_embeddings (a prompt cache) or load the model with its text encoder");
+  LTXMPS_CHECK(!r.prompts.empty(), "generate: no prompt given");
+  LTXMPS_CHECK(r.max_sequence_length >= 1, "generate: max_sequence_length must be >= 1");
+  auto& encoder = *m.text_encoder;
+  encoder.runtime.attention.kernel = ctx.plan.attention.kernel;
+  PromptEmbeddings e;
+  report(ctx.progress, "text encoder", 0, 1);
+  {
+    ltxmps::ReleaseMemoryScope release(ctx.device, "text encoding", ctx.sink);
+    ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(encoder, d); }, "text encoder",
+                                 ctx.sink);
+    if (m.byte_tokenizer) {
+      e = embedded_default_prompt_embeddings(m, r.prompts, r.negative_prompts, r.max_sequence_length,
+                                             r.encoder_attention_mask);
+    } else {
+      EncodePromptOptions options;
+      options.prompts = r.prompts;
+      options.negative_prompts = r.negative_prompts;
+      options.max_sequence_length = r.max_sequence_length;
+      options.encoder_attention_mask = r.encoder_attention_mask;
+      e = encode_prompt(*m.tokenizer, encoder, options);
+    }
+  }
+  report(ctx.progress, "text encoder", 1, 1);
+  if (!r.release_encoder) return e;
+  // The text encoder is not needed again: free it before the transformer's loop, on every device.
+  encoder.release();
+  if (ctx.plan.memory.release_after_heavy_ops) ltxmps::release_memory(ctx.device);
+  ctx.sink(ltxmps::Diagnostic{ltxmps::Severity::info, "memory", "pipeline.text_encoder_released",
+                              "text encoder released after encoding the prompts, before the denoising loop" +
+                                  std::string(ctx.plan.memory.release_after_heavy_ops
+                                                  ? " (device cache emptied)"
+                                                  : " (its weights are freed on every device)")});
+  return e;
+}
+
+namespace {
+
+void check_embeddings(const PromptEmbeddings& e, int64_t caption, bool guidance) {
+  for (const auto* t : {&e.prompt_embeds, &e.negative_prompt_embeds})
+    LTXMPS_CHECK(!t->defined() || (t->dim() == 3 && t->size(2) == caption && at::isFloatingType(t->scalar_type())),
+                 "generate: prompt embeddings must be floating [batch, tokens, ", caption,
+                 "] (the transformer's caption_channels), got ", t->defined() ? t->sizes() : at::IntArrayRef{});
+  LTXMPS_CHECK(e.prompt_embeds.defined() && e.prompt_attention_mask.defined(),
+               "generate: prompt embeddings without prompt_embeds or prompt_attention_mask");
+  LTXMPS_CHECK(e.prompt_attention_mask.dim() == 2 && e.prompt_attention_mask.size(0) == e.prompt_embeds.size(0) &&
+                   e.prompt_attention_mask.size(1) == e.prompt_embeds.size(1),
+               "generate: prompt_attention_mask has shape ", e.prompt_attention_mask.sizes(), ", expected [",
+               e.prompt_embeds.size(0), ", ", e.prompt_embeds.size(1), "]");
+  if (guidance)
+    LTXMPS_CHECK(e.negative_prompt_embeds.defined() && e.negative_prompt_attention_mask.defined() &&
+                     e.negative_prompt_embeds.sizes() == e.prompt_embeds.sizes() &&
+                     e.negative_prompt_attention_mask.sizes() == e.prompt_attention_mask.sizes(),
+                 "generate: guidance_scale > 1 needs negative prompt embeddings and mask of the prompts' shape");
+}
+
+}  // namespace
+
+StageContext::StageContext(LtxModel& m, const ltxmps::ExecutionPlan& p, const ltxmps::DiagnosticSink& s,
+                           const ProgressCallback& pr, uint64_t seed_)
+    : model(m), plan(p), sink(s), progress(pr), device(execution_device(p)),
+      generator(ltxmps::make_cpu_generator(seed_)), seed(seed_) {}
+
+at::Tensor StageContext::noise(at::IntArrayRef shape) {
+  return ltxmps::randn(shape, generator, at::TensorOptions().dtype(at::kFloat).device(device));
+}
+
+PromptBatch encode_prompts(StageContext& ctx, const PromptRequest& r) {
+  const PromptEmbeddings e = text_embeddings(ctx, r);
+  check_embeddings(e, ctx.model.transformer.config.caption_channels, r.guidance);
+  PromptBatch b;
+  b.guidance = r.guidance;
+  b.batch = e.prompt_embeds.size(0);
+  b.positive = e.prompt_embeds.to(ctx.device);
+  const auto pos_mask = e.prompt_attention_mask.to(ctx.device, at::kBool);
+  if (r.guidance) {
+    b.embeds = at::cat({e.negative_prompt_embeds.to(ctx.device, b.positive.scalar_type()), b.positive}, 0);
+    b.mask = at::cat({e.negative_prompt_attention_mask.to(ctx.device, at::kBool), pos_mask}, 0);
+  } else {
+    b.embeds = b.positive;
+    b.mask = pos_mask;
+  }
+  return b;
+}
+
+std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<at::Tensor>& videos) {
+  std::vector<VaePosterior> out;
+  if (videos.empty()) return out;
+  auto& vae = ctx.model.vae;
+  ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(vae, d); }, "vae", ctx.sink);
+  for (size_t i = 0; i < videos.size(); ++i) {
+    report(ctx.progress, "vae encode", static_cast<int64_t>(i), static_cast<int64_t>(videos.size()));
+    out.push_back(vae.encode(videos[i].to(ctx.device).to(vae.runtime.dtype).contiguous()));
+  }
+  report(ctx.progress, "vae encode", static_cast<int64_t>(videos.size()), static_cast<int64_t>(videos.size()));
+  return out;
+}
+
+at::Tensor sample_normalized(StageContext& ctx, const VaePosterior& posterior) {
+  auto latents = posterior.sample(ctx.generator).to(ctx.device, at::kFloat);
+  return ctx.model.vae.normalize_latents(latents, 1.0);
+}
+
+GenerateResult decode_latents(StageContext& ctx, const at::Tensor& normalized, const DecodeSettings& s) {
+  auto& vae = ctx.model.vae;
+  GenerateResult result;
+  auto latents = vae.denormalize_latents(normalized, vae.config.scaling_factor);
+  result.latents = latents.to(at::kCPU, at::kFloat).contiguous();
+  latents = latents.to(s.latents_dtype);
+  std::optional<at::Tensor> temb;
+  if (vae.config.timestep_conditioning) {
+    const auto n = ltxmps::randn(latents.sizes(), ctx.generator, latents.options());
+    const auto opts = at::TensorOptions().dtype(latents.scalar_type()).device(ctx.device);
+    const int64_t batch = latents.size(0);
+    temb = at::full({batch}, s.decode_timestep, opts);
+    const auto scale = at::full({batch}, s.decode_noise_scale.value_or(s.decode_timestep), opts);
+    latents = mix_decode_noise(latents, n, scale);
+  }
+  latents = latents.to(vae.runtime.dtype);
+  at::Generator injection = ltxmps::make_cpu_generator(ctx.seed);  // Note [One generator, diffusers' order of draws]
+  at::Tensor video;
+  report(ctx.progress, "vae decode", 0, 1);
+  {
+    ltxmps::ReleaseMemoryScope release(ctx.device, "vae decode", ctx.sink);
+    ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(vae, d); }, "vae", ctx.sink);
+    video = vae.decode(latents, temb, &injection);
+  }
+  report(ctx.progress, "vae decode", 1, 1);
+  result.frames = postprocess_video(video);
+  return result;
+}
+
+at::Tensor rescale_noise_cfg(const at::Tensor& noise_cfg, const at::Tensor& noise_pred_text, double guidance_rescale) {
+  std::vector<int64_t> dims;
+  for (int64_t i = 1; i < noise_pred_text.dim(); ++i) dims.push_back(i);
+  const auto std_text = at::std(noise_pred_text, dims, /*unbiased=*/true, /*keepdim=*/true);
+  const auto std_cfg = at::std(noise_cfg, dims, /*unbiased=*/true, /*keepdim=*/true);
+  const auto rescaled = noise_cfg * (std_text / std_cfg);
+  return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg;
+}
+
+at::Tensor to_model_range(const at::Tensor& pixels) {
+  auto x = pixels.to(at::kFloat);
+  if (x.min().item<float>() >= 0) x = 2.0 * x - 1.0;
+  return x;
+}
+
+std::vector<double> condition_timesteps(int64_t steps, const std::optional<std::vector<double>>& custom) {
+  if (custom) return *custom;
+  const auto sigmas = linear_quadratic_schedule(steps);
+  const auto scaled = at::tensor(sigmas, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat) * 1000;
+  std::vector<double> out;
+  for (int64_t i = 0; i < scaled.size(0); ++i) out.push_back(scaled[i].item<float>());
+  return out;
+}
+
+}  // namespace ltxmps::pipeline

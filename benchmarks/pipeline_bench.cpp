@@ -1,4 +1,5 @@
-// One LTX-Video text-to-video generation with the C++ pipeline: the counterpart of pipeline_bench.py.
+// One LTX-Video text-to-video generation (--job t2v) or object removal (--job remove: the official loop, VAE
+// tiling on) with the C++ pipeline: the counterpart of pipeline_bench.py.
 //
 // Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096, in/out 128) and the 0.9.0 VAE
 // config (diffusers' AutoencoderKLLTXVideo() defaults), random weights generated in memory (no file), random
@@ -7,11 +8,12 @@
 // generate() (loop + decode), and the peak CUDA memory.
 //
 //   pipeline_bench [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
-//                  [--steps N] [--guidance X] [--layers N] [--smoke]
+//                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove] [--smoke]
 // --smoke: a 2-layer, 4-head transformer, the same VAE at 64x64x9 and 2 steps (any device; for CI and CPU).
 // Built as ltxmps_pipeline_bench (benchmarks/CMakeLists.txt).
 
 #include "ltxmps_pipeline/pipeline.hpp"
+#include "ltxmps_pipeline/removal.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 
 #include "ltxmps/memory.hpp"
@@ -30,7 +32,8 @@
 int main(int argc, char** argv) try {
   std::map<std::string, std::string> opt = {{"device", "cuda"}, {"precision", "bf16"}, {"height", "512"},
                                             {"width", "768"},   {"frames", "121"},     {"steps", "30"},
-                                            {"guidance", "3.0"}, {"layers", "28"}};
+                                            {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"},
+                                            {"head-dim", "64"}, {"job", "t2v"}};
   bool smoke = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -48,12 +51,18 @@ int main(int argc, char** argv) try {
 
   ltxmps::LoaderSettings settings;
   settings.device = opt.at("device");
+  const bool removal = opt.at("job") == "remove";
+  settings.vae_tiling = removal;  // the official removal script enables VAE tiling ...
+  settings.vae_float32 = !removal;  // ... and runs the VAE in the model dtype
   settings.precision = ltxmps::parse_precision(opt.at("precision"));
   const auto plan = ltxmps::resolve(settings);
   const c10::Device device = plan.device;
 
   TransformerConfig tc;  // 2B defaults
   tc.num_layers = num("layers");
+  tc.num_attention_heads = num("heads");
+  tc.attention_head_dim = num("head-dim");
+  tc.cross_attention_dim = tc.inner_dim();
   if (smoke) tc.num_attention_heads = 4, tc.cross_attention_dim = tc.inner_dim();
   const TransformerRuntime tr = transformer_runtime(plan);
   const auto random_source = [&](at::ScalarType dtype) {
@@ -80,36 +89,50 @@ int main(int argc, char** argv) try {
   r.num_frames = num("frames");
   r.num_inference_steps = num("steps");
   r.guidance_scale = std::stod(opt.at("guidance"));
-  const auto embed_dtype = plan.precision.text_encoder.compute;
-  const auto eo = at::TensorOptions().dtype(embed_dtype);
-  r.prompt_embeddings = PromptEmbeddings{at::randn({1, 128, tc.caption_channels}, eo), at::ones({1, 128}, at::kBool),
-                                         at::randn({1, 128, tc.caption_channels}, eo), at::ones({1, 128}, at::kBool)};
+  const int64_t text_len = removal ? 256 : 128;  // max_sequence_length of the condition pipeline / LTXPipeline
+  const auto eo = at::TensorOptions().dtype(plan.precision.text_encoder.compute);
+  r.prompt_embeddings = PromptEmbeddings{at::randn({1, text_len, tc.caption_channels}, eo), at::ones({1, text_len}, at::kBool),
+                                         at::randn({1, text_len, tc.caption_channels}, eo), at::ones({1, text_len}, at::kBool)};
 
   std::vector<double> step_end;
   const auto start = std::chrono::steady_clock::now();
   auto seconds_since = [&](std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
   };
+  const auto on_step = step_progress([&](int64_t, int64_t) {
+    ltxmps::synchronize(device);
+    step_end.push_back(seconds_since(start));
+  });
   ltxmps::reset_peak_memory(device);
-  const auto result = generate(model, r, plan, ltxmps::null_sink(), step_progress([&](int64_t, int64_t) {
-                                 ltxmps::synchronize(device);
-                                 step_end.push_back(seconds_since(start));
-                               }));
+  at::Tensor frames_out;
+  if (removal) {
+    // Object removal (the official loop): a random clip and a mask over its middle third.
+    RemovalRequest rr;
+    rr.video = at::rand({r.num_frames, 3, r.height, r.width});
+    rr.mask = at::zeros({r.num_frames, 1, r.height, r.width});
+    rr.mask.slice(2, r.height / 3, 2 * r.height / 3).slice(3, r.width / 3, 2 * r.width / 3).fill_(1);
+    rr.num_inference_steps = r.num_inference_steps;
+    rr.guidance_scale = r.guidance_scale;
+    rr.prompt_embeddings = r.prompt_embeddings;
+    frames_out = remove_object(model, rr, plan, ltxmps::null_sink(), on_step).frames.unsqueeze(0);
+  } else {
+    frames_out = generate(model, r, plan, ltxmps::null_sink(), on_step).frames;
+  }
   ltxmps::synchronize(device);
   const double total = seconds_since(start);
   double per_step = step_end.empty() ? 0.0 : step_end.front();
   if (step_end.size() > 1) per_step = (step_end.back() - step_end.front()) / static_cast<double>(step_end.size() - 1);
   const auto stats = ltxmps::memory_stats(device);
   std::printf(
-      "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"precision\": \"%s\", \"size\": [%lld, %lld, %lld], \"steps\": %lld, "
+      "{\"impl\": \"ltxmps\", \"job\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"size\": [%lld, %lld, %lld], \"steps\": %lld, "
       "\"guidance\": %g, \"layers\": %lld, \"seconds_per_step\": %.4f, \"total_seconds\": %.3f, "
       "\"peak_memory_bytes\": %lld, \"frames_shape\": [%lld, %lld, %lld, %lld, %lld]}\n",
-      device.str().c_str(), opt.at("precision").c_str(), static_cast<long long>(r.num_frames),
+      opt.at("job").c_str(), device.str().c_str(), opt.at("precision").c_str(), static_cast<long long>(r.num_frames),
       static_cast<long long>(r.height), static_cast<long long>(r.width), static_cast<long long>(r.num_inference_steps),
       r.guidance_scale, static_cast<long long>(tc.num_layers), per_step, total,
-      static_cast<long long>(stats.peak_allocated.value_or(-1)), static_cast<long long>(result.frames.size(0)),
-      static_cast<long long>(result.frames.size(1)), static_cast<long long>(result.frames.size(2)),
-      static_cast<long long>(result.frames.size(3)), static_cast<long long>(result.frames.size(4)));
+      static_cast<long long>(stats.peak_allocated.value_or(-1)), static_cast<long long>(frames_out.size(0)),
+      static_cast<long long>(frames_out.size(1)), static_cast<long long>(frames_out.size(2)),
+      static_cast<long long>(frames_out.size(3)), static_cast<long long>(frames_out.size(4)));
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "pipeline_bench: " << e.what() << "\n";

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""One LTX-Video text-to-video generation with diffusers' LTXPipeline: the counterpart of pipeline_bench.cpp.
+"""One LTX-Video text-to-video generation with diffusers' LTXPipeline (--job t2v), or the per-step cost of object
+removal (--job remove: LTXConditionPipeline with the video as a condition at frame 0, strength 1, VAE tiling on, 256
+text tokens: the same per-token conditioning loop as the official removal): the counterpart of pipeline_bench.cpp.
 
 Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096) and AutoencoderKLLTXVideo() (0.9.0
 config) with random weights, random prompt embeddings [1, 128, 4096] (no T5-XXL), 768x512x121, 30 steps,
@@ -15,7 +17,9 @@ import json
 import time
 
 import torch
-from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXPipeline,
+                       LTXVideoTransformer3DModel)
+from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,21 +34,38 @@ def main():
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--layers", type=int, default=28)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--job", choices=["t2v", "remove"], default="t2v")
     p.add_argument("--smoke", action="store_true", help="2 layers, 4 heads, 64x64x9, 2 steps (any device)")
     a = p.parse_args()
     if a.smoke:
         a.layers, a.height, a.width, a.frames, a.steps = 2, 64, 64, 9, 2
     dtype, device = DTYPES[a.precision], torch.device(a.device)
     torch.manual_seed(0)
-    heads = 4 if a.smoke else 32
-    transformer = LTXVideoTransformer3DModel(num_layers=a.layers, num_attention_heads=heads, attention_head_dim=64,
-                                             cross_attention_dim=heads * 64, caption_channels=4096)
-    vae = AutoencoderKLLTXVideo()
-    pipe = LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.to(device),  # float32 (ltxmps' plan)
-                       text_encoder=None, tokenizer=None, transformer=transformer.to(device, dtype))
+    heads = 4 if a.smoke else a.heads
+    torch.set_default_dtype(dtype)
+    with device:
+        transformer = LTXVideoTransformer3DModel(num_layers=a.layers, num_attention_heads=heads,
+                                                 attention_head_dim=a.head_dim, cross_attention_dim=heads * a.head_dim,
+                                                 caption_channels=4096)
+    torch.set_default_dtype(torch.float32)
+    removal = a.job == "remove"
+    # float32 VAE as ltxmps' default plan; the removal job runs it in the model dtype, as the official script
+    # (LTXConditionPipeline casts the condition video to the prompt embeddings' dtype before the VAE).
+    vae = AutoencoderKLLTXVideo().to(dtype if removal else torch.float32)
+    cls = LTXConditionPipeline if removal else LTXPipeline
+    pipe = cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae.to(device),  # float32 (ltxmps' plan)
+               text_encoder=None, tokenizer=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
-    embeds = torch.randn(1, 128, 4096, dtype=dtype).to(device)
-    mask = torch.ones(1, 128, dtype=torch.bool, device=device)
+    text_len = 256 if removal else 128
+    embeds = torch.randn(1, text_len, 4096, dtype=dtype).to(device)
+    mask = torch.ones(1, text_len, dtype=torch.bool, device=device)
+    extra = {}
+    if removal:
+        vae.enable_tiling()
+        video = torch.rand(a.frames, 3, a.height, a.width, generator=torch.Generator().manual_seed(0))
+        extra = dict(conditions=[LTXVideoCondition(video=video, frame_index=0, strength=1.0)])
 
     def sync():
         if device.type == "cuda":
@@ -65,11 +86,11 @@ def main():
                       negative_prompt_attention_mask=mask.clone(), height=a.height, width=a.width,
                       num_frames=a.frames, num_inference_steps=a.steps, guidance_scale=a.guidance,
                       generator=torch.Generator().manual_seed(0), output_type="pt",
-                      callback_on_step_end=on_step).frames
+                      callback_on_step_end=on_step, **extra).frames
     sync()
     total = time.perf_counter() - start
     per_step = step_end[0] if len(step_end) == 1 else (step_end[-1] - step_end[0]) / (len(step_end) - 1)
-    print(json.dumps(dict(impl="diffusers", device=str(device), precision=a.precision,
+    print(json.dumps(dict(impl="diffusers", job=a.job, device=str(device), precision=a.precision,
                           size=[a.frames, a.height, a.width], steps=a.steps, guidance=a.guidance, layers=a.layers,
                           seconds_per_step=round(per_step, 4), total_seconds=round(total, 3),
                           peak_memory_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else -1,

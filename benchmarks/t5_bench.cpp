@@ -63,7 +63,7 @@ int main(int argc, char** argv) try {
   T5Runtime runtime;
   runtime.device = c10::Device(opt.at("device"));
   runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
-  runtime.keep_in_fp32_modules = t5_keep_in_fp32_modules(runtime.dtype);
+  runtime.keep_in_fp32_modules = ltxmps::t5_fp32_modules(runtime.dtype);
 
   at::manual_seed(0);
   auto model = T5EncoderModel::from_weights(

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
-# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|all]
+# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|removal|all]
+#   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
+#            building only their targets.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -22,7 +24,10 @@ TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
   -DLTXMPS_BUILD_DOCS=OFF > "$OUT/configure.log" 2>&1 || { tail -50 "$OUT/configure.log"; exit 1; }
 # Keep going past a failing target so that the suites that did build still run; the failure is reported.
-if cmake --build build-gpu -j "$(nproc)" -- -k 0 > "$OUT/build.log" 2>&1; then echo "build ok"; else
+targets=()
+[ "$what" = removal ] && targets=(--target ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests
+                                  ltxmps_effects_bench ltxmps_pipeline_bench)
+if cmake --build build-gpu -j "$(nproc)" "${targets[@]}" -- -k 0 > "$OUT/build.log" 2>&1; then echo "build ok"; else
   echo "BUILD FAILED (some targets)"; grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; fi
 
 status=0
@@ -48,5 +53,19 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
     echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
   done
+fi
+if [ "$what" = removal ]; then
+  for suite in ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests; do
+    build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
+    echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
+  done
+fi
+if [ "$what" = removal ] || [ "$what" = bench ] || [ "$what" = all ]; then
+  large="--layers 48 --heads 32 --head-dim 128"
+  echo "== effects pass 13B 512x768x209 C++"; build-gpu/benchmarks/ltxmps_effects_bench | tee -a "$OUT/effects_bench.jsonl"
+  echo "== effects pass C++ with RoPE"; build-gpu/benchmarks/ltxmps_effects_bench --rope 1 --iters 1 | tee -a "$OUT/effects_bench.jsonl"
+  echo "== effects pass official maps (diffusers)"; python3 benchmarks/effects_bench.py | tee -a "$OUT/effects_bench.jsonl"
+  echo "== removal 13B 512x768x121 C++"; build-gpu/benchmarks/ltxmps_pipeline_bench --job remove $large --steps ${REMOVAL_STEPS:-30} | tee -a "$OUT/removal_bench.jsonl"
+  echo "== removal diffusers LTXConditionPipeline"; python3 benchmarks/pipeline_bench.py --job remove $large --steps ${REMOVAL_STEPS:-30} | tee -a "$OUT/removal_bench.jsonl"
 fi
 exit $status

@@ -234,6 +234,13 @@ inline Precision apply_device_rules(Precision p, const LoaderSettings& settings,
 }  // namespace detail
 
 /// @brief Resolves the dtype of every component for `device`, appending the reasons to `out`.
+/// @brief The T5 modules transformers 5.17's `from_pretrained(dtype=...)` keeps in float32: `{"wo"}` for float16
+///        only (Note [T5 wo in float32]). The one source of this rule: the plan and every T5 runtime use it.
+inline std::vector<std::string> t5_fp32_modules(at::ScalarType dtype) {
+  if (dtype == at::kHalf) return {"wo"};
+  return {};
+}
+
 inline PrecisionPlan resolve_precision(const LoaderSettings& settings, const c10::Device& device,
                                        const Capabilities& caps, std::vector<Diagnostic>& out) {
   PrecisionPlan plan;
@@ -246,8 +253,8 @@ inline PrecisionPlan resolve_precision(const LoaderSettings& settings, const c10
   const at::ScalarType model_dtype = to_scalar_type(p);
   plan.transformer = ComponentPrecision{model_dtype, model_dtype, {}};
   plan.text_encoder = ComponentPrecision{model_dtype, model_dtype, {}};
-  if (model_dtype == at::kHalf) {
-    plan.text_encoder.keep_in_fp32_modules = {"wo"};
+  plan.text_encoder.keep_in_fp32_modules = t5_fp32_modules(model_dtype);
+  if (!plan.text_encoder.keep_in_fp32_modules.empty()) {
     detail::note(out, Severity::info, "precision.text_encoder", "precision.t5.wo_fp32",
                  "T5 feed-forward 'wo' layers stay float32 under fp16 (transformers' _keep_in_fp32_modules; "
                  "Note [T5 wo in float32])");

@@ -107,130 +107,144 @@ std::string describe_size(int64_t frames, int64_t height, int64_t width) {
   return c10::str(frames, frames == 1 ? " frame of " : " frames of ", width, "x", height);
 }
 
+/// What generate knows before any model loads: checked arguments, the model folder's configs, the plan.
+struct GenerateSetup {
+  bool embedded = true;
+  std::string output;
+  ltxmps::pipeline::FitMode fit = ltxmps::pipeline::FitMode::none;
+  ltxmps::pipeline::LoadOptions load;
+  std::optional<ltxmps::pipeline::LtxFolder> folder;
+  ltxmps::ExecutionPlan plan;
+  ltxmps::pipeline::FitRules rules;
+  ltxmps::pipeline::FitTarget target;
+};
+
+GenerateSetup check_generate(const GenerateOptions& o, Log& log) {
+  using namespace ltxmps::pipeline;
+  GenerateSetup s;
+  s.embedded = o.model_dir.empty();
+  if (!s.embedded && o.prompt_opt->count() == 0 && o.prompt_cache.empty())
+    throw UsageError("--prompt or --prompt-cache is required with --model-dir");
+  s.output = o.output_opt->count() ? o.output : default_output();
+  if (is_video_file_path(s.output) && !video_io_has_ffmpeg())
+    throw UsageError("--output " + s.output +
+                     ": this ltxmps was built without FFmpeg and cannot write video files; give a folder name to get PNG "
+                     "frames (for example --output " + fs::path(s.output).replace_extension().string() + ")");
+  const auto output_parent = fs::path(s.output).parent_path();
+  if (!output_parent.empty() && !fs::is_directory(output_parent))
+    throw UsageError("--output " + s.output + ": the folder '" + output_parent.string() + "' does not exist");
+  s.fit = parse_fit_mode(o.fit);
+  if (!s.embedded)
+    LTXMPS_CHECK(fs::is_directory(o.model_dir), "--model-dir ", o.model_dir, ": no such folder (expected a diffusers "
+                                                "LTX-Video folder with model_index.json)");
+  s.load.load_text_encoder = o.prompt_cache.empty();
+  if (!s.embedded) s.folder = inspect_ltx_folder(o.model_dir, s.load);
+  try {
+    s.plan = ltxmps::resolve(loader_settings(o.flags), ltxmps::current_capabilities());
+  } catch (const ltxmps::Error& e) {
+    throw UsageError(std::string("--device ") + o.flags.runtime.device + ": " + e.what());
+  }
+  log_plan(log, s.plan);
+  s.rules = model_fit_rules(s.folder);
+  if (o.height_opt->count()) check_multiple("--height", o.height, s.rules.spatial_multiple), s.target.height = o.height;
+  if (o.width_opt->count()) check_multiple("--width", o.width, s.rules.spatial_multiple), s.target.width = o.width;
+  if (o.frames_opt->count()) check_frame_count(o.num_frames, s.rules.temporal_multiple), s.target.num_frames = o.num_frames;
+  return s;
+}
+
+/// The --image or --video input fitted to the model: frames [F, 3, H, W] in [0, 1] (undefined without one).
+at::Tensor read_generate_input(const GenerateOptions& o, const GenerateSetup& s, Log& log) {
+  using namespace ltxmps::pipeline;
+  at::Tensor input;
+  if (!o.image.empty()) {
+    input = fit_video(read_image(o.image).unsqueeze(0), s.rules, s.fit, {s.target.height, s.target.width, std::nullopt},
+                      o.image);
+    log.line(c10::str("image ", o.image, ": ", describe_size(1, input.size(2), input.size(3))));
+  } else if (!o.video.empty()) {
+    input = fit_video(read_video(o.video), s.rules, s.fit, s.target, o.video);
+    if (s.target.num_frames && input.size(0) < *s.target.num_frames)
+      throw ltxmps::Error(c10::str(o.video, ": has ", input.size(0), " usable frames, fewer than --num-frames ",
+                                   *s.target.num_frames, " (video-to-video keeps the video's length)"));
+    log.line(c10::str("video ", o.video, ": ", describe_size(input.size(0), input.size(2), input.size(3))));
+  }
+  return input;
+}
+
+/// The request: sizes from the options, else the input's, else the defaults; the prompt or its cache.
+ltxmps::pipeline::GenerateRequest generate_request(const GenerateOptions& o, const GenerateSetup& s,
+                                                   const at::Tensor& input) {
+  using namespace ltxmps::pipeline;
+  GenerateRequest r;
+  const bool embedded = s.embedded;
+  r.height = input.defined() ? input.size(2) : s.target.height.value_or(embedded ? EmbeddedDefault::height : r.height);
+  r.width = input.defined() ? input.size(3) : s.target.width.value_or(embedded ? EmbeddedDefault::width : r.width);
+  r.num_frames = !o.video.empty() ? input.size(0)
+                                  : s.target.num_frames.value_or(embedded ? EmbeddedDefault::num_frames : r.num_frames);
+  r.num_inference_steps =
+      o.steps_opt->count() ? o.steps : (embedded ? EmbeddedDefault::num_inference_steps : r.num_inference_steps);
+  r.guidance_scale = o.guidance_scale;
+  r.guidance_rescale = o.guidance_rescale;
+  r.frame_rate = o.frame_rate;
+  r.decode_timestep = o.decode_timestep;
+  if (o.decode_noise_opt->count()) r.decode_noise_scale = o.decode_noise_scale;
+  r.seed = o.seed;
+  r.prompts = {o.prompt_opt->count() ? o.prompt : std::string(EmbeddedDefault::prompt)};
+  r.negative_prompts = {o.negative_prompt};
+  if (!o.prompt_cache.empty()) r.prompt_embeddings = load_prompt_cache(o.prompt_cache);
+  else if (embedded) r.max_sequence_length = EmbeddedDefault::max_sequence_length;
+  if (!o.video.empty()) {
+    r.video = input;
+    r.denoise_strength = o.strength;
+  } else if (!o.image.empty()) {
+    r.image = input[0];
+  }
+  return r;
+}
+
+void log_pipeline(const GenerateOptions& o, const ltxmps::pipeline::GenerateRequest& r, Log& log) {
+  using namespace ltxmps::pipeline;
+  if (!o.video.empty())
+    log.line(c10::str("video-to-video: the video's latents, denoised from strength ", o.strength,
+                      " (LTXConditionPipeline's denoise_strength)"));
+  else if (!o.image.empty())
+    log.line(r.kind == PipelineKind::condition ? "image condition at frame 0 (LTXConditionPipeline)"
+                                               : "image-to-video (LTXImageToVideoPipeline)");
+  if (!o.prompt_cache.empty()) log.line("prompt embeddings from the cache " + o.prompt_cache);
+  else if (o.model_dir.empty())
+    log.line("prompt \"" + r.prompts.front() + "\" is encoded by the embedded T5 (byte tokens, random weights)");
+  log.line(c10::str("generating ", describe_size(r.num_frames, r.height, r.width), " at ", r.frame_rate, " fps, ",
+                    r.num_inference_steps, r.num_inference_steps == 1 ? " step" : " steps", ", guidance ",
+                    r.guidance_scale, ", seed ", r.seed));
+}
+
 int run_generate(const GenerateOptions& o) {
   using namespace ltxmps::pipeline;
   const auto wall_start = std::chrono::steady_clock::now();
   Log log;
-  const bool embedded = o.model_dir.empty();
-  const fs::path root(o.model_dir);
+  const auto setup = check_generate(o, log);
+  const auto input = read_generate_input(o, setup, log);
+  auto request = generate_request(o, setup, input);
 
-  // Arguments that can be checked before anything runs.
-  if (!embedded && o.prompt_opt->count() == 0 && o.prompt_cache.empty())
-    throw UsageError("--prompt or --prompt-cache is required with --model-dir");
-  const std::string output = o.output_opt->count() ? o.output : default_output();
-  if (is_video_file_path(output) && !video_io_has_ffmpeg())
-    throw UsageError("--output " + output +
-                     ": this ltxmps was built without FFmpeg and cannot write video files; give a folder name to get PNG "
-                     "frames (for example --output " + fs::path(output).replace_extension().string() + ")");
-  const auto output_parent = fs::path(output).parent_path();
-  if (!output_parent.empty() && !fs::is_directory(output_parent))
-    throw UsageError("--output " + output + ": the folder '" + output_parent.string() + "' does not exist");
-  const auto fit = parse_fit_mode(o.fit);
-  if (!embedded)
-    LTXMPS_CHECK(fs::is_directory(root), "--model-dir ", root.string(), ": no such folder (expected a diffusers "
-                                         "LTX-Video folder with model_index.json)");
-  LoadOptions load;
-  load.load_text_encoder = o.prompt_cache.empty();
-  std::optional<LtxFolder> folder;
-  if (!embedded) folder = inspect_ltx_folder(root, load);
-
-  // The plan.
-  ltxmps::ExecutionPlan plan;
-  try {
-    plan = ltxmps::resolve(loader_settings(o.flags), ltxmps::current_capabilities());
-  } catch (const ltxmps::Error& e) {
-    throw UsageError(std::string("--device ") + o.flags.runtime.device + ": " + e.what());
-  }
-  log_plan(log, plan);
-
-  // Sizes: the options, else the input's (fitted), else the defaults.
-  const auto rules = model_fit_rules(folder);
-  if (o.height_opt->count()) check_multiple("--height", o.height, rules.spatial_multiple);
-  if (o.width_opt->count()) check_multiple("--width", o.width, rules.spatial_multiple);
-  if (o.frames_opt->count()) check_frame_count(o.num_frames, rules.temporal_multiple);
-  FitTarget target;
-  if (o.height_opt->count()) target.height = o.height;
-  if (o.width_opt->count()) target.width = o.width;
-  if (o.frames_opt->count()) target.num_frames = o.num_frames;
-
-  GenerateRequest request;
-  at::Tensor input;  // fitted input frames [F, 3, H, W] in [0, 1]
-  if (!o.image.empty()) {
-    input = fit_video(read_image(o.image).unsqueeze(0), rules, fit, {target.height, target.width, std::nullopt}, o.image);
-    log.line(c10::str("image ", o.image, ": ", describe_size(1, input.size(2), input.size(3))));
-  } else if (!o.video.empty()) {
-    input = fit_video(read_video(o.video), rules, fit, target, o.video);
-    if (target.num_frames && input.size(0) < *target.num_frames)
-      throw ltxmps::Error(c10::str(o.video, ": has ", input.size(0), " usable frames, fewer than --num-frames ",
-                                   *target.num_frames, " (video-to-video keeps the video's length)"));
-    log.line(c10::str("video ", o.video, ": ", describe_size(input.size(0), input.size(2), input.size(3))));
-  }
-  request.height = input.defined() ? input.size(2) : target.height.value_or(embedded ? EmbeddedDefault::height : request.height);
-  request.width = input.defined() ? input.size(3) : target.width.value_or(embedded ? EmbeddedDefault::width : request.width);
-  request.num_frames = !o.video.empty() ? input.size(0)
-                                        : target.num_frames.value_or(embedded ? EmbeddedDefault::num_frames
-                                                                              : request.num_frames);
-  request.num_inference_steps =
-      o.steps_opt->count() ? o.steps : (embedded ? EmbeddedDefault::num_inference_steps : request.num_inference_steps);
-  request.guidance_scale = o.guidance_scale;
-  request.guidance_rescale = o.guidance_rescale;
-  request.frame_rate = o.frame_rate;
-  request.decode_timestep = o.decode_timestep;
-  if (o.decode_noise_opt->count()) request.decode_noise_scale = o.decode_noise_scale;
-  request.seed = o.seed;
-
-  // The model.
   LtxModel model;
-  if (embedded) {
+  if (setup.embedded) {
     log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
     log.line("the embedded default's weights are RANDOM: the video will be noise-like, not a picture of the prompt");
-    model = make_embedded_default_model(plan);
+    model = make_embedded_default_model(setup.plan);
   } else {
-    model = load_ltx_model(*folder, plan, load, log.sink());
+    model = load_ltx_model(*setup.folder, setup.plan, setup.load, log.sink());
   }
-
-  // The pipeline: the folder's class decides as DiffusionPipeline.from_pretrained does; a video is video-to-video.
-  const bool condition_model = model.pipeline_class == "LTXConditionPipeline";
-  if (!o.video.empty()) {
-    request.kind = PipelineKind::condition;
-    request.denoise_strength = o.strength;
-    request.video = input;
-    log.line(c10::str("video-to-video: the video's latents, denoised from strength ", o.strength,
-                      " (LTXConditionPipeline's denoise_strength)"));
-  } else if (!o.image.empty() && condition_model) {
-    request.kind = PipelineKind::condition;
-    request.conditions.push_back({input, 0, 1.0});
-    log.line("image condition at frame 0 (LTXConditionPipeline)");
-  } else if (!o.image.empty()) {
-    request.kind = PipelineKind::image_to_video;
-    request.image = input[0];
-    log.line("image-to-video (LTXImageToVideoPipeline)");
-  } else {
-    request.kind = condition_model ? PipelineKind::condition : PipelineKind::text_to_video;
+  request.kind = choose_pipeline(model, request.image.has_value(), request.video.has_value());
+  if (request.kind == PipelineKind::condition && request.image) {
+    request.conditions.push_back({request.image->unsqueeze(0), 0, 1.0});
+    request.image.reset();
   }
-
-  // The prompt.
-  const std::string prompt = o.prompt_opt->count() ? o.prompt : std::string(EmbeddedDefault::prompt);
-  request.prompts = {prompt};
-  request.negative_prompts = {o.negative_prompt};
-  if (!o.prompt_cache.empty()) {
-    request.prompt_embeddings = load_prompt_cache(o.prompt_cache);
-    log.line("prompt embeddings from the cache " + o.prompt_cache);
-  } else if (embedded) {
-    request.max_sequence_length = EmbeddedDefault::max_sequence_length;
-    log.line("prompt \"" + prompt + "\" is encoded by the embedded T5 (byte tokens, random weights)");
-  }
-
-  log.line(c10::str("generating ", describe_size(request.num_frames, request.height, request.width), " at ",
-                    request.frame_rate, " fps, ", request.num_inference_steps,
-                    request.num_inference_steps == 1 ? " step" : " steps", ", guidance ", request.guidance_scale,
-                    ", seed ", request.seed));
-  const auto result = generate(model, request, plan, log.sink(), log.progress_callback());
+  log_pipeline(o, request, log);
+  const auto result = generate(model, request, setup.plan, log.sink(), log.progress_callback());
   log.end_bar();
 
   VideoWriteOptions write;
   write.frame_rate = request.frame_rate;
-  const auto written = write_video(output, result.frames[0], write);
+  const auto written = write_video(setup.output, result.frames[0], write);
   for (const auto& note : written.notes) log.diagnostic(note);
   if (!o.save_latents.empty()) {
     save_safetensors(o.save_latents, {{"latents", result.latents.contiguous()}},

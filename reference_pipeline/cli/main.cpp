@@ -57,6 +57,7 @@ Runner setup_plan(CLI::App* cmd);              // cli/generate_commands.cpp
 Runner setup_remove(CLI::App* cmd);            // cli/removal_commands.cpp
 Runner setup_effects_mask(CLI::App* cmd);      // cli/removal_commands.cpp
 Runner setup_synthetic_clip(CLI::App* cmd);    // cli/removal_commands.cpp
+Runner setup_compose(CLI::App* cmd);           // cli/compose_commands.cpp
 
 void add_runtime_options(CLI::App* cmd, RuntimeOptions& o) {
   o.device_option = cmd->add_option("--device", o.device,
@@ -217,9 +218,14 @@ void require_finite_output(const at::Tensor& t, const std::string& component, co
 
 namespace {
 
-std::vector<std::string>& activity_stack() {
-  static std::vector<std::string> stack;
-  return stack;
+struct ActivityState {
+  std::vector<std::pair<std::string, int>> stack;  // what, uncaught exceptions at entry
+  std::string failed;  // the innermost activity an exception left (kept for the message)
+};
+
+ActivityState& activities() {
+  static ActivityState state;
+  return state;
 }
 
 bool debug_errors() {
@@ -227,13 +233,15 @@ bool debug_errors() {
   return v != nullptr && std::string(v) == "1";
 }
 
-// c10 appends "Exception raised from <function> at <file>:<line> (most recent call first):" and a backtrace to
-// its messages, also when they travel inside another exception's text; users get the message alone.
+// c10 appends "Exception raised from <function> at <file>:<line> (most recent call first):" or "frame #0: ..."
+// lines (a backtrace) to its messages, also when they travel inside another exception's text; users get the
+// message alone.
 std::string without_backtrace(std::string text) {
-  if (!debug_errors()) {
-    const auto pos = text.find("Exception raised from ");
-    if (pos != std::string::npos) text.erase(pos);
-  }
+  if (!debug_errors())
+    for (const char* marker : {"Exception raised from ", "\nframe #0"}) {
+      const auto pos = text.find(marker);
+      if (pos != std::string::npos) text.erase(pos);
+    }
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
   return text;
 }
@@ -246,17 +254,24 @@ bool is_allocation_failure(const std::string& text) {
 }
 
 std::string out_of_memory(const std::string& detail) {
-  const auto& stack = activity_stack();
+  const auto& a = activities();
+  const std::string what = !a.failed.empty() ? a.failed : a.stack.empty() ? "running the command" : a.stack.back().first;
   const std::string line = detail.substr(0, detail.find('\n'));
-  return c10::str("out of memory while ", stack.empty() ? std::string("running the command") : stack.back(), " (",
+  return c10::str("out of memory while ", what, " (",
                   line, "): the request needs more memory than this machine has, or a size taken from the input or the "
                   "options is too large; make the request smaller");
 }
 
 }  // namespace
 
-Activity::Activity(std::string what) { activity_stack().push_back(std::move(what)); }
-Activity::~Activity() { activity_stack().pop_back(); }
+Activity::Activity(std::string what) { activities().stack.emplace_back(std::move(what), std::uncaught_exceptions()); }
+
+Activity::~Activity() {
+  auto& a = activities();
+  // Unwinding: the exception is reported after every Activity is gone, so the innermost one is kept.
+  if (std::uncaught_exceptions() > a.stack.back().second && a.failed.empty()) a.failed = a.stack.back().first;
+  a.stack.pop_back();
+}
 
 std::string describe_exception(std::exception_ptr error) {
   try {
@@ -269,7 +284,8 @@ std::string describe_exception(std::exception_ptr error) {
     return out_of_memory(e.what());
   } catch (const c10::Error& e) {
     const auto text = debug_errors() ? std::string(e.what()) : without_backtrace(e.what_without_backtrace());
-    return is_allocation_failure(text) ? out_of_memory(without_backtrace(e.what_without_backtrace())) : text;
+    if (!is_allocation_failure(text)) return text;
+    return out_of_memory(without_backtrace(e.what_without_backtrace())) + (debug_errors() ? "\n" + text : "");
   } catch (const std::exception& e) {
     const auto text = without_backtrace(e.what());
     return is_allocation_failure(text) ? out_of_memory(text) : text;
@@ -279,6 +295,7 @@ std::string describe_exception(std::exception_ptr error) {
 }
 
 int run_reporting_errors(const std::function<int()>& run) {
+  activities().failed.clear();
   try {
     return run();
   } catch (const UsageError& e) {
@@ -403,6 +420,7 @@ const std::vector<Command>& commands() {
        setup_effects_mask},
       {{"synthetic-clip"}, "draw a short clip with a moving object, its shadow and the object's mask (for trying remove)",
        setup_synthetic_clip},
+      {{"compose"}, "an object and its effects as an RGBA layer, composed onto a new background", setup_compose},
       {{"plan"}, "print the execution plan this machine (or a simulated one) would get", setup_plan},
   };
   return table;
@@ -467,7 +485,15 @@ std::string reword_parse_error(std::string text) {
   const bool open_top = hi > 1e18, positive = lo > 0 && lo < 1e-30;
   const std::string expected = open_top ? (positive ? std::string("a positive number") : c10::str("a number >= ", lo))
                                         : c10::str("a number from ", lo, " to ", hi);
-  return c10::str(m.prefix().str(), "'", m[1].str(), "' is out of range: expected ", expected, m.suffix().str());
+  bool is_number = false;
+  try {
+    size_t used = 0;
+    (void)std::stod(m[1].str(), &used);
+    is_number = used == m[1].str().size();
+  } catch (const std::exception&) {
+  }
+  return c10::str(m.prefix().str(), "'", m[1].str(), is_number ? "' is out of range" : "' is not a number",
+                  ": expected ", expected, m.suffix().str());
 }
 
 }  // namespace

@@ -93,17 +93,17 @@ at::Tensor object_token_mask(const at::Tensor& object_mask, int64_t latent_frame
 // (f, y, x) order) and then computes, per query frame t, score[t, q] = Σ_layers Σ_src Σ_k
 // A[(t, q), (src, k)]·m[src, k] / (L + 1e-8). The double sum over source frames and their keys runs
 // over every key token once, so it is the dot product of the query's row of A with the flattened
-// object vector m [N]: the scores are A·m, one matrix-vector product per layer. Each row of A is a
-// softmax over that query's own logits, so a chunk of query rows gives exactly its part of A·m, and
-// the head mean commutes with the product: mean_h(P_h)·m = mean_h(P_h·m). The visitor therefore
-// multiplies each chunk [1, heads, rows, N] by m first ([1, heads, rows]) and averages the heads
-// after, so no [rows, N] head mean is materialised either.
-// Memory: the logits and probabilities of one chunk (heads·query_chunk·N float32 each, allocated by
-// visit_attention_probs and freed before the next chunk), plus the N-float accumulator, instead of
-// L maps of N² values.
-// Precision: the official accumulators are in the model dtype (bf16 in its run); here the
-// probabilities are float32 (the softmax upcast policy) and so is the accumulator, whatever the
-// model dtype. In float32 the two differ only by summation order (about 1e-7 relative).
+// object vector m [N]: the scores are A·m, one matrix-vector product per layer, and the head mean
+// commutes with it: mean_h(P_h)·m = mean_h(P_h·m). P_h·m is the output of attention with the object
+// mask as the value: softmax(q·kᵀ·scale)·m. So each captured layer runs one fused attention call
+// (ltxmps::attention, the model's kernel: flash/cuDNN SDPA on CUDA) with a value tensor whose first
+// channel holds m and whose other channels are zero, over query chunks of `query_chunk` rows, and
+// adds the head mean of channel 0 to a float32 [N] accumulator. Nothing of size N² exists at any time:
+// memory is that of one attention call (O(N)) plus the value tensor (heads·N·head_dim).
+// Precision: the official run keeps maps and accumulators in the model dtype (bf16). Here the attention
+// output is in the model dtype too (a weighted mean of 0/1 values, so its rounding is 2^-8 relative in
+// bf16) and the head mean and accumulation are float32. In float32 the result equals the explicit
+// probabilities up to summation order (about 1e-7 relative).
 struct EffectsScoreAccumulator::State {
   at::Tensor object_tokens;           // float32 [N] on the CPU, token order (f, y, x)
   at::Tensor object_on_device;        // its copy where the probabilities live
@@ -112,31 +112,38 @@ struct EffectsScoreAccumulator::State {
   std::vector<int64_t> layers;
   std::map<int64_t, int64_t> rows_seen;  // per requested layer
 
-  void add(int64_t layer, int64_t begin, const at::Tensor& probs);
+  void add_qk(int64_t layer, const at::Tensor& q, const at::Tensor& k, const ltxmps::AttentionOptions& model,
+              int64_t chunk);
+  const at::Tensor& object_on(const c10::Device& device);
 };
 
-void EffectsScoreAccumulator::State::add(int64_t layer, int64_t begin, const at::Tensor& probs) {
-  // The forward runs in inference mode; updating the accumulator in place must stay legal in and out of it.
+const at::Tensor& EffectsScoreAccumulator::State::object_on(const c10::Device& device) {
+  if (!object_on_device.defined() || object_on_device.device() != device) object_on_device = object_tokens.to(device);
+  return object_on_device;
+}
+
+void EffectsScoreAccumulator::State::add_qk(int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                                            const ltxmps::AttentionOptions& model, int64_t chunk) {
   c10::InferenceMode inference;
   const int64_t n = object_tokens.numel();
-  LTXMPS_CHECK(probs.dim() == 4 && probs.size(0) == 1 && probs.scalar_type() == at::kFloat,
-               "effects scores: expected float32 probabilities [1, heads, rows, ", n,
-               "] (the effects mask runs on one clip), got ", probs.scalar_type(), " ", probs.sizes());
-  LTXMPS_CHECK(probs.size(3) == n, "effects scores: layer ", layer, " attends over ", probs.size(3),
+  LTXMPS_CHECK(q.dim() == 4 && q.size(0) == 1 && k.sizes() == q.sizes(), "effects scores: expected q and k heads [1, "
+               "heads, tokens, head_dim] (the effects mask runs on one clip), got ", q.sizes(), " and ", k.sizes());
+  LTXMPS_CHECK(q.size(2) == n, "effects scores: layer ", layer, " attends over ", q.size(2),
                " tokens, but the object token mask has ", n, " (", grid[0], "x", grid[1], "x", grid[2], ")");
   const auto seen = rows_seen.find(layer);
   LTXMPS_CHECK(seen != rows_seen.end(), "effects scores: layer ", layer, " was not requested");
-  const int64_t rows = probs.size(2);
-  LTXMPS_CHECK(begin >= 0 && begin + rows <= n, "effects scores: query rows [", begin, ", ", begin + rows,
-               ") exceed the ", n, " tokens");
-  if (!accumulator.defined()) accumulator = at::zeros({n}, probs.options());
-  LTXMPS_CHECK(accumulator.device() == probs.device(), "effects scores: probabilities on ", probs.device(),
-               " but the accumulator is on ", accumulator.device());
-  if (!object_on_device.defined() || object_on_device.device() != probs.device())
-    object_on_device = object_tokens.to(probs.device());
-  accumulator.narrow(0, begin, rows).add_(at::matmul(probs, object_on_device).mean(1).squeeze(0));
-  seen->second += rows;
+  if (!accumulator.defined()) accumulator = at::zeros({n}, q.options().dtype(at::kFloat));
+  auto value = at::zeros_like(k);
+  value.select(3, 0).copy_(object_on(q.device()).view({1, 1, n}).expand({1, q.size(1), n}));
+  ltxmps::AttentionOptions options = model;  // the model's kernel and scale (the softmax upcast where the plan says)
+  for (int64_t begin = 0; begin < n; begin += chunk) {
+    const int64_t rows = std::min(chunk, n - begin);
+    const auto out = ltxmps::attention(q.narrow(2, begin, rows), k, value, std::nullopt, options);  // [1, H, rows, d]
+    accumulator.narrow(0, begin, rows).add_(out.select(3, 0).to(at::kFloat).mean(1).squeeze(0));
+  }
+  seen->second += n;
 }
+
 
 EffectsScoreAccumulator::EffectsScoreAccumulator(const at::Tensor& object_tokens, std::vector<int64_t> layers)
     : state_(std::make_shared<State>()) {
@@ -158,8 +165,9 @@ AttentionCapture EffectsScoreAccumulator::capture(int64_t query_chunk, bool appl
   capture.layers = state_->layers;
   capture.query_chunk = query_chunk;
   capture.apply_rope = apply_rope;
-  capture.visit = [state = state_](int64_t layer, int64_t begin, const at::Tensor& probs) {
-    state->add(layer, begin, probs);
+  capture.visit_qk = [state = state_, query_chunk](int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                                                   const ltxmps::AttentionOptions& options) {
+    state->add_qk(layer, q, k, options, query_chunk);
   };
   return capture;
 }

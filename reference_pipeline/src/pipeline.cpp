@@ -103,6 +103,11 @@ GenerateResult generate(LtxModel& model, const GenerateRequest& r, const ltxmps:
   return condition(model, c, plan, sink, progress);
 }
 
+PipelineKind choose_pipeline(const LtxModel& model, bool has_image, bool has_video) {
+  if (has_video || model.pipeline_class == "LTXConditionPipeline") return PipelineKind::condition;
+  return has_image ? PipelineKind::image_to_video : PipelineKind::text_to_video;
+}
+
 ProgressCallback step_progress(StepCallback on_step) {
   if (!on_step) return {};
   return [on_step](const Progress& p) {

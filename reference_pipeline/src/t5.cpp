@@ -129,20 +129,6 @@ bool keep_in_fp32(const std::string& name, const std::vector<std::string>& modul
 
 }  // namespace
 
-// Note [T5 wo in float32, transformers 5.17]
-// `T5PreTrainedModel._keep_in_fp32_modules = ["wo"]`, but transformers 5.17's `from_pretrained` honours that
-// list only for float16 (modeling_utils.py `_get_dtype_plan`: "`_keep_in_fp32_modules` will upcast to fp32
-// only if the requested dtype is fp16"; `_keep_in_fp32_modules_strict`, empty for T5, is the bf16+fp16 one).
-// So a bf16 T5 is bf16 throughout, and a fp16 one has float32 `wo`: the FF output is float32 and the residual
-// stream is float32 from block 0's FF on (half + float32 promotes), the norms cast back to fp16.
-// ltxmps/precision.hpp's plan applies the same rule (Note [T5 wo in float32]); older transformers releases kept
-// `wo` in float32 under bf16 too, which T5Runtime::keep_in_fp32_modules can still request (docs/models/t5.md,
-// "The wo in float32 rule").
-std::vector<std::string> t5_keep_in_fp32_modules(at::ScalarType dtype) {
-  if (dtype == at::kHalf) return {"wo"};
-  return {};
-}
-
 T5EncoderModel T5EncoderModel::from_weights(const T5Config& config, const T5Runtime& runtime,
                                             const T5WeightSource& weights) {
   config.validate();

@@ -258,10 +258,16 @@ at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttenti
   }
   if (capture_layer >= 0) {
     const bool rotated = ctx.capture->apply_rope;
-    ltxmps::visit_attention_probs(
-        rotated ? qh : split_heads(q_normed), rotated ? kh : split_heads(k_normed), mask, ctx.capture->query_chunk,
-        [&](int64_t begin, const at::Tensor& probs) { ctx.capture->visit(capture_layer, begin, probs); },
-        ctx.runtime.attention.scale);
+    const auto cq = rotated ? qh : split_heads(q_normed);
+    const auto ck = rotated ? kh : split_heads(k_normed);
+    if (ctx.capture->visit_qk) {
+      ctx.capture->visit_qk(capture_layer, cq, ck, ctx.runtime.attention);
+    } else {
+      ltxmps::visit_attention_probs(
+          cq, ck, mask, ctx.capture->query_chunk,
+          [&](int64_t begin, const at::Tensor& probs) { ctx.capture->visit(capture_layer, begin, probs); },
+          ctx.runtime.attention.scale);
+    }
   }
   auto out = ltxmps::attention(qh, kh, vh, mask, ctx.runtime.attention);
   out = out.permute({0, 2, 1, 3}).flatten(2, 3).to(q.scalar_type());
@@ -349,7 +355,8 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
   check_inputs(config, in);
   c10::InferenceMode inference;
   if (capture) {
-    LTXMPS_CHECK(static_cast<bool>(capture->visit), "AttentionCapture: visit is empty");
+    LTXMPS_CHECK(static_cast<bool>(capture->visit) || static_cast<bool>(capture->visit_qk),
+                 "AttentionCapture: visit and visit_qk are empty");
     for (auto layer : capture->layers)
       LTXMPS_CHECK(layer >= 0 && layer < config.num_layers, "AttentionCapture: layer ", layer, " is out of range [0, ",
                    config.num_layers, ")");

@@ -52,10 +52,11 @@ std::string lower_extension(const fs::path& path) {
 
 bool is_png_path(const fs::path& path) { return lower_extension(path) == ".png"; }
 
-// [F, 3, H, W] floating in [0, 1] -> [F, H, W, 3] uint8 on the CPU, contiguous.
-at::Tensor to_rgb24(const at::Tensor& frames, const std::string& what) {
-  LTXMPS_CHECK(frames.defined() && frames.dim() == 4 && frames.size(1) == 3, what,
-               ": frames must be [F, 3, H, W], got ", frames.defined() ? frames.sizes() : at::IntArrayRef{});
+// [F, 3, H, W] (or, with `alpha`, [F, 4, H, W]) floating in [0, 1] -> [F, H, W, 3 or 4] uint8 on the CPU, contiguous.
+at::Tensor to_rgb24(const at::Tensor& frames, const std::string& what, bool alpha = false) {
+  LTXMPS_CHECK(frames.defined() && frames.dim() == 4 && (frames.size(1) == 3 || (alpha && frames.size(1) == 4)), what,
+               ": frames must be [F, 3, H, W]", alpha ? " or RGBA [F, 4, H, W]" : " (RGBA [F, 4, H, W] only as PNG frames)",
+               ", got ", frames.defined() ? frames.sizes() : at::IntArrayRef{});
   LTXMPS_CHECK(at::isFloatingType(frames.scalar_type()), what, ": frames must be floating point in [0, 1], got ",
                frames.scalar_type());
   LTXMPS_CHECK(frames.size(0) >= 1 && frames.size(2) >= 1 && frames.size(3) >= 1, what, ": no pixels in frames of shape ",
@@ -95,15 +96,16 @@ void check_total_pixels(const fs::path& file, int64_t frames, int64_t width, int
                height, " pixels passes the limit of ", kMaxVideoPixels, " pixels in one video");
 }
 
-// Writes [H, W, 3] uint8 at `data` with libpng's simplified API.
-void write_png_rgb24(const fs::path& file, const uint8_t* data, int64_t height, int64_t width) {
+// Writes [H, W, channels] uint8 at `data` (3: RGB, 4: RGBA) with libpng's simplified API.
+void write_png_8bit(const fs::path& file, const uint8_t* data, int64_t height, int64_t width, int64_t channels) {
   png_image image;
   std::memset(&image, 0, sizeof image);
   image.version = PNG_IMAGE_VERSION;
   image.width = static_cast<png_uint_32>(width);
   image.height = static_cast<png_uint_32>(height);
-  image.format = PNG_FORMAT_RGB;
-  const int ok = png_image_write_to_file(&image, file.string().c_str(), 0, data, static_cast<png_int_32>(width * 3), nullptr);
+  image.format = channels == 4 ? PNG_FORMAT_RGBA : PNG_FORMAT_RGB;
+  const int ok =
+      png_image_write_to_file(&image, file.string().c_str(), 0, data, static_cast<png_int_32>(width * channels), nullptr);
   const std::string message = image.message;
   png_image_free(&image);
   LTXMPS_CHECK(ok != 0, file.string(), ": cannot write the PNG (libpng: ", message, ")");
@@ -164,7 +166,7 @@ VideoWriteResult write_png_folder(const fs::path& out, const at::Tensor& rgb, co
   AtomicOutput output(out, AtomicOutput::Kind::folder);
   for (int64_t i = 0; i < F; ++i) {
     throw_if_cancelled();
-    write_png_rgb24(output.temporary() / frame_name(i), rgb[i].data_ptr<uint8_t>(), H, W);
+    write_png_8bit(output.temporary() / frame_name(i), rgb[i].data_ptr<uint8_t>(), H, W, rgb.size(3));
     if (options.on_frame) options.on_frame(i + 1, F);
   }
   output.commit();
@@ -505,7 +507,7 @@ bool is_video_file_path(const fs::path& path) {
 
 VideoWriteResult write_video(const fs::path& out, const at::Tensor& frames, const VideoWriteOptions& options) {
   LTXMPS_CHECK(!out.empty(), "write_video: empty output path");
-  const auto rgb = to_rgb24(frames, out.string());
+  const auto rgb = to_rgb24(frames, out.string(), /*alpha=*/!is_video_file_path(out));
   if (!is_video_file_path(out)) {
     const auto parent = out.parent_path();
     LTXMPS_CHECK(parent.empty() || fs::is_directory(parent), out.string(), ": the folder '", parent.string(),
@@ -527,11 +529,11 @@ at::Tensor read_image(const fs::path& in) {
 }
 
 void write_png(const fs::path& file, const at::Tensor& image) {
-  LTXMPS_CHECK(image.defined() && image.dim() == 3, file.string(), ": an image must be [3, H, W], got ",
+  LTXMPS_CHECK(image.defined() && image.dim() == 3, file.string(), ": an image must be [3 or 4, H, W], got ",
                image.defined() ? image.sizes() : at::IntArrayRef{});
-  const auto rgb = to_rgb24(image.unsqueeze(0), file.string());
+  const auto rgb = to_rgb24(image.unsqueeze(0), file.string(), /*alpha=*/true);
   AtomicOutput output(file, AtomicOutput::Kind::file);
-  write_png_rgb24(output.temporary(), rgb.data_ptr<uint8_t>(), rgb.size(1), rgb.size(2));
+  write_png_8bit(output.temporary(), rgb.data_ptr<uint8_t>(), rgb.size(1), rgb.size(2), rgb.size(3));
   output.commit();
 }
 

@@ -143,7 +143,7 @@ TEST_CASE("T5 on CUDA: fp32 equals the CPU; bf16 within half-precision error; fp
   const auto bf16 = T5EncoderModel::from_weights(config, {kCuda, at::kBFloat16, {}, {}}, source).forward(ids, mask);
   CHECK(scaled_error(bf16, reference) <= 8e-2);
   auto fp16_model =
-      T5EncoderModel::from_weights(config, {kCuda, at::kHalf, t5_keep_in_fp32_modules(at::kHalf), {}}, source);
+      T5EncoderModel::from_weights(config, {kCuda, at::kHalf, ltxmps::t5_fp32_modules(at::kHalf), {}}, source);
   CHECK(fp16_model.block[0].wo.scalar_type() == at::kFloat);
   CHECK(scaled_error(fp16_model.forward(ids, mask), reference) <= 1e-2);
   fp16_model.release();

@@ -11,6 +11,8 @@
 #include "ltxmps_pipeline/t5.hpp"
 #include "ltxmps_pipeline/tokenizer.hpp"
 
+#include "ltxmps/precision.hpp"
+
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -101,9 +103,9 @@ TEST_CASE("t5 parity: encoder against transformers (gated-gelu and relu, masks, 
 }
 
 TEST_CASE("t5: transformers 5.17 keeps wo in float32 for fp16 only", "[t5]") {
-  CHECK(t5_keep_in_fp32_modules(at::kHalf) == std::vector<std::string>{"wo"});
-  CHECK(t5_keep_in_fp32_modules(at::kBFloat16).empty());
-  CHECK(t5_keep_in_fp32_modules(at::kFloat).empty());
+  CHECK(ltxmps::t5_fp32_modules(at::kHalf) == std::vector<std::string>{"wo"});
+  CHECK(ltxmps::t5_fp32_modules(at::kBFloat16).empty());
+  CHECK(ltxmps::t5_fp32_modules(at::kFloat).empty());
 }
 
 TEST_CASE("t5: tied embedding stored as encoder.embed_tokens.weight", "[parity][t5]") {
@@ -251,7 +253,7 @@ TEST_CASE("t5 encode_prompt: diffusers LTXPipeline / LTXConditionPipeline", "[pa
   for (const auto& c : read_json_file(data_dir() / "prompt_cases.json")) {
     T5Runtime rt;
     rt.dtype = dtype_of(c.at("dtype"));
-    rt.keep_in_fp32_modules = t5_keep_in_fp32_modules(rt.dtype);
+    rt.keep_in_fp32_modules = ltxmps::t5_fp32_modules(rt.dtype);
     auto encoder = load_t5_encoder(ltx / "text_encoder", rt);
     EncodePromptOptions o;
     o.prompts = c.at("prompts").get<std::vector<std::string>>();

@@ -246,7 +246,8 @@ TEST_CASE("effects scores: misuse is a clear error", "[effects_mask]") {
     EffectsScoreAccumulator accumulator(object_tokens(), {2});
     const auto capture = accumulator.capture(16, false);
     CHECK_THROWS_WITH(model.forward(in, &capture), Contains("layer 2 is out of range"));
-    CHECK_THROWS_WITH(capture.visit(2, 0, at::full({2, 4, 3, kTokens}, 1.0f / kTokens)), Contains("one clip"));
+    const auto heads = at::zeros({2, 4, kTokens, 8});
+    CHECK_THROWS_WITH(capture.visit_qk(2, heads, heads, ltxmps::AttentionOptions{}), Contains("one clip"));
   }
   CHECK_THROWS_WITH(EffectsScoreAccumulator(object_tokens(), {}), Contains("no layers requested"));
   CHECK_THROWS_WITH(EffectsScoreAccumulator(object_tokens(), {1, 1}), Contains("layer 1 is requested more than once"));

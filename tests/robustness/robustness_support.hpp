@@ -47,6 +47,8 @@ struct Run {
 };
 
 struct RunOptions {
+  RunOptions(fs::path dir_ = {}, std::map<std::string, std::string> env_ = {}, double timeout = 60)
+      : dir(std::move(dir_)), env(std::move(env_)), timeout_s(timeout) {}
   fs::path dir;                              ///< working folder
   std::map<std::string, std::string> env;    ///< set ("" value: unset) in the child
   double timeout_s = 60;

@@ -26,7 +26,9 @@ const Models& models() {
   static const Models m = [] {
     Models out{fresh_dir("models")};
     write_transformer(out.dir / "transformer");
-    write_transformer(out.dir / "transformer_nan", "transformer_blocks.0.attn1.to_q.weight");
+    // Not a query weight: the CPU SDPA kernel treats a row of NaN scores as fully masked and returns zeros, so
+    // a NaN there is silently lost instead of reaching the output (the load-time check still names it).
+    write_transformer(out.dir / "transformer_nan", "transformer_blocks.0.ff.net.2.weight");
     write_vae(out.dir / "vae");
     write_vae(out.dir / "vae_nan", "decoder.conv_in.conv.weight");
     write_vae(out.dir / "vae_nan_encoder", "encoder.conv_in.conv.weight");
@@ -129,7 +131,7 @@ TEST_CASE("NaN weights are named at load time per command; skipped, the output c
                                            "--output", "o.safetensors"};
   const auto transformer = transformer_args("transformer_nan", "transformer_in.safetensors");
   check_cases({
-      {"transformer", transformer, 1, {"weight 'transformer_blocks.0.attn1.to_q.weight'", "is not finite", "1 NaN"}},
+      {"transformer", transformer, 1, {"weight 'transformer_blocks.0.ff.net.2.weight'", "is not finite", "1 NaN"}},
       {"t5", t5, 1, {"weight 'encoder.block.0.layer.0.SelfAttention.q.weight'", "t5_nan", "is not finite"}},
       {"vae-encode", encode, 1, {"weight 'encoder.conv_in.conv.weight'", "is not finite"}},
       {"vae-decode", decode, 1, {"weight 'decoder.conv_in.conv.weight'", "is not finite"}},
@@ -138,8 +140,9 @@ TEST_CASE("NaN weights are named at load time per command; skipped, the output c
        {"transformer output 'sample' is not finite", "--skip-weight-check"}},
       {"t5, unchecked", with(t5, {"--skip-weight-check"}), 1,
        {"text encoder (T5) output 'last_hidden_state' is not finite"}},
-      {"vae-encode, unchecked", with(encode, {"--skip-weight-check"}), 1, {"VAE encoder output 'mean' is not finite"}},
-      {"vae-decode, unchecked", with(decode, {"--skip-weight-check"}), 1, {"VAE decoder output 'sample' is not finite"}},
+      {"vae-encode, unchecked", with(encode, {"--skip-weight-check"}), 1, {"encode", "NaN"}},
+      // The VAE checks its blocks' activations itself; either check names the encoder or decoder.
+      {"vae-decode, unchecked", with(decode, {"--skip-weight-check"}), 1, {"decode", "NaN"}},
       {"encode-prompt, unchecked", with(prompt, {"--skip-weight-check"}), 1,
        {"text encoder (T5) output 'prompt_embeds' is not finite"}},
   });
@@ -220,32 +223,20 @@ TEST_CASE("usage errors are worded for people: commands named, no 309-digit boun
   CHECK(r.err.find("179769") == std::string::npos);
 }
 
-TEST_CASE("library errors carry no c10 stack trace unless LTXMPS_DEBUG=1", "[robustness]") {
-  const auto& dir = models().dir;
-  // Latents with 3 channels reach the VAE's first convolution, whose ATen error carries c10's backtrace.
-  const auto inputs = fresh_dir("trace") / "bad_latents.safetensors";
-  save_safetensors(inputs, {{"latents", at::zeros({1, 3, 2, 2, 2})}});
-  const std::vector<std::string> args = {"forward", "vae-decode", "--model-dir", "vae", "--inputs", inputs.string(),
-                                         "--output", "o.safetensors"};
-  const auto plain = run_cli(args, {dir});
-  INFO(plain.err);
-  CHECK(plain.code == 1);
-  CHECK_THAT(plain.err, Contains("ltxmps: error: "));
-  CHECK(plain.err.find("Exception raised from") == std::string::npos);
-  const auto debug = run_cli(args, {dir, {{"LTXMPS_DEBUG", "1"}}});
-  CHECK(debug.code == 1);
-  CHECK_THAT(debug.err, Contains("Exception raised from"));
-  CHECK_FALSE(fs::exists(dir / "o.safetensors"));
-}
-
-// Needs the SentencePiece/c10 link fix: before it, c10 turns this allocation failure into SIGABRT.
-TEST_CASE("an allocation failure is a clean error naming what was being done", "[robustness]") {
-  const auto r = run_cli({"encode-prompt", "--model-dir", "ltx", "--prompt", "x", "--output", "o.safetensors",
-                          "--max-sequence-length", "65536"},
-                         {models().dir, {}, 300});
+// Needs the SentencePiece/c10 link fix: before it, c10 turns this allocation failure into SIGABRT. The failing
+// allocation is c10's, so the same run shows that its backtrace appears only with LTXMPS_DEBUG=1.
+TEST_CASE("an allocation failure is a clean error naming what was being done, with no c10 backtrace",
+          "[robustness]") {
+  const std::vector<std::string> args = {"encode-prompt", "--model-dir", "ltx", "--prompt", "x", "--output",
+                                         "o.safetensors", "--max-sequence-length", "65536"};
+  const auto r = run_cli(args, {models().dir, {}, 300});
   INFO(r.err);
   CHECK(r.code == 1);
-  CHECK_THAT(r.err, ContainsAll({"out of memory while encoding 1 prompt(s) of 65536 tokens"}));
+  CHECK_THAT(r.err, ContainsAll({"ltxmps: error: out of memory while encoding 1 prompt(s) of 65536 tokens"}));
+  CHECK(r.err.find("frame #") == std::string::npos);
   CHECK(r.err.find("Exception raised from") == std::string::npos);
+  const auto debug = run_cli(args, {models().dir, {{"LTXMPS_DEBUG", "1"}}, 300});
+  CHECK(debug.code == 1);
+  CHECK_THAT(debug.err, ContainsAll({"out of memory while encoding", "frame #0"}));
   CHECK_FALSE(fs::exists(models().dir / "o.safetensors"));
 }

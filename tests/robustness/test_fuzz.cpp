@@ -167,7 +167,7 @@ TEST_CASE("fuzz: the config readers", "[robustness][fuzz]") {
         text = seed;
         for (int k = 0, n = 1 + static_cast<int>(pick(rng, 3)); k < n; ++k) mutate_json_value(text, rng);
         if (pick(rng, 4) == 0) mutate_bytes(text, rng);
-        parse(detail::parse_json_strict(text, "fuzz/config.json", ""));
+        parse(ltxmps::pipeline::detail::parse_json_strict(text, "fuzz/config.json", ""));
       },
       [&] { return text; });
 }

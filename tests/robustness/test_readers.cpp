@@ -106,7 +106,8 @@ TEST_CASE("the CLI refuses FIFOs as config.json, model_index.json, --video, --im
   make_fifo(dir / "clip.mp4");
   make_fifo(dir / "image.png");
   make_fifo(dir / "inputs.safetensors");
-  fs::create_directories(dir / "model");
+  for (const auto* sub : {"vae", "transformer", "scheduler", "text_encoder", "tokenizer"})
+    fs::create_directories(dir / "model" / sub);
   make_fifo(dir / "model" / "model_index.json");
   write_transformer_inputs(dir / "in.safetensors");
   struct Case {
@@ -207,11 +208,13 @@ TEST_CASE("the CLI names an overflowing or fractional config.json and exits 1 (n
   CHECK_THAT(r.err, ContainsAll({"config.json", "field 'patch_size' is 1.9, expected an integer"}));
   CHECK_FALSE(fs::exists(dir / "o.safetensors"));
 
-  // generate reads both configs for the size rules before anything loads: the product that overflowed to 0.
-  fs::create_directories(dir / "ltx" / "vae");
+  // generate reads every config before anything loads: the size rules' product used to overflow to 0 there.
+  for (const auto* sub : {"vae", "transformer", "scheduler", "text_encoder", "tokenizer"})
+    fs::create_directories(dir / "ltx" / sub);
   write_text(dir / "ltx" / "model_index.json", {{"_class_name", "LTXPipeline"}});
   write_text(dir / "ltx" / "vae" / "config.json", tiny_vae_config());
-  fs::create_directories(dir / "ltx" / "transformer");
+  write_text(dir / "ltx" / "text_encoder" / "config.json", tiny_t5_config());
+  write_text(dir / "ltx" / "scheduler" / "scheduler_config.json", {{"_class_name", "FlowMatchEulerDiscreteScheduler"}});
   config["patch_size"] = 1;
   config["patch_size_t"] = int64_t{1} << 62;
   write_text(dir / "ltx" / "transformer" / "config.json", config);

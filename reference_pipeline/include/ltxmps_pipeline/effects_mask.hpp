@@ -35,7 +35,8 @@ struct EffectsMaskOptions {
   std::vector<int64_t> layers;
   /// false: q/k after RMSNorm and before RoPE, as the official maps; true: the model's true attention.
   bool apply_rope = false;
-  /// Query rows per chunk of probabilities: a chunk holds heads·query_chunk·N float32 values.
+  /// Query rows per fused attention call of the reduction (Note [O(N) effects reduction]); bounds the score
+  /// buffer of the written-out (upcast) kernel to heads·query_chunk·N float32 values.
   int64_t query_chunk = 512;
 
   /// @brief Throws ltxmps::Error naming the option when a value is unusable for a transformer with
@@ -72,7 +73,7 @@ class EffectsScoreAccumulator {
   EffectsScoreAccumulator(const at::Tensor& object_tokens, std::vector<int64_t> layers);
 
   /// @brief A capture of the requested layers for `TransformerModel::forward`.
-  /// @param query_chunk query rows per chunk of probabilities (`AttentionCapture::query_chunk`).
+  /// @param query_chunk query rows per attention call of the reduction.
   /// @param apply_rope see `AttentionCapture::apply_rope` (false for the official maps).
   AttentionCapture capture(int64_t query_chunk, bool apply_rope) const;
 

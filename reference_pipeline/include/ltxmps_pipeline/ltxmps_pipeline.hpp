@@ -4,10 +4,12 @@
 ///        stages, the generation pipelines, object removal and the video files.
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/composition.hpp"
 #include "ltxmps_pipeline/effects_mask.hpp"
 #include "ltxmps_pipeline/effects_pass.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/latent_grid.hpp"
+#include "ltxmps_pipeline/linear.hpp"
 #include "ltxmps_pipeline/model.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
 #include "ltxmps_pipeline/progress.hpp"

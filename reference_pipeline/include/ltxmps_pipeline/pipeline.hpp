@@ -103,6 +103,12 @@ struct GenerateRequest : GenerationSettings {
   void validate(const LtxModel& model) const;
 };
 
+/// @brief The pipeline a model folder runs for these inputs, as DiffusionPipeline.from_pretrained picks it from
+///        model_index.json: an LTXConditionPipeline folder runs the condition pipeline (an image becomes a
+///        frame-0 condition), a video is always video-to-video (condition pipeline), an image otherwise is
+///        image-to-video, and text alone is text-to-video.
+PipelineKind choose_pipeline(const LtxModel& model, bool has_image, bool has_video);
+
 /// @brief Called after each denoising step (1-based) with the total; for progress bars and logs.
 using StepCallback = std::function<void(int64_t step, int64_t total)>;
 

@@ -61,15 +61,11 @@ struct T5Runtime {
   /// Weights and activations (`torch_dtype` of `from_pretrained`).
   at::ScalarType dtype = at::kFloat;
   /// Checkpoint name components whose weights stay float32 whatever `dtype` says (`{"wo"}`: transformers'
-  /// `_keep_in_fp32_modules`); t5_keep_in_fp32_modules() gives what transformers 5.17 does for a dtype.
+  /// `_keep_in_fp32_modules`); ltxmps::t5_fp32_modules() gives what transformers 5.17 does for a dtype.
   std::vector<std::string> keep_in_fp32_modules;
   /// Attention kernel; the softmax scale is always 1 (T5 does not scale q·kᵀ).
   ltxmps::AttentionOptions attention{};
 };
-
-/// @brief The modules `T5EncoderModel.from_pretrained(dtype=...)` of transformers 5.17 keeps in float32:
-///        `{"wo"}` for float16 only, none for bfloat16 and float32 (see Note [T5 wo in float32, transformers 5.17]).
-std::vector<std::string> t5_keep_in_fp32_modules(at::ScalarType dtype);
 
 /// @brief One `T5Block` of the encoder (`encoder.block.{i}`); names follow the checkpoint.
 struct T5BlockWeights {

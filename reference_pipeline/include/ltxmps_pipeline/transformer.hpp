@@ -7,6 +7,8 @@
 /// `models/transformers/transformer_ltx.py`; docs/models/transformer.md describes the model and what is easy to
 /// get wrong (RoPE layout, norms across heads, the mask bias, per-token timesteps).
 
+#include "ltxmps_pipeline/linear.hpp"
+
 #include "ltxmps/attention.hpp"
 
 #include <ATen/ATen.h>
@@ -102,6 +104,11 @@ struct AttentionCapture {
   /// `norm_q(to_q(x))`, `norm_k(to_k(x))` from attn1's input and never applies the rotary embedding).
   /// Either way the layer's output uses RoPE.
   bool apply_rope = true;
+  /// Instead of `visit` (when set): called once per captured layer with the query and key heads
+  /// [B, heads, S, head_dim] (after RMSNorm; rotated when `apply_rope`) and the model's attention options
+  /// (kernel, scale), so that a reduction can use a fused attention kernel rather than explicit probabilities.
+  std::function<void(int64_t layer, const at::Tensor& q, const at::Tensor& k, const ltxmps::AttentionOptions& options)>
+      visit_qk;
 };
 
 /// @brief A capture that accumulates, for each listed layer, the head-mean probabilities of query
@@ -110,12 +117,6 @@ struct AttentionCapture {
 AttentionCapture head_mean_capture(std::vector<int64_t> layers, std::array<int64_t, 2> query_range,
                                    std::array<int64_t, 2> key_range, std::map<int64_t, at::Tensor>& maps,
                                    int64_t query_chunk = 1024);
-
-/// @brief `torch.nn.Linear` weights; `bias` is undefined for bias-free layers.
-struct LinearWeights {
-  at::Tensor weight;  ///< [out, in]
-  at::Tensor bias;    ///< [out] or undefined
-};
 
 /// @brief `LTXAttention` (`transformer_blocks.{i}.attn1` / `.attn2`).
 struct TransformerAttentionWeights {

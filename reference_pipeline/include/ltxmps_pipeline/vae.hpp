@@ -18,7 +18,7 @@
 /// 0.42.1 deviations: sliced decode with a temb fails there (it zips the slices wrongly); here it equals
 /// the unsliced decode.
 
-#include "ltxmps_pipeline/transformer.hpp"  // LinearWeights
+#include "ltxmps_pipeline/linear.hpp"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json_fwd.hpp>

@@ -9,7 +9,8 @@
 ///   RGB24 with swscale. Built without FFmpeg (`video_io_has_ffmpeg()` false) these are errors that say so.
 /// - folders of PNG frames (`frame_00000.png`, `frame_00001.png`, ...) and single PNG images through libpng
 ///   (8-bit RGB; alpha is composited onto black, 16-bit input is reduced to 8 bits). Other image files (JPEG, ...)
-///   are read through FFmpeg's image2 demuxer where FFmpeg is present.
+///   are read through FFmpeg's image2 demuxer where FFmpeg is present. Four-channel frames `[F, 4, H, W]` are
+///   written as 8-bit RGBA PNG (straight alpha), for layers that editors composite; video files take RGB only.
 ///
 /// Writes never leave a partial result under the requested name: a file or a folder is written under a unique
 /// temporary name next to it (AtomicOutput, output_files.hpp), then renamed over it; on any error or cancellation
@@ -76,7 +77,8 @@ struct VideoWriteResult {
 };
 
 /// @brief Writes `frames` `[F, 3, H, W]` (floating, values clamped to [0, 1] and rounded to 8 bits) as a video file
-///        (is_video_file_path(), needs FFmpeg; H and W must be even for yuv420p) or as a folder of PNG frames.
+///        (is_video_file_path(), needs FFmpeg; H and W must be even for yuv420p) or as a folder of PNG frames;
+///        a folder also takes RGBA frames `[F, 4, H, W]`.
 ///        An existing folder is replaced only when it holds nothing but `frame_*.png` files. Cancellation
 ///        (throw_if_cancelled()) is checked before each frame.
 VideoWriteResult write_video(const std::filesystem::path& out, const at::Tensor& frames,
@@ -90,7 +92,7 @@ at::Tensor read_video(const std::filesystem::path& in);
 ///        float32 in [0, 1]. A video file gives its first frame.
 at::Tensor read_image(const std::filesystem::path& in);
 
-/// @brief Writes one `[3, H, W]` image in [0, 1] as an 8-bit RGB PNG.
+/// @brief Writes one `[3, H, W]` (RGB) or `[4, H, W]` (RGBA) image in [0, 1] as an 8-bit PNG.
 void write_png(const std::filesystem::path& file, const at::Tensor& image);
 
 /// @brief Throws unless `out` may be replaced by a folder of PNG frames: absent, or a folder holding nothing but

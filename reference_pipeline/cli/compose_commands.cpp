@@ -6,6 +6,7 @@
 
 #include "ltxmps_pipeline/composition.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/latent_grid.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
 
 #include "ltxmps/error.hpp"
@@ -120,21 +121,11 @@ int run_compose(const ComposeOptions& o) {
     throw UsageError(c10::str("--refine-strength ", o.refine_strength, ": expected a number in (0, 1]"));
   const auto out = output_names(o);
   check_compose_outputs(o, out);
-  const auto plan = resolve_plan(o.flags.runtime, loader_settings(o.flags), ltxmps::current_capabilities());
-  log_plan(log, plan);
+  const auto plan = job_plan(o.flags, log);
   const bool embedded = o.model_dir.empty();
-  LtxModel model;
-  FitRules rules;
-  if (embedded) {
-    log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
-    log.line("the embedded default's weights are RANDOM: the layers show the pipeline working, not a real result");
-    model = make_embedded_default_model(plan);
-    rules = fit_rules(EmbeddedDefault::vae_config(), EmbeddedDefault::transformer_config());
-  } else {
-    const auto folder = inspect_ltx_folder(o.model_dir);
-    rules = fit_rules(folder.vae, folder.transformer);
-    model = load_ltx_model(folder, plan, {}, log.sink());
-  }
+  const auto info = inspect_model(o.model_dir);
+  const auto& rules = info.rules;
+  auto model = load_model(info, plan, o.flags, "the layers show the pipeline working, not a real result", log);
   auto request = read_request(o, rules, log);
   if (embedded) request.refinement.max_sequence_length = EmbeddedDefault::max_sequence_length;
   log.line(request.new_background
@@ -192,6 +183,7 @@ Runner setup_compose(CLI::App* cmd) {
       ->check(CLI::IsMember({"none", "crop", "resize", "trim"}));
   cmd->add_flag("--png", o->png, "write PNG frame folders instead of mp4 videos");
   add_plan_flags(cmd, o->flags);
+  add_weight_check_option(cmd, o->flags.runtime);
   cmd->add_flag("--vae-tiling,!--no-vae-tiling", o->flags.vae_tiling,
                 "VAE encode/decode in spatial tiles above 512 px (default off, as the official composition)");
   return [o] { return run_compose(*o); };

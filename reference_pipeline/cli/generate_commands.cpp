@@ -9,6 +9,7 @@
 #include "run_common.hpp"
 
 #include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/latent_grid.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
 #include "ltxmps_pipeline/prompt_cache.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
@@ -53,12 +54,7 @@ int run_plan(const PlanOptions& o) {
   else if (o.simulate == "cuda") caps = ltxmps::Capabilities::cuda(1, 9, 0);
   else if (o.simulate == "mps") caps = ltxmps::Capabilities::mps(15, 0);
   else if (o.simulate == "mps13") caps = ltxmps::Capabilities::mps(13, 0);
-  ltxmps::ExecutionPlan plan;
-  try {
-    plan = ltxmps::resolve(loader_settings(o.flags), caps);
-  } catch (const ltxmps::Error& e) {
-    throw UsageError(std::string("--device ") + o.flags.runtime.device + ": " + e.what());
-  }
+  const auto plan = resolve_plan(o.flags.runtime, loader_settings(o.flags), caps);
   std::cout << (o.json ? ltxmps::to_json(plan) + "\n" : ltxmps::to_text(plan));
   return 0;
 }
@@ -81,13 +77,6 @@ struct GenerateOptions {
 // The default output: an MP4 where FFmpeg is built in, else a folder of PNG frames.
 std::string default_output() {
   return ltxmps::pipeline::video_io_has_ffmpeg() ? "ltxmps_default.mp4" : "ltxmps_default";
-}
-
-// The size rules of the model, from its configs (read once, before anything heavy loads).
-ltxmps::pipeline::FitRules model_fit_rules(const std::optional<ltxmps::pipeline::LtxFolder>& folder) {
-  using namespace ltxmps::pipeline;
-  if (!folder) return fit_rules(EmbeddedDefault::vae_config(), EmbeddedDefault::transformer_config());
-  return fit_rules(folder->vae, folder->transformer);
 }
 
 void check_multiple(const char* option, int64_t value, int64_t multiple) {
@@ -113,7 +102,7 @@ struct GenerateSetup {
   std::string output;
   ltxmps::pipeline::FitMode fit = ltxmps::pipeline::FitMode::none;
   ltxmps::pipeline::LoadOptions load;
-  std::optional<ltxmps::pipeline::LtxFolder> folder;
+  ModelInfo info;
   ltxmps::ExecutionPlan plan;
   ltxmps::pipeline::FitRules rules;
   ltxmps::pipeline::FitTarget target;
@@ -130,22 +119,16 @@ GenerateSetup check_generate(const GenerateOptions& o, Log& log) {
     throw UsageError("--output " + s.output +
                      ": this ltxmps was built without FFmpeg and cannot write video files; give a folder name to get PNG "
                      "frames (for example --output " + fs::path(s.output).replace_extension().string() + ")");
-  const auto output_parent = fs::path(s.output).parent_path();
-  if (!output_parent.empty() && !fs::is_directory(output_parent))
-    throw UsageError("--output " + s.output + ": the folder '" + output_parent.string() + "' does not exist");
+  check_given_outputs({{"--output", s.output, OutputKind::video}, {"--save-latents", o.save_latents}},
+                {{"--video", o.video}, {"--image", o.image}, {"--prompt-cache", o.prompt_cache}, {"--model-dir", o.model_dir}});
   s.fit = parse_fit_mode(o.fit);
   if (!s.embedded)
     LTXMPS_CHECK(fs::is_directory(o.model_dir), "--model-dir ", o.model_dir, ": no such folder (expected a diffusers "
                                                 "LTX-Video folder with model_index.json)");
   s.load.load_text_encoder = o.prompt_cache.empty();
-  if (!s.embedded) s.folder = inspect_ltx_folder(o.model_dir, s.load);
-  try {
-    s.plan = ltxmps::resolve(loader_settings(o.flags), ltxmps::current_capabilities());
-  } catch (const ltxmps::Error& e) {
-    throw UsageError(std::string("--device ") + o.flags.runtime.device + ": " + e.what());
-  }
-  log_plan(log, s.plan);
-  s.rules = model_fit_rules(s.folder);
+  s.info = inspect_model(o.model_dir, s.load);
+  s.plan = job_plan(o.flags, log);
+  s.rules = s.info.rules;
   if (o.height_opt->count()) check_multiple("--height", o.height, s.rules.spatial_multiple), s.target.height = o.height;
   if (o.width_opt->count()) check_multiple("--width", o.width, s.rules.spatial_multiple), s.target.width = o.width;
   if (o.frames_opt->count()) check_frame_count(o.num_frames, s.rules.temporal_multiple), s.target.num_frames = o.num_frames;
@@ -225,14 +208,15 @@ int run_generate(const GenerateOptions& o) {
   const auto input = read_generate_input(o, setup, log);
   auto request = generate_request(o, setup, input);
 
-  LtxModel model;
-  if (setup.embedded) {
-    log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
-    log.line("the embedded default's weights are RANDOM: the video will be noise-like, not a picture of the prompt");
-    model = make_embedded_default_model(setup.plan);
-  } else {
-    model = load_ltx_model(*setup.folder, setup.plan, setup.load, log.sink());
-  }
+  MemoryRequest need;
+  need.batch = static_cast<int64_t>(request.prompts.size()), need.frames = request.num_frames;
+  need.height = request.height, need.width = request.width;
+  need.text_tokens = request.max_sequence_length.value_or(256), need.guidance = request.guidance_scale > 1.0;
+  need.encode_text = !request.prompt_embeddings;
+  need.encode_frames = request.video ? request.num_frames : (request.image ? 1 : 0);
+  check_memory(setup.info, setup.plan, need, "generate", log);
+  auto model = load_model(setup.info, setup.plan, o.flags,
+                          "the video will be noise-like, not a picture of the prompt", log, setup.load);
   request.kind = choose_pipeline(model, request.image.has_value(), request.video.has_value());
   if (request.kind == PipelineKind::condition && request.image) {
     request.conditions.push_back({request.image->unsqueeze(0), 0, 1.0});
@@ -306,7 +290,9 @@ Runner setup_generate(CLI::App* cmd) {
   cmd->add_option("--guidance-rescale", o->guidance_rescale, "rescale_noise_cfg's phi in [0, 1]")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", o->seed, "seed of the CPU generator (same video on every device)")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "seed of the CPU generator (same video on every device)")
+      ->capture_default_str()
+      ->check(seed_validator());
   cmd->add_option("--frame-rate", o->frame_rate, "frames per second (RoPE scale and the output file)")
       ->capture_default_str()
       ->check(kPositive);
@@ -324,6 +310,7 @@ Runner setup_generate(CLI::App* cmd) {
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "crop", "resize", "trim"}));
   add_plan_flags(cmd, o->flags);
+  add_weight_check_option(cmd, o->flags.runtime);
   cmd->add_flag("--vae-tiling", o->flags.vae_tiling, "decode in overlapping spatial tiles");
   cmd->add_flag("--vae-slicing", o->flags.vae_slicing, "decode one batch item at a time");
   return [o] { return run_generate(*o); };

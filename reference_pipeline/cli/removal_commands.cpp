@@ -51,6 +51,7 @@ void add_mask_job_options(CLI::App* cmd, MaskJobOptions& o, const std::string& m
       ->capture_default_str()
       ->check(CLI::IsMember({"none", "crop", "resize", "trim"}));
   add_plan_flags(cmd, o.flags);
+  add_weight_check_option(cmd, o.flags.runtime);
   o.flags.vae_tiling = true;
   cmd->add_flag("--vae-tiling,!--no-vae-tiling", o.flags.vae_tiling,
                 "VAE encode/decode in spatial tiles above 512 px (default on, as the official script)");
@@ -77,45 +78,9 @@ std::pair<at::Tensor, at::Tensor> read_inputs(const MaskJobOptions& o, const Fit
   return {video, mask};
 }
 
-/// The output folder must exist; the output must not be an input.
-void check_output(const std::string& option, const std::string& path, const std::vector<std::string>& inputs) {
-  if (path.empty()) throw UsageError(option + ": an output path is required");
-  const auto parent = fs::path(path).parent_path();
-  if (!parent.empty() && !fs::is_directory(parent))
-    throw UsageError(option + " " + path + ": the folder '" + parent.string() + "' does not exist");
-  for (const auto& in : inputs)
-    if (!in.empty() && fs::exists(in) && fs::weakly_canonical(in) == fs::weakly_canonical(path))
-      throw UsageError(option + " " + path + ": is the same file as the input " + in);
-  if (is_video_file_path(path) && !video_io_has_ffmpeg())
-    throw UsageError(option + " " + path + ": this ltxmps was built without FFmpeg; give a folder name for PNG frames");
-}
-
-struct LoadedModel {
-  LtxModel model;
-  FitRules rules;
-};
-
-LoadedModel load_model(const std::string& model_dir, const ltxmps::ExecutionPlan& plan, Log& log) {
-  if (model_dir.empty()) {
-    log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
-    log.line("the embedded default's weights are RANDOM: the result shows the pipeline working, not a real inpainting");
-    return {make_embedded_default_model(plan),
-            fit_rules(EmbeddedDefault::vae_config(), EmbeddedDefault::transformer_config())};
-  }
-  const auto folder = inspect_ltx_folder(model_dir);
-  auto rules = fit_rules(folder.vae, folder.transformer);
-  return {load_ltx_model(folder, plan, {}, log.sink()), rules};
-}
-
-ltxmps::ExecutionPlan job_plan(const PlanFlags& flags, Log& log) {
-  ltxmps::ExecutionPlan plan;
-  try {
-    plan = ltxmps::resolve(loader_settings(flags), ltxmps::current_capabilities());
-  } catch (const ltxmps::Error& e) {
-    throw UsageError(std::string("--device ") + flags.runtime.device + ": " + e.what());
-  }
-  log_plan(log, plan);
-  return plan;
+/// The inputs an output must not overwrite.
+std::vector<InputPath> job_inputs(const MaskJobOptions& o) {
+  return {{"--video", o.video}, {"--mask", o.mask}, {"--model-dir", o.model_dir}};
 }
 
 /// A 0/1 mask [T, H, W] as frames [T, 3, H, W] in [0, 1] (black and white).
@@ -180,14 +145,19 @@ void write_mask_video(const std::string& path, const at::Tensor& mask, double fp
 
 int run_effects_mask(const EffectsOptions& o) {
   Log log;
-  check_output("--output", o.job.output, {o.job.video, o.job.mask, o.save_scores});
-  if (!o.save_scores.empty()) check_output("--save-scores", o.save_scores, {o.job.video, o.job.mask, o.job.output});
+  check_given_outputs({{"--output", o.job.output, OutputKind::video}, {"--save-scores", o.save_scores}}, job_inputs(o.job));
   EffectsMaskOptions parsed;
   parse_effects_options(o, parsed);
   const auto plan = job_plan(o.job.flags, log);
-  auto loaded = load_model(o.job.model_dir, plan, log);
-  const auto [video, mask] = read_inputs(o.job, loaded.rules, log);
-  const auto result = compute_effects_mask(loaded.model, effects_request(o, video, mask), plan, log.sink(),
+  const auto info = inspect_model(o.job.model_dir);
+  const auto [video, mask] = read_inputs(o.job, info.rules, log);
+  MemoryRequest need;
+  need.batch = 1, need.frames = video.size(0), need.height = video.size(2), need.width = video.size(3);
+  need.text_tokens = 256, need.guidance = false, need.denoise = false, need.decode = false;
+  need.encode_frames = video.size(0), need.effects_query_chunk = parsed.query_chunk;
+  check_memory(info, plan, need, "effects-mask", log);
+  auto model = load_model(info, plan, o.job.flags, "the mask shows the pipeline working, not real effects", log);
+  const auto result = compute_effects_mask(model, effects_request(o, video, mask), plan, log.sink(),
                                            log.progress_callback());
   log.end_bar();
   const double grown = result.total_mask.sum().item<double>() / std::max(1.0, result.object_mask.sum().item<double>());
@@ -231,18 +201,26 @@ RemovalRequest removal_request(const RemoveOptions& o, const at::Tensor& video, 
 int run_remove(const RemoveOptions& o) {
   Log log;
   const auto& job = o.effects.job;
-  check_output("--output", job.output, {job.video, job.mask, o.save_latents, o.save_mask});
-  if (!o.save_latents.empty()) check_output("--save-latents", o.save_latents, {job.video, job.mask, job.output});
-  if (!o.save_mask.empty()) check_output("--save-mask", o.save_mask, {job.video, job.mask, job.output, o.save_latents});
+  check_given_outputs({{"--output", job.output, OutputKind::video}, {"--save-latents", o.save_latents},
+                 {"--save-mask", o.save_mask}},
+                job_inputs(job));
   EffectsMaskOptions parsed;
   parse_effects_options(o.effects, parsed);
   const auto plan = job_plan(job.flags, log);
-  auto loaded = load_model(job.model_dir, plan, log);
-  const auto [video, mask] = read_inputs(job, loaded.rules, log);
+  const auto info = inspect_model(job.model_dir);
+  const auto [video, mask] = read_inputs(job, info.rules, log);
+  MemoryRequest need;
+  need.batch = 1, need.frames = video.size(0), need.height = video.size(2), need.width = video.size(3);
+  need.text_tokens = 256, need.guidance = o.guidance_scale > 1.0, need.release_text_encoder = false;
+  need.encode_frames = video.size(0);  // the video, then the mask (one at a time)
+  if (o.effects_mode == "auto") need.effects_query_chunk = parsed.query_chunk;
+  check_memory(info, plan, need, "remove", log);
+  auto loaded_model = load_model(info, plan, job.flags, "the result shows the pipeline working, not a real inpainting",
+                                 log);
   RemovalResult result;
   if (o.effects_mode == "auto") {
     log.line("--effects auto: the mask is the object's; its effects mask is computed first");
-    auto both = remove_object_with_effects(loaded.model, effects_request(o.effects, video, mask),
+    auto both = remove_object_with_effects(loaded_model, effects_request(o.effects, video, mask),
                                            removal_request(o, video, mask), plan, log.sink(), log.progress_callback());
     log.end_bar();
     log.line(c10::str("effects mask: threshold ", both.effects.threshold, ", total mask ",
@@ -251,7 +229,7 @@ int run_remove(const RemoveOptions& o) {
     result = std::move(both.removal);
   } else {
     log.line("--effects none: the mask is the total mask (object and effects)");
-    result = remove_object(loaded.model, removal_request(o, video, mask), plan, log.sink(), log.progress_callback());
+    result = remove_object(loaded_model, removal_request(o, video, mask), plan, log.sink(), log.progress_callback());
     log.end_bar();
   }
   VideoWriteOptions write;
@@ -260,12 +238,12 @@ int run_remove(const RemoveOptions& o) {
   for (const auto& note : written.notes) log.diagnostic(note);
   if (!o.save_latents.empty())
     save_safetensors(o.save_latents, {{"latents", result.latents.contiguous()}},
-                     {{"seed", std::to_string(o.seed)}, {"random_weights", loaded.model.random_weights ? "true" : "false"}});
+                     {{"seed", std::to_string(o.seed)}, {"random_weights", loaded_model.random_weights ? "true" : "false"}});
   if (!o.save_mask.empty()) save_safetensors(o.save_mask, {{"token_mask", result.token_mask.contiguous()}});
   log.line(c10::str("wrote ", written.path.string(), ": the background, ", written.frames, " frames of ", written.width,
                     "x", written.height, ", ", result.token_mask.sum().item<double>(), " of ",
                     result.token_mask.numel(), " latent tokens regenerated"));
-  if (loaded.model.random_weights)
+  if (loaded_model.random_weights)
     log.line("reminder: random weights, so the background is not a real inpainting; pass --model-dir for LTX-Video");
   std::cout << written.path.string() << "\n";
   return 0;
@@ -315,7 +293,7 @@ Runner setup_synthetic_clip(CLI::App* cmd) {
   cmd->add_option("--frames", o->frames, "frames")->capture_default_str()->check(kPositiveInt);
   cmd->add_option("--height", o->height, "pixels")->capture_default_str()->check(kPositiveInt);
   cmd->add_option("--width", o->width, "pixels")->capture_default_str()->check(kPositiveInt);
-  cmd->add_option("--seed", o->seed, "texture noise seed")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "texture noise seed")->capture_default_str()->check(seed_validator());
   return [o] { return run_synthetic_clip(*o); };
 }
 
@@ -323,7 +301,7 @@ Runner setup_effects_mask(CLI::App* cmd) {
   auto o = std::make_shared<EffectsOptions>();
   add_mask_job_options(cmd, o->job, "the object's mask (video or PNG folder; white = object)");
   cmd->add_option("--output", o->job.output, "the total mask (0/255 video, or a PNG folder)")->required();
-  cmd->add_option("--seed", o->seed, "CPU generator seed of the posterior sample and the noise")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "CPU generator seed of the posterior sample and the noise")->capture_default_str()->check(seed_validator());
   cmd->add_option("--prompt", o->prompt, "prompt of the attention forward (official: empty)");
   cmd->add_option("--save-scores", o->save_scores, "also write 'scores' and 'object_tokens' [F', H', W'] (safetensors)");
   add_effects_flags(cmd, *o);
@@ -343,7 +321,7 @@ Runner setup_remove(CLI::App* cmd) {
   cmd->add_option("--steps", o->steps, "denoising steps")->capture_default_str()->check(kPositiveInt);
   cmd->add_option("--guidance-scale", o->guidance_scale, "classifier-free guidance")->capture_default_str()
       ->check(kNonNegative);
-  cmd->add_option("--seed", o->seed, "CPU generator seed")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "CPU generator seed")->capture_default_str()->check(seed_validator());
   cmd->add_option("--prompt", o->prompt, "prompt")->capture_default_str();
   cmd->add_option("--negative-prompt", o->negative_prompt, "negative prompt")->capture_default_str();
   cmd->add_option("--frame-rate", o->frame_rate, "RoPE time scale and output frame rate")->capture_default_str()
@@ -355,7 +333,7 @@ Runner setup_remove(CLI::App* cmd) {
       ->check(kNonNegative);
   cmd->add_option("--save-latents", o->save_latents, "also write 'latents' [1, C, F', H', W'] (safetensors)");
   cmd->add_option("--save-mask", o->save_mask, "also write 'token_mask' [1, 1, F', H', W'] (safetensors)");
-  cmd->add_option("--effects-seed", o->effects.seed, "seed of the effects pass (--effects auto)")->capture_default_str();
+  cmd->add_option("--effects-seed", o->effects.seed, "seed of the effects pass (--effects auto)")->capture_default_str()->check(seed_validator());
   add_effects_flags(cmd, o->effects);
   return [o] { return run_remove(*o); };
 }

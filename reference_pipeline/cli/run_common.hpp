@@ -5,7 +5,14 @@
 
 #include "cli_common.hpp"
 
+#include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/latent_grid.hpp"
+#include "ltxmps_pipeline/memory_estimate.hpp"
+#include "ltxmps_pipeline/model.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/progress.hpp"
+#include "ltxmps_pipeline/video_io.hpp"
 
 #include "ltxmps/diagnostics.hpp"
 #include "ltxmps/plan.hpp"
@@ -55,7 +62,8 @@ class Log {
     const double elapsed = std::chrono::duration<double>(now - start_).count();
     // The rate counts the steps after the first one (the first pays for warm-up) once there are some.
     std::ostringstream os;
-    os << p.stage << " " << p.done << "/" << p.total;
+    const char* unit = p.stage == "denoise" ? " step " : p.stage == "effects" ? " layer " : " ";
+    os << p.stage << unit << p.done << "/" << p.total;
     if (p.done > first_step_ && elapsed > 0) {
       const double rate = static_cast<double>(p.done - first_step_) / elapsed;
       os << std::fixed << std::setprecision(2) << ", " << rate << " it/s, ETA " << std::setprecision(1)
@@ -148,6 +156,77 @@ inline void log_plan(Log& log, const ltxmps::ExecutionPlan& plan) {
   log.line("execution plan:");
   std::istringstream text(ltxmps::to_text(plan));
   for (std::string l; std::getline(text, l);) log.line("  " + l);
+}
+
+/// check_outputs() on the outputs that were asked for (an optional output left empty is not written).
+inline void check_given_outputs(const std::vector<ltxmps::pipeline::OutputPath>& outputs,
+                                const std::vector<ltxmps::pipeline::InputPath>& inputs) {
+  std::vector<ltxmps::pipeline::OutputPath> given;
+  for (const auto& o : outputs)
+    if (!o.path.empty()) given.push_back(o);
+  check_outputs(given, inputs);
+}
+
+/// The plan of the flags on this machine (LTXMPS_DEVICE when --device is not given), printed.
+inline ltxmps::ExecutionPlan job_plan(const PlanFlags& flags, Log& log) {
+  const auto plan = resolve_plan(flags.runtime, loader_settings(flags), ltxmps::current_capabilities());
+  log_plan(log, plan);
+  return plan;
+}
+
+/// A model folder read without its weights (or the embedded default): the configs the size rules and the memory
+/// estimate need before anything loads.
+struct ModelInfo {
+  std::optional<ltxmps::pipeline::LtxFolder> folder;  ///< empty: the embedded default
+  ltxmps::pipeline::TransformerConfig transformer;
+  ltxmps::pipeline::VaeConfig vae;
+  std::optional<ltxmps::pipeline::T5Config> text_encoder;
+  ltxmps::pipeline::FitRules rules;
+};
+
+inline ModelInfo inspect_model(const std::string& model_dir, const ltxmps::pipeline::LoadOptions& load = {}) {
+  using namespace ltxmps::pipeline;
+  ModelInfo info;
+  if (model_dir.empty()) {
+    info.transformer = EmbeddedDefault::transformer_config();
+    info.vae = EmbeddedDefault::vae_config();
+    info.text_encoder = EmbeddedDefault::text_encoder_config();
+  } else {
+    info.folder = inspect_ltx_folder(model_dir, load);
+    info.transformer = info.folder->transformer;
+    info.vae = info.folder->vae;
+    if (load.load_text_encoder) info.text_encoder = read_text_encoder_config(model_dir);
+  }
+  info.rules = fit_rules(info.vae, info.transformer);
+  return info;
+}
+
+/// Refuses a request that cannot fit the device (or the host under offload), with the estimate and the limit,
+/// before any model loads; warns when it comes close.
+inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& plan,
+                         const ltxmps::pipeline::MemoryRequest& request, const std::string& what, Log& log) {
+  using namespace ltxmps::pipeline;
+  const auto estimate = estimate_request_memory(info.transformer, info.vae, info.text_encoder, plan, request);
+  check_request_fits(estimate, plan,
+                     c10::str(what, " of ", request.frames, " frames of ", request.width, "x", request.height));
+  if (const auto limit = available_memory(plan))
+    if (const auto warning = memory_warning(estimate, *limit)) log.diagnostic(*warning);
+}
+
+/// Loads the inspected folder (weights checked for NaN/Inf unless --skip-weight-check), or builds the embedded
+/// default with a warning that `what` is not a real result.
+inline ltxmps::pipeline::LtxModel load_model(const ModelInfo& info, const ltxmps::ExecutionPlan& plan,
+                                             const PlanFlags& flags, const std::string& what, Log& log,
+                                             const ltxmps::pipeline::LoadOptions& load = {}) {
+  using namespace ltxmps::pipeline;
+  if (!info.folder) {
+    log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
+    log.line("the embedded default's weights are RANDOM: " + what);
+    return make_embedded_default_model(plan);
+  }
+  const WeightCheckGuard weight_check(!flags.runtime.skip_weight_check);
+  Activity loading("loading the model from " + info.folder->root.string());
+  return load_ltx_model(*info.folder, plan, load, log.sink());
 }
 
 }  // namespace ltxmps::cli

@@ -5,6 +5,7 @@
 #include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/prompt_cache.hpp"
+#include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/t5.hpp"
 #include "ltxmps_pipeline/tokenizer.hpp"
@@ -24,17 +25,6 @@ namespace {
 // Far above T5's 512 positions in every LTX pipeline; the bound keeps `[batch, tokens, d_model]` and the
 // `[heads, tokens, tokens]` attention bias from being sized by a typo (4000000000 tokens).
 constexpr int64_t kMaxSequenceLength = 65536;
-
-// The text encoder's runtime for the plan: dtype and float32 modules from plan.precision.text_encoder (float32
-// `wo` under fp16 only, as transformers 5.17's from_pretrained; Note [T5 wo in float32] in ltxmps/precision.hpp).
-ltxmps::pipeline::T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan) {
-  ltxmps::pipeline::T5Runtime runtime;
-  runtime.device = plan.device;
-  runtime.dtype = plan.precision.text_encoder.compute;
-  runtime.keep_in_fp32_modules = plan.precision.text_encoder.keep_in_fp32_modules;
-  runtime.attention.kernel = plan.attention.kernel;
-  return runtime;
-}
 
 std::map<std::string, std::string> runtime_metadata(const ltxmps::pipeline::T5Runtime& runtime) {
   return {{"device", runtime.device.str()}, {"dtype", c10::toString(runtime.dtype)}};
@@ -61,7 +51,7 @@ int run_forward_t5(const ForwardT5Options& o) {
     else throw ltxmps::Error(o.inputs + ": unknown tensor '" + name + "' (expected input_ids, attention_mask)");
   }
   LTXMPS_CHECK(input_ids.defined(), o.inputs, ": missing tensor 'input_ids'");
-  const auto runtime = t5_runtime(plan);
+  const auto runtime = ltxmps::pipeline::t5_runtime(plan);
   Activity loading("loading the text encoder from " + o.model_dir);
   const WeightCheckGuard weight_check(!o.runtime.skip_weight_check);
   const auto model = load_t5_encoder(o.model_dir, runtime);
@@ -94,7 +84,7 @@ int run_encode_prompt(const EncodePromptCliOptions& o) {
   const std::filesystem::path root(o.model_dir);
   check_outputs({{"--output", o.output}}, {{"--model-dir", o.model_dir}});
   const auto plan = resolve_plan(o.runtime);
-  const auto runtime = t5_runtime(plan);
+  const auto runtime = ltxmps::pipeline::t5_runtime(plan);
   Activity loading("loading the tokenizer and text encoder from " + o.model_dir);
   const auto tokenizer = T5Tokenizer::load(root / "tokenizer");
   EncodePromptOptions options;

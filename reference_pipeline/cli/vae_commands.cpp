@@ -4,6 +4,7 @@
 
 #include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
+#include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/vae.hpp"
 
@@ -57,9 +58,7 @@ LoadedVae load(const ForwardVaeOptions& o, const std::map<std::string, std::stri
   }
 
   auto plan = resolve_plan(o.runtime);
-  VaeRuntime runtime;
-  runtime.device = plan.device;
-  runtime.dtype = plan.precision.vae.compute;
+  const VaeRuntime runtime = vae_runtime(plan);
   Activity loading("loading the VAE from " + o.model_dir);
   const WeightCheckGuard weight_check(!o.runtime.skip_weight_check);
   auto model = load_vae(o.model_dir, runtime);

@@ -3,6 +3,7 @@
 
 #include "ltxmps_pipeline/stages.hpp"
 
+#include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 
 #include "ltxmps/error.hpp"
@@ -52,6 +53,7 @@ at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const Transfor
     ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(transformer, d); },
                                  "transformer", ctx.sink);
     for (int64_t i = 0; i < total; ++i) {
+      throw_if_cancelled();  // SIGINT/SIGTERM: stop between steps
       const DenoiseStep step{i, total, timesteps[i]};
       if (hooks.before_model) hooks.before_model(step, latents);
       const auto timestep = hooks.timestep(step);

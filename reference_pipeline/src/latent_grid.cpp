@@ -1,8 +1,10 @@
-// LatentGrid and diffusers' static latent helpers (pipeline_ltx.py / pipeline_ltx_condition.py).
+// LatentGrid, fit_rules and diffusers' static latent helpers (pipeline_ltx.py / pipeline_ltx_condition.py).
 
 #include "ltxmps_pipeline/latent_grid.hpp"
 
 #include "ltxmps/error.hpp"
+
+#include <c10/util/safe_numerics.h>
 
 #include <algorithm>
 
@@ -29,6 +31,18 @@ LatentGrid LatentGrid::make(const VaeConfig& vae, const TransformerConfig& trans
   LTXMPS_CHECK(g.latent_frames() % g.patch_t == 0, what, ": ", g.latent_frames(),
                " latent frames are not a multiple of the transformer's patch_size_t ", g.patch_t);
   return g;
+}
+
+FitRules fit_rules(const VaeConfig& vae, const TransformerConfig& transformer) {
+  // Validated configs keep both factors far below 2^31; the check guards configs built in code.
+  const auto product = [](int64_t a, int64_t b, const char* what) {
+    int64_t out = 0;
+    LTXMPS_CHECK(a > 0 && b > 0 && !c10::mul_overflows(a, b, &out), "the VAE's ", what, " compression ", a,
+                 " times the transformer's patch size ", b, " is not a positive size (overflow or non-positive)");
+    return out;
+  };
+  return {product(vae.spatial_compression(), transformer.patch_size, "spatial"),
+          product(vae.temporal_compression(), transformer.patch_size_t, "temporal")};
 }
 
 at::Tensor LatentGrid::pack(const at::Tensor& latents) const { return pack_latents(latents, patch, patch_t); }

@@ -4,6 +4,7 @@
 #include "ltxmps_pipeline/model.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 
 #include "ltxmps/error.hpp"
@@ -15,9 +16,15 @@ namespace fs = std::filesystem;
 namespace {
 
 void require_path(const fs::path& path, bool folder, const fs::path& root, const std::string& what) {
-  const bool ok = folder ? fs::is_directory(path) : fs::is_regular_file(path);
-  LTXMPS_CHECK(ok, root.string(), ": missing ", folder ? "subfolder '" : "file '", fs::relative(path, root).string(),
-               folder ? "/'" : "'", " (", what, ")");
+  std::error_code ec;
+  const bool exists = fs::exists(fs::symlink_status(path, ec)) || fs::exists(path, ec);
+  const bool ok = folder ? fs::is_directory(path, ec) : fs::is_regular_file(path, ec);
+  if (ok) return;
+  const auto name = fs::relative(path, root, ec).string();
+  LTXMPS_CHECK(!exists, root.string(), ": '", name, "' is ", describe_file_type(path), ", expected a ",
+               folder ? "folder" : "regular file", " (", what, ")");
+  LTXMPS_CHECK(false, root.string(), ": missing ", folder ? "subfolder '" : "file '", name, folder ? "/'" : "'", " (",
+               what, ")");
 }
 
 std::string read_pipeline_class(const fs::path& root) {

@@ -1,6 +1,6 @@
 #include "ltxmps_pipeline/safetensors.hpp"
 
-#include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/json_file.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
 
 #include "ltxmps/error.hpp"

@@ -16,7 +16,9 @@
 
 #include "ltxmps_pipeline/stages.hpp"
 
+#include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 
 #include "ltxmps/error.hpp"
@@ -66,6 +68,10 @@ PromptEmbeddings text_embeddings(StageContext& ctx, const PromptRequest& r) {
     }
   }
   report(ctx.progress, "text encoder", 1, 1);
+  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&e.prompt_embeds, "prompt_embeds"},
+                                {&e.negative_prompt_embeds, "negative_prompt_embeds"}})
+    LTXMPS_CHECK(all_finite(*t), "the text encoder's output '", name, "' contains NaN or Inf (broken T5 weights, or a "
+                 "precision too low for it: T5 overflows in fp16 without its float32 'wo' layers)");
   if (!r.release_encoder) return e;
   // The text encoder is not needed again: free it before the transformer's loop, on every device.
   encoder.release();
@@ -111,6 +117,10 @@ at::Tensor StageContext::noise(at::IntArrayRef shape) {
 
 PromptBatch encode_prompts(StageContext& ctx, const PromptRequest& r) {
   const PromptEmbeddings e = text_embeddings(ctx, r);
+  if (r.embeddings)  // the text encoder's own output was checked in text_embeddings()
+    for (const auto* t : {&e.prompt_embeds, &e.negative_prompt_embeds})
+      LTXMPS_CHECK(!t->defined() || all_finite(*t),
+                   "generate: the prompt embeddings given (a prompt cache or embeddings passed in) contain NaN or Inf");
   check_embeddings(e, ctx.model.transformer.config.caption_channels, r.guidance);
   PromptBatch b;
   b.guidance = r.guidance;
@@ -133,6 +143,7 @@ std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<at:
   auto& vae = ctx.model.vae;
   ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(vae, d); }, "vae", ctx.sink);
   for (size_t i = 0; i < videos.size(); ++i) {
+    throw_if_cancelled();
     report(ctx.progress, "vae encode", static_cast<int64_t>(i), static_cast<int64_t>(videos.size()));
     out.push_back(vae.encode(videos[i].to(ctx.device).to(vae.runtime.dtype).contiguous()));
   }
@@ -163,6 +174,7 @@ GenerateResult decode_latents(StageContext& ctx, const at::Tensor& normalized, c
   latents = latents.to(vae.runtime.dtype);
   at::Generator injection = ltxmps::make_cpu_generator(ctx.seed);  // Note [One generator, diffusers' order of draws]
   at::Tensor video;
+  throw_if_cancelled();
   report(ctx.progress, "vae decode", 0, 1);
   {
     ltxmps::ReleaseMemoryScope release(ctx.device, "vae decode", ctx.sink);

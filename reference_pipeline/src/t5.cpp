@@ -90,18 +90,24 @@ T5Config T5Config::from_json(const nlohmann::json& json, const std::string& sour
 T5Config T5Config::from_file(const std::filesystem::path& path) { return from_json(read_json_file(path), path.string()); }
 
 void T5Config::validate(const std::string& source) const {
-  const std::pair<const char*, int64_t> positive[] = {{"vocab_size", vocab_size},
-                                                      {"d_model", d_model},
-                                                      {"d_kv", d_kv},
-                                                      {"d_ff", d_ff},
-                                                      {"num_heads", num_heads},
-                                                      {"relative_attention_max_distance", relative_attention_max_distance}};
-  for (const auto& [name, v] : positive) LTXMPS_CHECK(v > 0, source, ": ", name, " must be > 0, got ", v);
-  LTXMPS_CHECK(num_layers >= 1, source, ": num_layers must be >= 1, got ", num_layers);
+  // Sizes are bounded as Note [Config bounds] (checkpoint.hpp) explains: inner_dim() and the weight shapes
+  // multiply them.
+  const std::pair<const char*, int64_t> sizes[] = {{"vocab_size", vocab_size},
+                                                   {"d_model", d_model},
+                                                   {"d_kv", d_kv},
+                                                   {"d_ff", d_ff},
+                                                   {"num_heads", num_heads},
+                                                   {"relative_attention_max_distance", relative_attention_max_distance}};
+  for (const auto& [name, v] : sizes) check_config_range(source, name, v, 1, kMaxConfigChannels);
+  check_config_range(source, "num_layers", num_layers, 1, kMaxConfigLayers);
   // Bidirectional buckets: N/2 per direction, half of them exact: needs N/2/2 >= 1.
   LTXMPS_CHECK(relative_attention_num_buckets >= 4, source, ": relative_attention_num_buckets must be >= 4, got ",
                relative_attention_num_buckets);
-  LTXMPS_CHECK(layer_norm_epsilon > 0.0, source, ": layer_norm_epsilon must be > 0, got ", layer_norm_epsilon);
+  check_config_range(source, "relative_attention_num_buckets", relative_attention_num_buckets, 4, kMaxConfigChannels);
+  LTXMPS_CHECK(inner_dim() <= kMaxConfigChannels, source, ": inner dim num_heads * d_kv = ", inner_dim(),
+               " is out of range (at most ", kMaxConfigChannels, ")");
+  LTXMPS_CHECK(layer_norm_epsilon > 0.0 && std::isfinite(layer_norm_epsilon), source,
+               ": layer_norm_epsilon must be > 0, got ", layer_norm_epsilon);
   static const std::set<std::string> activations = {"relu", "gelu", "gelu_new", "silu", "swish", "gelu_pytorch_tanh"};
   LTXMPS_CHECK(activations.count(dense_act_fn) > 0, source, ": activation '", dense_act_fn,
                "' is not supported (relu, gelu, gelu_new, gelu_pytorch_tanh, silu)");

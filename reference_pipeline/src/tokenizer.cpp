@@ -6,7 +6,8 @@
 
 #include "sentencepiece_isolation.hpp"
 
-#include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/json_file.hpp"
+#include "ltxmps_pipeline/output_files.hpp"
 
 #include "ltxmps/error.hpp"
 
@@ -74,7 +75,9 @@ struct T5Tokenizer::State {
 
   static std::unique_ptr<State> open(const std::filesystem::path& file, int64_t extra_ids, const std::string& pad_token,
                                        const std::string& eos_token, const std::string& unk_token) {
-    LTXMPS_CHECK(std::filesystem::is_regular_file(file), "tokenizer model ", file.string(), " does not exist");
+    // SentencePiece opens the path itself, blocking: a FIFO would hang it (Note [Opening inputs without blocking]
+    // in output_files.cpp), so the type is checked here first.
+    (void)open_regular_file(file, "tokenizer model");
     LTXMPS_CHECK(extra_ids >= 0, file.string(), ": extra_ids must be >= 0, got ", extra_ids);
     auto s = std::make_unique<State>(file);
     s->pieces = s->sp.piece_size();

@@ -1,16 +1,11 @@
 // Video and image files as [F, 3, H, W] float tensors (FFmpeg's libraries for video files, libpng for PNG),
-// written under a unique temporary name and renamed; and the fit rules of the LTX models (video_io.hpp).
+// written under a unique temporary name and renamed; and fitting inputs to a model's size rules (video_io.hpp).
 
 #include "ltxmps_pipeline/video_io.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
 
-#include "ltxmps_pipeline/transformer.hpp"
-#include "ltxmps_pipeline/vae.hpp"
-
 #include "ltxmps/error.hpp"
-
-#include <c10/util/safe_numerics.h>
 
 #include <png.h>
 
@@ -242,38 +237,28 @@ std::string describe_encoder(const AVCodec* codec) {
   return std::string(codec->long_name ? codec->long_name : codec->name) + " (" + name + ")";
 }
 
-VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, const VideoWriteOptions& options) {
-  begin_ffmpeg_call();
-  const int64_t F = rgb.size(0), H = rgb.size(1), W = rgb.size(2);
-  LTXMPS_CHECK(H % 2 == 0 && W % 2 == 0, out.string(), ": yuv420p video needs an even width and height, got ", W, "x", H);
-  LTXMPS_CHECK(options.frame_rate > 0 && std::isfinite(options.frame_rate), out.string(),
-               ": the frame rate must be positive, got ", options.frame_rate);
-  const auto parent = out.parent_path();
-  LTXMPS_CHECK(parent.empty() || fs::is_directory(parent), out.string(), ": the folder '", parent.string(),
-               "' does not exist");
+std::string join_names(const std::vector<std::string>& names) {
+  std::string list;
+  for (const auto& m : names) list += (list.empty() ? "" : ", ") + m;
+  return list;
+}
 
-  AVFormatContext* raw = nullptr;
-  LTXMPS_AV_CHECK(avformat_alloc_output_context2(&raw, nullptr, nullptr, out.string().c_str()), out.string(),
-                  ": FFmpeg has no container for this file name");
-  std::unique_ptr<AVFormatContext, OutputContextDeleter> ctx(raw);
-
-  const AVCodec* codec = nullptr;
-  std::vector<std::string> missing;
+// The first of `options.encoders` that this FFmpeg has and the container of `ctx` allows; those passed over go to
+// `missing` with the reason.
+const AVCodec* choose_encoder(const fs::path& out, const AVFormatContext& ctx, const VideoWriteOptions& options,
+                              std::vector<std::string>& missing) {
   for (const auto& name : options.encoders) {
     const AVCodec* c = avcodec_find_encoder_by_name(name.c_str());
-    if (c && avformat_query_codec(ctx->oformat, c->id, FF_COMPLIANCE_NORMAL) == 1) {
-      codec = c;
-      break;
-    }
-    missing.push_back(name + (c ? " (not allowed in " + std::string(ctx->oformat->name) + ")" : " (not in this FFmpeg)"));
+    if (c && avformat_query_codec(ctx.oformat, c->id, FF_COMPLIANCE_NORMAL) == 1) return c;
+    missing.push_back(name + (c ? " (not allowed in " + std::string(ctx.oformat->name) + ")" : " (not in this FFmpeg)"));
   }
-  if (!codec) {
-    std::string list;
-    for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
-    throw ltxmps::Error(out.string() + ": no usable video encoder: " + list);
-  }
+  throw ltxmps::Error(out.string() + ": no usable video encoder: " + join_names(missing));
+}
 
-  AVStream* stream = avformat_new_stream(ctx.get(), nullptr);
+// Adds a video stream to `ctx` (returned in `stream`) and opens `codec` for W x H yuv420p at the options' rate.
+CodecContextPtr open_encoder(const fs::path& out, AVFormatContext* ctx, const AVCodec* codec, int64_t H, int64_t W,
+                             const VideoWriteOptions& options, AVStream*& stream) {
+  stream = avformat_new_stream(ctx, nullptr);
   LTXMPS_CHECK(stream != nullptr, out.string(), ": FFmpeg cannot add a video stream");
   CodecContextPtr enc(avcodec_alloc_context3(codec));
   LTXMPS_CHECK(enc != nullptr, out.string(), ": FFmpeg cannot allocate the ", codec->name, " encoder");
@@ -298,51 +283,79 @@ VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, c
                   ": cannot set the stream parameters");
   stream->time_base = enc->time_base;
   stream->avg_frame_rate = rate;
+  return enc;
+}
+
+// Opens `partial` as the output of `ctx`, encodes every frame of `rgb` [F, H, W, 3] and finishes the container.
+// Errors name `out`, the name the caller will give the file.
+void encode_frames(const fs::path& out, const fs::path& partial, AVFormatContext* ctx, AVCodecContext* enc,
+                   const AVStream* stream, const at::Tensor& rgb, const VideoWriteOptions& options) {
+  const int64_t F = rgb.size(0), W = rgb.size(2);
+  LTXMPS_AV_CHECK(avio_open(&ctx->pb, ("file:" + partial.string()).c_str(), AVIO_FLAG_WRITE), partial.string(),
+                  ": cannot open for writing");
+  LTXMPS_AV_CHECK(avformat_write_header(ctx, nullptr), out.string(), ": cannot write the container header");
+
+  FramePtr frame(av_frame_alloc());
+  PacketPtr packet(av_packet_alloc());
+  LTXMPS_CHECK(frame && packet, out.string(), ": out of memory");
+  frame->format = enc->pix_fmt;
+  frame->width = enc->width;
+  frame->height = enc->height;
+  LTXMPS_AV_CHECK(av_frame_get_buffer(frame.get(), 0), out.string(), ": cannot allocate a frame");
+  SwsPtr sws(sws_getContext(enc->width, enc->height, AV_PIX_FMT_RGB24, enc->width, enc->height, enc->pix_fmt,
+                            SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INP, nullptr, nullptr, nullptr));
+  LTXMPS_CHECK(sws != nullptr, out.string(), ": swscale cannot convert RGB24 to yuv420p");
+
+  auto drain = [&] {
+    while (true) {
+      const int rc = avcodec_receive_packet(enc, packet.get());
+      if (rc == AVERROR(EAGAIN) || rc == AVERROR_EOF) return;
+      LTXMPS_AV_CHECK(rc, out.string(), ": encoding failed");
+      av_packet_rescale_ts(packet.get(), enc->time_base, stream->time_base);
+      packet->stream_index = stream->index;
+      LTXMPS_AV_CHECK(av_interleaved_write_frame(ctx, packet.get()), out.string(), ": cannot write a packet");
+    }
+  };
+  for (int64_t i = 0; i < F; ++i) {
+    throw_if_cancelled();
+    LTXMPS_AV_CHECK(av_frame_make_writable(frame.get()), out.string(), ": frame buffer not writable");
+    const uint8_t* src[1] = {rgb[i].data_ptr<uint8_t>()};
+    const int src_stride[1] = {static_cast<int>(3 * W)};
+    sws_scale(sws.get(), src, src_stride, 0, enc->height, frame->data, frame->linesize);
+    frame->pts = i;
+    frame->quality = enc->global_quality;
+    LTXMPS_AV_CHECK(avcodec_send_frame(enc, frame.get()), out.string(), ": encoding frame ", i, " failed");
+    drain();
+    if (options.on_frame) options.on_frame(i + 1, F);
+  }
+  LTXMPS_AV_CHECK(avcodec_send_frame(enc, nullptr), out.string(), ": flushing the encoder failed");
+  drain();
+  LTXMPS_AV_CHECK(av_write_trailer(ctx), out.string(), ": cannot finish the container");
+  LTXMPS_AV_CHECK(avio_closep(&ctx->pb), partial.string(), ": cannot close");
+}
+
+VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, const VideoWriteOptions& options) {
+  begin_ffmpeg_call();
+  const int64_t H = rgb.size(1), W = rgb.size(2);
+  LTXMPS_CHECK(H % 2 == 0 && W % 2 == 0, out.string(), ": yuv420p video needs an even width and height, got ", W, "x", H);
+  LTXMPS_CHECK(options.frame_rate > 0 && std::isfinite(options.frame_rate), out.string(),
+               ": the frame rate must be positive, got ", options.frame_rate);
+  const auto parent = out.parent_path();
+  LTXMPS_CHECK(parent.empty() || fs::is_directory(parent), out.string(), ": the folder '", parent.string(),
+               "' does not exist");
+
+  AVFormatContext* raw = nullptr;
+  LTXMPS_AV_CHECK(avformat_alloc_output_context2(&raw, nullptr, nullptr, out.string().c_str()), out.string(),
+                  ": FFmpeg has no container for this file name");
+  std::unique_ptr<AVFormatContext, OutputContextDeleter> ctx(raw);
+  std::vector<std::string> missing;
+  const AVCodec* codec = choose_encoder(out, *ctx, options, missing);
+  AVStream* stream = nullptr;
+  const CodecContextPtr enc = open_encoder(out, ctx.get(), codec, H, W, options, stream);
 
   AtomicOutput output(out, AtomicOutput::Kind::file);
-  const auto& partial = output.temporary();
   try {
-    LTXMPS_AV_CHECK(avio_open(&ctx->pb, ("file:" + partial.string()).c_str(), AVIO_FLAG_WRITE), partial.string(),
-                    ": cannot open for writing");
-    LTXMPS_AV_CHECK(avformat_write_header(ctx.get(), nullptr), out.string(), ": cannot write the container header");
-
-    FramePtr frame(av_frame_alloc());
-    PacketPtr packet(av_packet_alloc());
-    LTXMPS_CHECK(frame && packet, out.string(), ": out of memory");
-    frame->format = enc->pix_fmt;
-    frame->width = enc->width;
-    frame->height = enc->height;
-    LTXMPS_AV_CHECK(av_frame_get_buffer(frame.get(), 0), out.string(), ": cannot allocate a frame");
-    SwsPtr sws(sws_getContext(enc->width, enc->height, AV_PIX_FMT_RGB24, enc->width, enc->height, enc->pix_fmt,
-                              SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INP, nullptr, nullptr, nullptr));
-    LTXMPS_CHECK(sws != nullptr, out.string(), ": swscale cannot convert RGB24 to yuv420p");
-
-    auto drain = [&] {
-      while (true) {
-        const int rc = avcodec_receive_packet(enc.get(), packet.get());
-        if (rc == AVERROR(EAGAIN) || rc == AVERROR_EOF) return;
-        LTXMPS_AV_CHECK(rc, out.string(), ": encoding failed");
-        av_packet_rescale_ts(packet.get(), enc->time_base, stream->time_base);
-        packet->stream_index = stream->index;
-        LTXMPS_AV_CHECK(av_interleaved_write_frame(ctx.get(), packet.get()), out.string(), ": cannot write a packet");
-      }
-    };
-    for (int64_t i = 0; i < F; ++i) {
-      throw_if_cancelled();
-      LTXMPS_AV_CHECK(av_frame_make_writable(frame.get()), out.string(), ": frame buffer not writable");
-      const uint8_t* src[1] = {rgb[i].data_ptr<uint8_t>()};
-      const int src_stride[1] = {static_cast<int>(3 * W)};
-      sws_scale(sws.get(), src, src_stride, 0, enc->height, frame->data, frame->linesize);
-      frame->pts = i;
-      frame->quality = enc->global_quality;
-      LTXMPS_AV_CHECK(avcodec_send_frame(enc.get(), frame.get()), out.string(), ": encoding frame ", i, " failed");
-      drain();
-      if (options.on_frame) options.on_frame(i + 1, F);
-    }
-    LTXMPS_AV_CHECK(avcodec_send_frame(enc.get(), nullptr), out.string(), ": flushing the encoder failed");
-    drain();
-    LTXMPS_AV_CHECK(av_write_trailer(ctx.get()), out.string(), ": cannot finish the container");
-    LTXMPS_AV_CHECK(avio_closep(&ctx->pb), partial.string(), ": cannot close");
+    encode_frames(out, output.temporary(), ctx.get(), enc.get(), stream, rgb, options);
     output.commit();
   } catch (...) {
     if (ctx->pb) avio_closep(&ctx->pb);
@@ -350,12 +363,9 @@ VideoWriteResult write_ffmpeg_file(const fs::path& out, const at::Tensor& rgb, c
   }
 
   auto result = written(out, rgb, ctx->oformat->name, codec->name, describe_encoder(codec));
-  if (!missing.empty()) {
-    std::string list;
-    for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+  if (!missing.empty())
     result.notes.push_back({ltxmps::Severity::warning, "video", "video.encoder_fallback",
-                            "encoder " + list + "; wrote " + result.codec + " instead"});
-  }
+                            "encoder " + join_names(missing) + "; wrote " + result.codec + " instead"});
   return result;
 }
 
@@ -567,18 +577,6 @@ FitMode parse_fit_mode(const std::string& text) {
   for (auto mode : {FitMode::none, FitMode::crop, FitMode::resize, FitMode::trim})
     if (text == to_string(mode)) return mode;
   throw ltxmps::Error("fit mode '" + text + "' is not one of none, crop, resize, trim");
-}
-
-FitRules fit_rules(const VaeConfig& vae, const TransformerConfig& transformer) {
-  // Validated configs keep both factors far below 2^31; the check guards configs built in code.
-  const auto product = [](int64_t a, int64_t b, const char* what) {
-    int64_t out = 0;
-    LTXMPS_CHECK(a > 0 && b > 0 && !c10::mul_overflows(a, b, &out), "the VAE's ", what, " compression ", a,
-                 " times the transformer's patch size ", b, " is not a positive size (overflow or non-positive)");
-    return out;
-  };
-  return {product(vae.spatial_compression(), transformer.patch_size, "spatial"),
-          product(vae.temporal_compression(), transformer.patch_size_t, "temporal")};
 }
 
 std::string nearest_multiples(int64_t value, int64_t multiple) {

@@ -4,12 +4,14 @@
 
 #include "ltxmps/error.hpp"
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 
 #include <ATen/ATen.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -136,7 +138,9 @@ std::string quoted(const fs::path& p) { return "\"" + p.string() + "\""; }
 }  // namespace
 
 TEST_CASE("safetensors: C++ write then C++ read, every dtype", "[pipeline][safetensors]") {
-  const auto dir = test_dir("roundtrip");
+  auto dir = test_dir("roundtrip");
+  REQUIRE_FALSE(remove_tree(dir));  // empty, so that the listing at the end sees only this run's files
+  dir = test_dir("roundtrip");
   for (const auto& [dname, dtype] : kDtypes) {
     CAPTURE(dname);
     const auto file = dir / (std::string(dname) + ".safetensors");
@@ -166,8 +170,15 @@ TEST_CASE("safetensors: C++ write then C++ read, every dtype", "[pipeline][safet
     REQUIRE(all.size() == 4);
     for (const auto& [name, t] : all) CHECK(bit_equal(t, st.load(name)));
   }
-  for (const auto& entry : fs::directory_iterator(dir))
-    CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);
+  // Only the finished files: each was written as "<file>.partial-<pid>-<n>" (unique_temporary_path) and renamed.
+  std::set<std::string> expected, found;
+  for (const auto& [dname, dtype] : kDtypes) expected.insert(std::string(dname) + ".safetensors");
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const auto name = entry.path().filename().string();
+    CHECK(name.find(".partial-") == std::string::npos);
+    found.insert(name);
+  }
+  CHECK(found == expected);
 }
 
 TEST_CASE("safetensors: load converts dtype and never aliases the mapping", "[pipeline][safetensors]") {

@@ -4,6 +4,7 @@
 #include "ltxmps/error.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
+#include "ltxmps_pipeline/latent_grid.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
 
 #include <ATen/ATen.h>

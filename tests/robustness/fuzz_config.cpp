@@ -17,8 +17,8 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace ltxmps::pipeline;
   try {
-    const auto json = detail::parse_json_strict(std::string_view(reinterpret_cast<const char*>(data), size),
-                                                "fuzz/config.json", "");
+    const std::string_view text(reinterpret_cast<const char*>(data), size);
+    const auto json = ltxmps::pipeline::detail::parse_json_strict(text, "fuzz/config.json", "");
     const auto parse = [&](auto&& fn) {
       try {
         fn();

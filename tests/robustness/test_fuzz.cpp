@@ -2,7 +2,7 @@
 // T5, scheduler), PNG and the prompt cache. Every generated input must either be accepted or rejected with
 // ltxmps::Error; any other exception fails the test (the input is kept on disk), and a crash or a sanitizer
 // report fails the suite. Each reader gets LTXMPS_FUZZ_ITERATIONS inputs (default 10,000) unless its time cap
-// LTXMPS_FUZZ_SECONDS (default 40 s) comes first, which keeps the suite inside CI's budget under ASan on two cores.
+// LTXMPS_FUZZ_SECONDS (default 30 s) comes first, which keeps the suite inside CI's budget under ASan on two cores.
 #include "robustness_support.hpp"
 
 #include "ltxmps_pipeline/prompt_cache.hpp"
@@ -12,6 +12,8 @@
 #include <zlib.h>
 
 #include <random>
+
+#include <unistd.h>
 #include <set>
 
 #include "catch_compat.hpp"
@@ -82,11 +84,24 @@ void mutate_json_value(std::string& s, Rng& rng) {
   s.replace(at, end - at, kNumbers[pick(rng, std::size(kNumbers))]);
 }
 
+// Inputs are written to memory-backed /dev/shm where there is one: tens of thousands of small writes and maps
+// on a virtual disk otherwise dominate the run time.
+fs::path scratch_dir(const std::string& reader) {
+  std::error_code ec;
+  if (!fs::is_directory("/dev/shm", ec)) return fresh_dir("fuzz_scratch_" + reader);
+  const auto dir = fs::path("/dev/shm") / ("ltxmps_fuzz_" + std::to_string(::getpid()) + "_" + reader);
+  fs::create_directories(dir);
+  return dir;
+}
+
 struct Fuzz {
+  Fuzz(std::string reader_, fs::path dir_) : reader(std::move(reader_)), dir(std::move(dir_)), scratch(scratch_dir(reader)) {}
+  ~Fuzz() { remove_tree(scratch); }
   std::string reader;
-  fs::path dir;
+  fs::path dir;      ///< where a failing input is kept
+  fs::path scratch;  ///< where inputs are written
   int64_t iterations = env_or("LTXMPS_FUZZ_ITERATIONS", 10000);
-  double seconds = static_cast<double>(env_or("LTXMPS_FUZZ_SECONDS", 40));
+  double seconds = static_cast<double>(env_or("LTXMPS_FUZZ_SECONDS", 30));
 
   // Runs `one(i)` until the iteration count or the time cap; `input(i)` gives the bytes to keep on failure.
   void run(const std::function<void(int64_t)>& one, const std::function<std::string()>& input) {
@@ -115,7 +130,7 @@ struct Fuzz {
 
 TEST_CASE("fuzz: the safetensors reader", "[robustness][fuzz]") {
   Fuzz fuzz{"safetensors", fresh_dir("fuzz_safetensors")};
-  const auto seed_file = fuzz.dir / "seed.safetensors";
+  const auto seed_file = fuzz.scratch / "seed.safetensors";
   save_safetensors(seed_file, {{"a", at::arange(12, at::kFloat).view({3, 4})}, {"b", at::arange(6, at::kLong)},
                                {"c", at::ones({2, 2}, at::kBool)}, {"d", at::zeros({0, 5}, at::kHalf)},
                                {"e", at::full({3}, 2.5, at::kBFloat16)}},
@@ -123,7 +138,7 @@ TEST_CASE("fuzz: the safetensors reader", "[robustness][fuzz]") {
   const auto seed = read_bytes(seed_file);
   Rng rng(20261127);
   std::string bytes;
-  const auto file = fuzz.dir / "input.safetensors";
+  const auto file = fuzz.scratch / "input.safetensors";
   fuzz.run(
       [&](int64_t) {
         bytes = seed;
@@ -177,7 +192,7 @@ TEST_CASE("fuzz: the PNG reader", "[robustness][fuzz]") {
   const auto seed = png_bytes(5, 3);
   Rng rng(20261129);
   std::string bytes;
-  const auto file = fuzz.dir / "input.png";
+  const auto file = fuzz.scratch / "input.png";
   const auto fix_crc = [](std::string& s, size_t chunk) {  // chunk: offset of the length field
     if (chunk + 12 > s.size()) return;
     uint32_t len = 0;
@@ -222,11 +237,11 @@ TEST_CASE("fuzz: the PNG reader", "[robustness][fuzz]") {
 TEST_CASE("fuzz: the prompt-cache reader", "[robustness][fuzz]") {
   Fuzz fuzz{"prompt_cache", fresh_dir("fuzz_prompt_cache")};
   Rng rng(20261130);
-  const auto seed_file = fuzz.dir / "seed.safetensors";
+  const auto seed_file = fuzz.scratch / "seed.safetensors";
   save_prompt_cache(seed_file, {at::zeros({1, 4, 8}), at::ones({1, 4}, at::kBool), at::zeros({1, 4, 8}),
                                 at::ones({1, 4}, at::kBool)});
   const auto seed = read_bytes(seed_file);
-  const auto file = fuzz.dir / "input.safetensors";
+  const auto file = fuzz.scratch / "input.safetensors";
   std::string bytes;
   const char* names[] = {"prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds",
                          "negative_prompt_attention_mask", "other"};

@@ -3,8 +3,10 @@
 // products overflow (a named error, never a truncation or a SIGFPE). Each case runs the library and the CLI.
 #include "robustness_support.hpp"
 
+#include "ltxmps_pipeline/latent_grid.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/prompt_cache.hpp"
+#include "ltxmps_pipeline/tokenizer.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
 
 #include <fcntl.h>
@@ -86,6 +88,7 @@ TEST_CASE("FIFOs and devices where files belong are refused without blocking", "
       {"read_png", [&] { read_png(fifo); }},
       {"read_image", [&] { read_image(fifo); }},
       {"read_video", [&] { read_video(fifo); }},
+      {"T5Tokenizer::from_model_file", [&] { T5Tokenizer::from_model_file(fifo); }},
   };
   for (const auto& [name, read] : readers) {
     INFO(name);
@@ -93,6 +96,12 @@ TEST_CASE("FIFOs and devices where files belong are refused without blocking", "
     CHECK_THAT(message, ContainsAll({"pipe", "FIFO"}));
     CHECK(message.find("no such file") == std::string::npos);
   }
+  fs::create_directories(dir / "tokenizer");
+  make_fifo(dir / "tokenizer" / "spiece.model");
+  const auto tokenizer = error_within_10s([&] { T5Tokenizer::load(dir / "tokenizer"); }, dir / "tokenizer" / "spiece.model");
+  CHECK_THAT(tokenizer, ContainsAll({"tokenizer model", "spiece.model", "FIFO"}));
+  CHECK(tokenizer.find("no such file") == std::string::npos);
+  CHECK_THAT(error_within_10s([] { T5Tokenizer::from_model_file("/dev/zero"); }), Contains("character device"));
   CHECK_THAT(error_within_10s([] { read_json_file("/dev/zero"); }), Contains("character device"));
   CHECK_THAT(error_within_10s([] { read_png("/dev/zero"); }), Contains("character device"));
   CHECK_THAT(error_within_10s([&] { read_png(dir); }), Contains("is a folder"));
@@ -176,6 +185,31 @@ TEST_CASE("config integers must be integers in range, and no size product overfl
     auto c = tiny_t5_config();
     c["num_layers"] = 2.5;
     CHECK_THAT(error([&] { T5Config::from_json(c); }), Contains("field 'num_layers' is 2.5, expected an integer"));
+    c = tiny_t5_config();
+    c["d_kv"] = int64_t{1} << 62;
+    CHECK_THAT(error([&] { T5Config::from_json(c, "te/config.json"); }),
+               ContainsAll({"te/config.json", "d_kv = 4611686018427387904 is out of range (expected 1 to 1048576)"}));
+    c = tiny_t5_config();
+    c["num_heads"] = 1 << 20;
+    c["d_kv"] = 1 << 20;
+    CHECK_THAT(error([&] { T5Config::from_json(c, "te/config.json"); }),
+               ContainsAll({"te/config.json", "inner dim num_heads * d_kv = 1099511627776 is out of range"}));
+    c = tiny_t5_config();
+    c["num_layers"] = int64_t{1} << 40;
+    CHECK_THAT(error([&] { T5Config::from_json(c); }), Contains("num_layers = 1099511627776 is out of range"));
+    c = tiny_t5_config();
+    c["relative_attention_num_buckets"] = int64_t{1} << 40;
+    CHECK_THAT(error([&] { T5Config::from_json(c); }),
+               Contains("relative_attention_num_buckets = 1099511627776 is out of range (expected 4 to 1048576)"));
+    const auto dir = fresh_dir("t5_config");
+    c = tiny_t5_config();
+    c["d_model"] = 0;
+    write_text(dir / "config.json", c);
+    CHECK_THAT(error([&] { T5Config::from_file(dir / "config.json"); }),
+               ContainsAll({(dir / "config.json").string(), "d_model = 0 is out of range"}));
+    T5Config built;  // a config built in code, checked by validate() alone
+    built.num_heads = int64_t{1} << 32;
+    CHECK_THAT(error([&] { built.validate(); }), Contains("T5Config: num_heads = 4294967296 is out of range"));
   }
   SECTION("fit rules of configs built in code") {
     VaeConfig vae = VaeConfig::from_json(tiny_vae_config());

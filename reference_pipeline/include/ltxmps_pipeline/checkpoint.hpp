@@ -2,8 +2,9 @@
 /// @file checkpoint.hpp
 /// @brief Diffusers checkpoint loading: component folders, sharded indexes, the original Lightricks
 /// single-file transformer, strict binding of weights to model code (with a NaN/Inf check of every weight),
-/// and config.json reading.
+/// and config.json fields (the JSON files themselves are read by json_file.hpp, included here).
 
+#include "ltxmps_pipeline/json_file.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 
 #include <ltxmps/error.hpp>
@@ -150,20 +151,7 @@ class StrictLoader {
   bool check_finite_ = true;
 };
 
-/// @brief Reads and parses a JSON file (config.json, model_index.json, an index); the error names
-/// the file and the parse position. Duplicate keys are rejected. Only a regular file is read: a FIFO,
-/// a device or a folder is an error before anything is opened blocking (open_regular_file()), and a
-/// file above 256 MiB is refused before it is read.
-nlohmann::json read_json_file(const std::filesystem::path& file);
-
 namespace detail {
-/// @brief Parses `text` as JSON and rejects duplicate object keys; errors name `file` and `what`
-/// ("the header of", "") and the parse position. Shared by the safetensors header and JSON files.
-nlohmann::json parse_json_strict(std::string_view text, const std::filesystem::path& file, std::string_view what);
-/// @brief A short description of an untrusted JSON value for an error message: scalars and short
-/// flat arrays as JSON (cut to 64 characters), other containers by kind (never dumped: they may be
-/// deeply nested).
-std::string describe_json(const nlohmann::json& value);
 [[noreturn]] void config_field_error(const nlohmann::json& value, const std::string& key, const std::string& source,
                                      const std::string& expected);
 }  // namespace detail

@@ -1,10 +1,12 @@
 #pragma once
 /// @file latent_grid.hpp
-/// @brief Pixels <-> latent frames/height/width <-> transformer tokens for one model, and diffusers' static
-///        latent helpers (`_pack_latents`, `_unpack_latents`, `_prepare_video_ids`, `_scale_video_ids`).
+/// @brief Pixels <-> latent frames/height/width <-> transformer tokens for one model, the size rules inputs are
+///        fitted to (fit_rules()), and diffusers' static latent helpers (`_pack_latents`, `_unpack_latents`,
+///        `_prepare_video_ids`, `_scale_video_ids`).
 
 #include "ltxmps_pipeline/transformer.hpp"
 #include "ltxmps_pipeline/vae.hpp"
+#include "ltxmps_pipeline/video_io.hpp"  // FitRules
 
 #include <ATen/ATen.h>
 
@@ -60,6 +62,10 @@ struct LatentGrid {
   ///        multiplied by 1/frame_rate; `frame_rate` <= 0 leaves it in frames (the effects pass does that).
   at::Tensor rope_coords(int64_t batch, const c10::Device& device, double frame_rate) const;
 };
+
+/// @brief The rules of a model (what fit_video() fits inputs to): the VAE's compression ratios times the
+///        transformer's patch sizes. Throws ltxmps::Error when a product is not a positive int64.
+FitRules fit_rules(const VaeConfig& vae, const TransformerConfig& transformer);
 
 /// @brief diffusers `_pack_latents`: [B, C, F, H, W] -> [B, F/pt · H/p · W/p, C·pt·p·p].
 at::Tensor pack_latents(const at::Tensor& latents, int64_t patch, int64_t patch_t);

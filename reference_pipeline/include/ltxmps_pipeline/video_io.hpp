@@ -35,9 +35,6 @@
 
 namespace ltxmps::pipeline {
 
-struct TransformerConfig;
-struct VaeConfig;
-
 /// @brief The largest width or height a reader accepts (16K): larger header values are corrupt or hostile.
 constexpr int64_t kMaxVideoSide = 16384;
 /// @brief The most pixels (frames x height x width) one read video may have.
@@ -119,13 +116,11 @@ const char* to_string(FitMode mode) noexcept;
 FitMode parse_fit_mode(const std::string& text);
 
 /// @brief What the model accepts: H and W multiples of `spatial_multiple`, frame counts k·temporal_multiple + 1.
+///        fit_rules() (latent_grid.hpp) gives those of a model.
 struct FitRules {
   int64_t spatial_multiple = 32;  ///< height and width must be multiples of this
   int64_t temporal_multiple = 8;  ///< frame counts must be k · this + 1
 };
-
-/// @brief The rules of a model: the VAE's compression ratios times the transformer's patch sizes.
-FitRules fit_rules(const VaeConfig& vae, const TransformerConfig& transformer);
 
 /// @brief The valid values next to `value` (multiples of `multiple`, at least one multiple), e.g. "480 or 512",
 ///        or just "512" when `value` is valid.

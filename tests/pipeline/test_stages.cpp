@@ -1,0 +1,137 @@
+// The stage layer without an oracle: every weight a loader creates is reached by the model's tensor visitor (so a
+// move, an offload or a cast leaves none behind), the plan -> runtime rules, LatentGrid's sizes and errors, the
+// pipeline choice, the progress reports of a run, and the synthetic removal clip.
+#include "ltxmps/plan.hpp"
+#include "ltxmps_pipeline/embedded_default.hpp"
+#include "ltxmps_pipeline/latent_grid.hpp"
+#include "ltxmps_pipeline/pipeline.hpp"
+#include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/synthetic_clip.hpp"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+// Last: c10/util/Logging.h defines a fatal CHECK() macro; Catch2's must win.
+#include "catch_compat.hpp"
+
+using namespace ltxmps::pipeline;
+using ltxmps_test::Contains;
+
+namespace {
+
+ltxmps::ExecutionPlan cpu_plan() {
+  ltxmps::LoaderSettings s;
+  s.device = "cpu";
+  s.precision = ltxmps::Precision::fp32;
+  return ltxmps::resolve(s, ltxmps::Capabilities::cpu_only());
+}
+
+/// A weight source that counts what it hands out.
+template <typename... Extra>
+auto counting(int64_t& count) {
+  return [&count](const std::string&, const std::vector<int64_t>& shape, Extra...) {
+    ++count;
+    return at::zeros(shape);
+  };
+}
+
+}  // namespace
+
+TEST_CASE("for_each_tensor reaches every weight the loader created", "[stages]") {
+  const auto plan = cpu_plan();
+  int64_t created = 0;
+  auto transformer = TransformerModel::from_weights(EmbeddedDefault::transformer_config(), transformer_runtime(plan),
+                                                    counting<>(created));
+  CHECK(count_tensors(transformer) == created);
+  created = 0;
+  auto vae = VaeModel::from_weights(EmbeddedDefault::vae_config(), vae_runtime(plan), counting<>(created));
+  CHECK(count_tensors(vae) == created);
+  created = 0;
+  auto t5 = T5EncoderModel::from_weights(EmbeddedDefault::text_encoder_config(), t5_runtime(plan),
+                                         counting<at::ScalarType>(created));
+  CHECK(count_tensors(t5) == created);
+  // A move leaves every tensor where it was asked to go (meta: no memory, any machine).
+  move_model(transformer, c10::Device(c10::kMeta));
+  bool all_moved = true;
+  for_each_tensor(transformer, [&](at::Tensor& t) { all_moved = all_moved && (!t.defined() || t.is_meta()); });
+  CHECK(all_moved);
+  CHECK(transformer.runtime.device.is_meta());
+}
+
+TEST_CASE("runtime_for: one source for each component's device and dtypes", "[stages]") {
+  ltxmps::LoaderSettings s;
+  s.device = "cpu";
+  s.precision = ltxmps::Precision::fp16;
+  const auto plan = ltxmps::resolve(s, ltxmps::Capabilities::cpu_only());
+  CHECK(transformer_runtime(plan).dtype == at::kHalf);
+  CHECK(vae_runtime(plan).dtype == at::kFloat);  // vae_float32 by default
+  CHECK(t5_runtime(plan).keep_in_fp32_modules == std::vector<std::string>{"wo"});
+  CHECK(t5_runtime(plan).keep_in_fp32_modules == plan.precision.text_encoder.keep_in_fp32_modules);
+  CHECK(home_device(plan) == execution_device(plan));
+}
+
+TEST_CASE("LatentGrid: pixels, latents and tokens", "[stages]") {
+  const auto vae = EmbeddedDefault::vae_config();  // 32 / 8
+  auto transformer = EmbeddedDefault::transformer_config();
+  const auto g = LatentGrid::make(vae, transformer, 17, 64, 96);
+  CHECK(g.latent_frames() == 3);
+  CHECK(g.latent_height() == 2);
+  CHECK(g.latent_width() == 3);
+  CHECK(g.tokens() == 18);
+  const auto x = at::randn({1, 8, 3, 2, 3});
+  CHECK(at::equal(g.unpack(g.pack(x)), x));
+  const auto coords = g.rope_coords(1, c10::kCPU, 25.0);
+  CHECK(coords.sizes() == at::IntArrayRef({1, 3, 18}));
+  CHECK(std::abs(coords[0][0][6].item<float>() - 1.0f / 25.0f) < 1e-7f);  // latent frame 1 -> pixel frame 1 (causal shift)
+  CHECK(std::abs(coords[0][0][12].item<float>() - 9.0f / 25.0f) < 1e-7f);
+  CHECK_THROWS_WITH(LatentGrid::make(vae, transformer, 17, 60, 96, "remove"), Contains("remove: height and width (60x96)"));
+  CHECK_THROWS_WITH(LatentGrid::make(vae, transformer, 16, 64, 96), Contains("use for example 9"));
+  transformer.patch_size_t = 2;
+  CHECK_THROWS_WITH(LatentGrid::make(vae, transformer, 17, 64, 96), Contains("patch_size_t 2"));
+}
+
+TEST_CASE("choose_pipeline follows the folder's class and the inputs", "[stages]") {
+  LtxModel model;
+  model.pipeline_class = "LTXPipeline";
+  CHECK(choose_pipeline(model, false, false) == PipelineKind::text_to_video);
+  CHECK(choose_pipeline(model, true, false) == PipelineKind::image_to_video);
+  CHECK(choose_pipeline(model, false, true) == PipelineKind::condition);
+  model.pipeline_class = "LTXConditionPipeline";
+  CHECK(choose_pipeline(model, false, false) == PipelineKind::condition);
+  CHECK(choose_pipeline(model, true, false) == PipelineKind::condition);
+}
+
+TEST_CASE("a run reports every long stage through one progress callback", "[stages]") {
+  const auto plan = cpu_plan();
+  auto model = make_embedded_default_model(plan);
+  GenerateRequest r;
+  r.height = r.width = 64;
+  r.num_frames = 9;
+  r.num_inference_steps = 2;
+  r.max_sequence_length = 16;
+  std::vector<std::string> seen;
+  generate(model, r, plan, ltxmps::null_sink(), [&](const Progress& p) {
+    seen.push_back(p.stage + " " + std::to_string(p.done) + "/" + std::to_string(p.total));
+  });
+  CHECK(seen == std::vector<std::string>{"text encoder 0/1", "text encoder 1/1", "denoise 1/2", "denoise 2/2",
+                                         "vae decode 0/1", "vae decode 1/1"});
+  CHECK_FALSE(model.text_encoder->loaded());  // released before the loop
+}
+
+TEST_CASE("synthetic clip: an object, its shadow outside the object mask", "[stages]") {
+  const auto clip = make_synthetic_clip(9, 64, 96, 0);
+  CHECK(clip.video.sizes() == at::IntArrayRef({9, 3, 64, 96}));
+  CHECK(clip.video.min().item<float>() >= 0);
+  CHECK(clip.video.max().item<float>() <= 1);
+  const auto shadow = clip.total_mask - clip.object_mask;
+  CHECK(shadow.min().item<float>() >= 0);
+  CHECK(shadow.sum().item<float>() > 0);
+  CHECK(clip.object_mask.sum().item<float>() > 0);
+  // The object moves: its first and last frames differ.
+  CHECK_FALSE(at::equal(clip.object_mask[0], clip.object_mask[8]));
+  CHECK(at::equal(clip.video, make_synthetic_clip(9, 64, 96, 0).video));
+  CHECK_THROWS_WITH(make_synthetic_clip(0, 64, 96), Contains("synthetic clip"));
+}

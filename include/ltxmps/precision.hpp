@@ -233,7 +233,6 @@ inline Precision apply_device_rules(Precision p, const LoaderSettings& settings,
 
 }  // namespace detail
 
-/// @brief Resolves the dtype of every component for `device`, appending the reasons to `out`.
 /// @brief The T5 modules transformers 5.17's `from_pretrained(dtype=...)` keeps in float32: `{"wo"}` for float16
 ///        only (Note [T5 wo in float32]). The one source of this rule: the plan and every T5 runtime use it.
 inline std::vector<std::string> t5_fp32_modules(at::ScalarType dtype) {
@@ -241,6 +240,7 @@ inline std::vector<std::string> t5_fp32_modules(at::ScalarType dtype) {
   return {};
 }
 
+/// @brief Resolves the dtype of every component for `device`, appending the reasons to `out`.
 inline PrecisionPlan resolve_precision(const LoaderSettings& settings, const c10::Device& device,
                                        const Capabilities& caps, std::vector<Diagnostic>& out) {
   PrecisionPlan plan;

@@ -172,9 +172,17 @@ void check_one_output(const OutputPath& o) {
 }  // namespace
 
 void check_output_paths(const std::vector<OutputPath>& outputs, const std::vector<InputPath>& inputs) {
+  // Two outputs naming one file is the first thing to say: whatever is there now, one would replace the other.
+  for (size_t i = 0; i < outputs.size(); ++i)
+    for (size_t j = 0; j < i; ++j) {
+      const auto& o = outputs[i];
+      const auto& other = outputs[j];
+      LTXMPS_CHECK(resolved(other.path) != resolved(o.path) && !same_inode(other.path, o.path), o.option, " ",
+                   o.path.string(), ": is the same file as ", other.option, " ", other.path.string(),
+                   "; one output would replace the other");
+    }
   for (const auto& o : outputs) check_one_output(o);
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    const auto& o = outputs[i];
+  for (const auto& o : outputs) {
     const auto out = resolved(o.path);
     const bool folder_output = o.kind == OutputKind::video && !is_video_file_path(o.path);
     for (const auto& in : inputs) {
@@ -184,12 +192,6 @@ void check_output_paths(const std::vector<OutputPath>& outputs, const std::vecto
                    in.option, " ", in.path.string(), "; writing it would destroy the input");
       LTXMPS_CHECK(!folder_output || !is_inside(p, out), o.option, " ", o.path.string(), ": the folder holds ",
                    in.option, " ", in.path.string(), ", which replacing it would destroy");
-    }
-    for (size_t j = 0; j < i; ++j) {
-      const auto& other = outputs[j];
-      const auto q = resolved(other.path);
-      LTXMPS_CHECK(q != out && !same_inode(other.path, o.path), o.option, " ", o.path.string(),
-                   ": is the same file as ", other.option, " ", other.path.string(), "; one output would replace the other");
     }
   }
 }

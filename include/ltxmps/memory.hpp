@@ -106,18 +106,25 @@ inline MemoryStats memory_stats(const c10::Device& device) {
   MemoryStats s;
   if (device.is_cuda() && torch::cuda::is_available()) {
     const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
+    // The CUDA caching allocator sets up its per-device state on the first allocation and refuses queries before
+    // that ("Invalid device argument ...: did you call init?"); a process that has allocated nothing on the device
+    // has nothing to report yet, so the figures stay empty.
+    try {
 #if defined(LTXMPS_WITH_CUDA)
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
 #elif LTXMPS_TORCH_AT_LEAST(2, 9)
-    const auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)->getDeviceStats(index);
+      const auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)->getDeviceStats(index);
 #endif
 #if defined(LTXMPS_WITH_CUDA) || LTXMPS_TORCH_AT_LEAST(2, 9)
-    s.allocated = stats.allocated_bytes[0].current;
-    s.peak_allocated = stats.allocated_bytes[0].peak;
-    s.reserved = stats.reserved_bytes[0].current;
+      s.allocated = stats.allocated_bytes[0].current;
+      s.peak_allocated = stats.allocated_bytes[0].peak;
+      s.reserved = stats.reserved_bytes[0].current;
 #else
-    (void)index;
+      (void)index;
 #endif
+    } catch (const c10::Error&) {
+      return s;
+    }
   } else if (device.is_mps() && torch::mps::is_available()) {
     const auto& hooks = at::detail::getMPSHooks();
     s.allocated = static_cast<int64_t>(hooks.getCurrentAllocatedMemory());
@@ -130,13 +137,16 @@ inline MemoryStats memory_stats(const c10::Device& device) {
 inline void reset_peak_memory(const c10::Device& device) {
   if (!device.is_cuda() || !torch::cuda::is_available()) return;
   const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
+  try {  // before the first allocation there is no peak to reset (see memory_stats())
 #if defined(LTXMPS_WITH_CUDA)
-  c10::cuda::CUDACachingAllocator::resetPeakStats(index);
+    c10::cuda::CUDACachingAllocator::resetPeakStats(index);
 #elif LTXMPS_TORCH_AT_LEAST(2, 9)
-  c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(index);
+    c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(index);
 #else
-  (void)index;
+    (void)index;
 #endif
+  } catch (const c10::Error&) {
+  }
 }
 
 /// @brief Synchronizes `device` and empties its cache (Note [Releasing device memory]).

@@ -214,7 +214,7 @@ int run_generate(const GenerateOptions& o) {
   need.text_tokens = request.max_sequence_length.value_or(256), need.guidance = request.guidance_scale > 1.0;
   need.encode_text = !request.prompt_embeddings;
   need.encode_frames = request.video ? request.num_frames : (request.image ? 1 : 0);
-  check_memory(setup.info, setup.plan, need, "generate", log);
+  check_memory(setup.info, setup.plan, o.flags, need, "generate", log);
   auto model = load_model(setup.info, setup.plan, o.flags,
                           "the video will be noise-like, not a picture of the prompt", log, setup.load);
   request.kind = choose_pipeline(model, request.image.has_value(), request.video.has_value());
@@ -311,6 +311,7 @@ Runner setup_generate(CLI::App* cmd) {
       ->check(CLI::IsMember({"none", "crop", "resize", "trim"}));
   add_plan_flags(cmd, o->flags);
   add_weight_check_option(cmd, o->flags.runtime);
+  add_memory_check_option(cmd, o->flags);
   cmd->add_flag("--vae-tiling", o->flags.vae_tiling, "decode in overlapping spatial tiles");
   cmd->add_flag("--vae-slicing", o->flags.vae_slicing, "decode one batch item at a time");
   return [o] { return run_generate(*o); };

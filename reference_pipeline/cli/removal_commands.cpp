@@ -52,6 +52,7 @@ void add_mask_job_options(CLI::App* cmd, MaskJobOptions& o, const std::string& m
       ->check(CLI::IsMember({"none", "crop", "resize", "trim"}));
   add_plan_flags(cmd, o.flags);
   add_weight_check_option(cmd, o.flags.runtime);
+  add_memory_check_option(cmd, o.flags);
   o.flags.vae_tiling = true;
   cmd->add_flag("--vae-tiling,!--no-vae-tiling", o.flags.vae_tiling,
                 "VAE encode/decode in spatial tiles above 512 px (default on, as the official script)");
@@ -155,7 +156,7 @@ int run_effects_mask(const EffectsOptions& o) {
   need.batch = 1, need.frames = video.size(0), need.height = video.size(2), need.width = video.size(3);
   need.text_tokens = 256, need.guidance = false, need.denoise = false, need.decode = false;
   need.encode_frames = video.size(0), need.effects_query_chunk = parsed.query_chunk;
-  check_memory(info, plan, need, "effects-mask", log);
+  check_memory(info, plan, o.job.flags, need, "effects-mask", log);
   auto model = load_model(info, plan, o.job.flags, "the mask shows the pipeline working, not real effects", log);
   const auto result = compute_effects_mask(model, effects_request(o, video, mask), plan, log.sink(),
                                            log.progress_callback());
@@ -214,7 +215,7 @@ int run_remove(const RemoveOptions& o) {
   need.text_tokens = 256, need.guidance = o.guidance_scale > 1.0, need.release_text_encoder = false;
   need.encode_frames = video.size(0);  // the video, then the mask (one at a time)
   if (o.effects_mode == "auto") need.effects_query_chunk = parsed.query_chunk;
-  check_memory(info, plan, need, "remove", log);
+  check_memory(info, plan, job.flags, need, "remove", log);
   auto loaded_model = load_model(info, plan, job.flags, "the result shows the pipeline working, not a real inpainting",
                                  log);
   RemovalResult result;

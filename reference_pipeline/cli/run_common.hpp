@@ -108,6 +108,7 @@ struct PlanFlags {
   bool vae_float32 = true;
   bool vae_tiling = false;
   bool vae_slicing = false;
+  bool skip_memory_check = false;  ///< --skip-memory-check
 };
 
 inline void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
@@ -201,11 +202,23 @@ inline ModelInfo inspect_model(const std::string& model_dir, const ltxmps::pipel
   return info;
 }
 
+/// Declares `--skip-memory-check` (the request's memory estimate is checked against the device before loading
+/// unless it is given).
+inline void add_memory_check_option(CLI::App* cmd, PlanFlags& f) {
+  cmd->add_flag("--skip-memory-check", f.skip_memory_check,
+                "do not refuse a request whose memory estimate exceeds the device's (or host's) free memory; the run "
+                "may then stop with an out-of-memory error");
+}
+
 /// Refuses a request that cannot fit the device (or the host under offload), with the estimate and the limit,
 /// before any model loads; warns when it comes close.
-inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& plan,
+inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& plan, const PlanFlags& flags,
                          const ltxmps::pipeline::MemoryRequest& request, const std::string& what, Log& log) {
   using namespace ltxmps::pipeline;
+  if (flags.skip_memory_check) {
+    log.line("--skip-memory-check: the request's memory is not estimated");
+    return;
+  }
   const auto estimate = estimate_request_memory(info.transformer, info.vae, info.text_encoder, plan, request);
   check_request_fits(estimate, plan,
                      c10::str(what, " of ", request.frames, " frames of ", request.width, "x", request.height));

@@ -31,9 +31,9 @@ struct StageContext {
                const ProgressCallback& progress, uint64_t seed);
 
   LtxModel& model;                      ///< the loaded components
-  const ltxmps::ExecutionPlan& plan;    ///< devices, dtypes, offload and memory policies
-  const ltxmps::DiagnosticSink& sink;   ///< where the stages report decisions and warnings
-  const ProgressCallback& progress;     ///< where the long stages report progress
+  const ltxmps::ExecutionPlan& plan;    ///< devices, dtypes, offload and memory policies (must outlive the context)
+  ltxmps::DiagnosticSink sink;          ///< where the stages report (a copy: a temporary such as null_sink() is fine)
+  ProgressCallback progress;            ///< where the long stages report progress (a copy, likewise)
   c10::Device device;      ///< where the components run (execution_device(plan))
   at::Generator generator; ///< CPU generator seeded with the request's seed
   uint64_t seed;           ///< the request's seed (also seeds 0.9.1's decoder noise injection)

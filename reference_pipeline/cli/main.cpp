@@ -138,7 +138,9 @@ void check_command_words(const CLI::App& app, int argc, char** argv) {
 
 // CLI11's range validators print their bounds in full: "not in range 1.17549e-38 to 1.79769e+308", or 309 digits.
 std::string reword_parse_error(std::string text) {
-  static const std::regex range(R"(Value (\S*) not in range (\S+) to (\S+))");
+  // CLI11's wording differs between releases: "Value V not in range LO to HI" (Debian 12) and
+  // "Value V not in range [LO - HI]" (newer releases).
+  static const std::regex range(R"(Value (\S*) not in range \[?(\S+?)(?: to | - )(\S+?)\]?(?=\s|$))");
   std::smatch m;
   if (!std::regex_search(text, m, range)) return text;
   double lo = 0, hi = 0;

@@ -107,8 +107,6 @@ T reversed_at(const std::vector<T>& v, size_t i) {
 }
 
 // The same test VaeConfig::validate makes: the last down block type decides the encoder layout.
-bool is_095_encoder(const VaeConfig& c) { return c.down_block_types.back() == "LTXVideo095DownBlock3D"; }
-
 // The downsampler of encoder block `p` (LTXVideoDownBlock3D's conv, or LTXVideo095DownBlock3D's `type`).
 VaeDownsamplerWeights downsampler(const WeightBuilder& w, const std::string& p, const std::string& type, int64_t in,
                                   int64_t out, bool causal) {
@@ -129,7 +127,7 @@ VaeDownsamplerWeights downsampler(const WeightBuilder& w, const std::string& p, 
 // LTXVideoEncoder3d.__init__.
 VaeEncoderWeights encoder_weights(const VaeConfig& config, const WeightBuilder& w) {
   const bool enc_causal = config.encoder_causal;
-  const bool v095 = is_095_encoder(config);
+  const bool v095 = config.is_095_encoder();
   const auto& boc = config.block_out_channels;
   const size_t n_down = boc.size() - (v095 ? 1 : 0);
   VaeEncoderWeights enc;

@@ -31,8 +31,6 @@ std::optional<int64_t> json_optional_int(const nlohmann::json& value, const std:
   return config_field<int64_t>(value, key, source);
 }
 
-bool is_095_encoder(const VaeConfig& c) { return c.down_block_types.back() == "LTXVideo095DownBlock3D"; }
-
 int64_t count_true(const std::vector<bool>& v) { return std::count(v.begin(), v.end(), true); }
 
 // patch · 2^scalings, checked (Note [Config bounds]): a config built in code may skip validate().
@@ -96,7 +94,7 @@ void validate_095_down_block(const VaeConfig& c, const std::string& source, size
 // LTXVideoEncoder3d.__init__.
 void validate_encoder(const VaeConfig& c, const std::string& source) {
   const auto& boc = c.block_out_channels;
-  const bool v095 = is_095_encoder(c);
+  const bool v095 = c.is_095_encoder();
   const size_t n_down = boc.size() - (v095 ? 1 : 0);
   LTXMPS_CHECK(n_down >= 1 || !v095, source, ": LTXVideo095DownBlock3D encoders need >= 2 block_out_channels");
   need_entries(source, "down_block_types", c.down_block_types.size(), n_down);
@@ -153,6 +151,8 @@ void validate_compression(const VaeConfig& c, const std::string& source) {
 }
 
 }  // namespace
+
+bool VaeConfig::is_095_encoder() const { return down_block_types.back() == "LTXVideo095DownBlock3D"; }
 
 int64_t VaeConfig::spatial_compression() const {
   return spatial_compression_ratio ? *spatial_compression_ratio

@@ -1,5 +1,11 @@
 #pragma once
-// Helpers shared by the parity suites: where the oracle's files are, and the error measure every bound uses.
+// Helpers shared by the parity suites: where the oracle's files are, the CPU fp32 plan every case runs with, the
+// oracle's tensors, and the error measure every bound uses.
+#include "ltxmps_pipeline/safetensors.hpp"
+
+#include "ltxmps/plan.hpp"
+
+// Last: c10/util/Logging.h defines a fatal CHECK() macro; Catch2's must win.
 #include "catch_compat.hpp"
 
 #include <ATen/ATen.h>
@@ -7,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <string>
 
 namespace ltxmps_test {
@@ -16,6 +23,21 @@ inline std::filesystem::path parity_data_dir(const std::string& suite) {
   const char* env = std::getenv("LTXMPS_TEST_DATA");
   REQUIRE(env != nullptr);
   return std::filesystem::path(env) / suite;
+}
+
+/// The plan every parity case runs with: the CPU in float32 on a simulated CPU-only machine.
+inline ltxmps::ExecutionPlan cpu_fp32_plan() {
+  ltxmps::LoaderSettings settings;
+  settings.device = "cpu";
+  settings.precision = ltxmps::Precision::fp32;
+  return ltxmps::resolve(settings, ltxmps::Capabilities::cpu_only());
+}
+
+/// Every tensor of a safetensors file the oracle wrote, by name.
+inline std::map<std::string, at::Tensor> read_tensors(const std::filesystem::path& file) {
+  std::map<std::string, at::Tensor> out;
+  for (auto& [name, t] : ltxmps::pipeline::load_all(file)) out.emplace(name, t);
+  return out;
 }
 
 /// max |out - ref| / max(1, max |ref|), in float32: the measure behind every parity bound.

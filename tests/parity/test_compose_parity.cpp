@@ -49,18 +49,9 @@ constexpr int64_t kByteLevels = 2;
 
 fs::path data_dir() { return ltxmps_test::parity_data_dir("removal"); }
 
-ltxmps::ExecutionPlan cpu_fp32_plan() {
-  ltxmps::LoaderSettings settings;
-  settings.device = "cpu";
-  settings.precision = ltxmps::Precision::fp32;
-  return ltxmps::resolve(settings, ltxmps::Capabilities::cpu_only());
-}
+using ltxmps_test::cpu_fp32_plan;
 
-std::map<std::string, at::Tensor> read_tensors(const fs::path& file) {
-  std::map<std::string, at::Tensor> out;
-  for (auto& [name, t] : load_all(file)) out.emplace(name, t);
-  return out;
-}
+using ltxmps_test::read_tensors;
 
 /// The oracle's compose case, its inputs as [F, 3, H, W] in [0, 1] and its reference.
 struct ComposeCase {

@@ -36,18 +36,9 @@ constexpr double kFp32Bound = 1e-4;
 
 fs::path data_dir() { return ltxmps_test::parity_data_dir("pipeline"); }
 
-ltxmps::ExecutionPlan cpu_fp32_plan() {
-  ltxmps::LoaderSettings settings;
-  settings.device = "cpu";
-  settings.precision = ltxmps::Precision::fp32;
-  return ltxmps::resolve(settings, ltxmps::Capabilities::cpu_only());
-}
+using ltxmps_test::cpu_fp32_plan;
 
-std::map<std::string, at::Tensor> read_tensors(const fs::path& file) {
-  std::map<std::string, at::Tensor> out;
-  for (auto& [name, t] : load_all(file)) out.emplace(name, t);
-  return out;
-}
+using ltxmps_test::read_tensors;
 
 nlohmann::json find_case(const std::string& name) {
   for (const auto& c : read_json_file(data_dir() / "cases.json"))

@@ -64,6 +64,9 @@ struct VaeConfig {
   std::optional<int64_t> spatial_compression_ratio;   ///< null: patch_size · 2^sum(spatio_temporal_scaling)
   std::optional<int64_t> temporal_compression_ratio;  ///< null: patch_size_t · 2^sum(spatio_temporal_scaling)
 
+  /// @brief Whether the encoder is 0.9.5+ (`down_block_types` ends with LTXVideo095DownBlock3D): it then has
+  ///        len(block_out_channels) - 1 blocks.
+  bool is_095_encoder() const;
   /// @brief diffusers' `vae.spatial_compression_ratio` (the config value, else the formula above).
   int64_t spatial_compression() const;
   /// @brief diffusers' `vae.temporal_compression_ratio`.

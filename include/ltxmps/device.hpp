@@ -46,6 +46,8 @@ struct CudaDeviceInfo {
   bool supports_bf16() const noexcept { return major >= 8; }
   /// True when fp16 is worth using (compute capability >= 6.0).
   bool supports_fp16() const noexcept { return major >= 6; }
+  /// True when the device has FP8 (e4m3) tensor-core matrix multiplies (Ada sm_89, Hopper sm_90 and newer).
+  bool supports_fp8_matmul() const noexcept { return major > 8 || (major == 8 && minor >= 9); }
 };
 
 /// @brief A macOS version (for the MPS rules); major 0 means unknown.

@@ -141,10 +141,6 @@ TransformerModel TransformerModel::from_weights(const TransformerConfig& config,
 
 namespace {
 
-at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x) {
-  return at::linear(x, l.weight, l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt);
-}
-
 // Note [Block RMSNorm]
 // diffusers `RMSNorm.forward` (models/normalization.py): the variance is taken in float32, the input
 // (possibly bf16/fp16) is multiplied by the float32 rsqrt, which promotes to float32, and the result

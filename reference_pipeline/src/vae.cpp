@@ -250,13 +250,11 @@ at::Tensor sinusoidal_embedding(const at::Tensor& timesteps) {
   return at::cat({at::cos(arg), at::sin(arg)}, -1);
 }
 
-at::Tensor linear(const LinearWeights& l, const at::Tensor& x) { return at::linear(x, l.weight, l.bias); }
-
 // PixArtAlphaCombinedTimestepSizeEmbeddings(dim, 0) without additional conditions: the projection in
 // float32, cast to the hidden dtype, linear_1, SiLU, linear_2; viewed as [B, dim, 1, 1, 1].
 at::Tensor embed_timestep(const VaeTimeEmbedderWeights& te, const at::Tensor& temb, int64_t batch, at::ScalarType dtype) {
   auto h = sinusoidal_embedding(temb.flatten()).to(dtype);
-  h = linear(te.linear_2, at::silu(linear(te.linear_1, h)));
+  h = apply_linear(te.linear_2, at::silu(apply_linear(te.linear_1, h)));
   return h.view({batch, -1, 1, 1, 1});
 }
 

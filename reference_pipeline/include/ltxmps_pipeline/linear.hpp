@@ -12,4 +12,8 @@ struct LinearWeights {
   at::Tensor bias;    ///< [out] or undefined
 };
 
+/// @brief `y = x·weightᵀ + bias` (`torch.nn.functional.linear`), the one place the model structs apply a
+///        `LinearWeights`.
+at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x);
+
 }  // namespace ltxmps::pipeline

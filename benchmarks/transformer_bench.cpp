@@ -8,9 +8,14 @@
 //   transformer_bench [--device cuda] [--precision bf16|fp16|fp32] [--attention sdpa|upcast]
 //                     [--layers N] [--heads N] [--head-dim N] [--latent-frames N] [--latent-height N]
 //                     [--latent-width N] [--text-len N] [--batch N] [--warmup N] [--iters N]
-//                     [--peak-tflops X] [--smoke]
+//                     [--peak-tflops X] [--fp8-matmul 0|1] [--weight-storage compute|fp8] [--fused 0|1] [--smoke]
+// --fused 0 runs the ATen references of ltxmps_kernels instead of the fused kernels (docs/kernels.md).
+// With FP8 (--fp8-matmul 1, or --weight-storage fp8) the model is built dense, run once for a reference output,
+// then its blocks are quantized (quantize_transformer) and timed; the JSON line adds the FP8 output's error against
+// that dense output: max and mean |fp8 - dense|, each divided by max |dense| (Note [Weight storage]).
 // Built as ltxmps_transformer_bench (benchmarks/CMakeLists.txt).
 
+#include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
 #include "ltxmps/memory.hpp"
@@ -43,7 +48,8 @@ int main(int argc, char** argv) try {
       {"device", "cuda"}, {"precision", "bf16"}, {"attention", "sdpa"}, {"layers", "28"}, {"heads", "32"},
       {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
       {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
-      {"iters", "10"}, {"peak-tflops", "989"}};
+      {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-matmul", "0"}, {"weight-storage", "compute"},
+      {"fused", "1"}};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--smoke") {
@@ -75,10 +81,11 @@ int main(int argc, char** argv) try {
   runtime.device = c10::Device(opt.at("device"));
   runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
   runtime.attention.kernel = opt.at("attention") == "upcast" ? ltxmps::AttentionKernel::upcast : ltxmps::AttentionKernel::sdpa;
+  runtime.fused_kernels = opt.at("fused") != "0";
 
   at::manual_seed(0);
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
-  const auto model = TransformerModel::from_weights(
+  auto model = TransformerModel::from_weights(
       config, runtime, [&](const std::string&, const std::vector<int64_t>& shape) {
         return at::randn(shape, options).mul_(0.02);
       });
@@ -95,6 +102,18 @@ int main(int argc, char** argv) try {
   in.width = W;
   in.rope_interpolation_scale = {8.0 / 25.0, 32.0, 32.0};
 
+  LinearMode fp8 = LinearMode::dense;
+  if (opt.at("fp8-matmul") == "1") fp8 = LinearMode::fp8_matmul;
+  else if (opt.at("weight-storage") == "fp8") fp8 = LinearMode::fp8_storage;
+  else if (opt.at("fp8-matmul") != "0" || opt.at("weight-storage") != "compute")
+    throw std::runtime_error("--fp8-matmul takes 0 or 1, --weight-storage compute or fp8");
+  at::Tensor dense_out;
+  if (fp8 != LinearMode::dense) {
+    dense_out = model.forward(in);
+    quantize_transformer(model, fp8);
+    for (const auto& d : fp8_diagnostics(model)) std::cerr << "transformer_bench: " << d.message << "\n";
+  }
+
   std::vector<double> ms;
   const int64_t warmup = num("warmup"), iters = num("iters");
   for (int64_t i = 0; i < warmup + iters; ++i) {
@@ -106,18 +125,29 @@ int main(int argc, char** argv) try {
     if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
   std::sort(ms.begin(), ms.end());
+  std::string fp8_fields;
+  if (fp8 != LinearMode::dense) {
+    const auto ref = dense_out.to(at::kDouble);
+    const auto diff = (model.forward(in).to(at::kDouble) - ref).abs();
+    const double scale = ref.abs().max().item<double>();
+    fp8_fields = c10::str(", \"weights\": \"", to_string(fp8), "\", \"fp8_err_max_scaled\": ",
+                          diff.max().item<double>() / scale, ", \"fp8_err_mean_scaled\": ",
+                          diff.mean().item<double>() / scale);
+  }
   const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
   const double flops = forward_flops(config.num_layers, config.inner_dim(), config.cross_attention_dim,
                                      config.caption_channels, config.in_channels, config.out_channels, S, L, B);
   const double tflops = flops / (median * 1e-3) / 1e12;
   std::printf(
-      "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"attention\": \"%s\", \"layers\": %lld, "
+      "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"attention\": \"%s\", \"fused\": %d, "
+      "\"layers\": %lld, "
       "\"dim\": %lld, \"tokens\": %lld, \"text\": %lld, \"batch\": %lld, \"median_ms\": %.3f, \"min_ms\": %.3f, "
-      "\"iters\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f}\n",
+      "\"iters\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f%s}\n",
       runtime.device.str().c_str(), opt.at("precision").c_str(), opt.at("attention").c_str(),
+      runtime.fused_kernels ? 1 : 0,
       static_cast<long long>(config.num_layers), static_cast<long long>(config.inner_dim()), static_cast<long long>(S),
       static_cast<long long>(L), static_cast<long long>(B), median, ms.front(), static_cast<long long>(iters),
-      flops / 1e9, tflops, tflops / std::stod(opt.at("peak-tflops")));
+      flops / 1e9, tflops, tflops / std::stod(opt.at("peak-tflops")), fp8_fields.c_str());
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "transformer_bench: " << e.what() << "\n";

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
-# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|removal|all]
+# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|removal|memory|all]
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
+#   memory:  the memory-budget and streaming suites and the weight-mode benchmarks at the 13B shape (ltxmps and
+#            diffusers), plotted into $OUT/memory.png, building only their targets.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -27,6 +29,8 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=
 targets=()
 [ "$what" = removal ] && targets=(--target ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests
                                   ltxmps_effects_bench ltxmps_pipeline_bench)
+[ "$what" = memory ] && targets=(--target ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests
+                                 ltxmps_memory_bench ltxmps_headers_cxx17 ltxmps_headers_cxx20)
 if cmake --build build-gpu -j "$(nproc)" "${targets[@]}" -- -k 0 > "$OUT/build.log" 2>&1; then echo "build ok"; else
   echo "BUILD FAILED (some targets)"; grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; fi
 
@@ -67,5 +71,16 @@ if [ "$what" = removal ] || [ "$what" = bench ] || [ "$what" = all ]; then
   echo "== effects pass official maps (diffusers)"; python3 benchmarks/effects_bench.py | tee -a "$OUT/effects_bench.jsonl"
   echo "== removal 13B 512x768x121 C++"; build-gpu/benchmarks/ltxmps_pipeline_bench --job remove $large --steps ${REMOVAL_STEPS:-30} | tee -a "$OUT/removal_bench.jsonl"
   echo "== removal diffusers LTXConditionPipeline"; python3 benchmarks/pipeline_bench.py --job remove $large --steps ${REMOVAL_STEPS:-30} | tee -a "$OUT/removal_bench.jsonl"
+fi
+if [ "$what" = memory ]; then
+  for suite in ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests; do
+    build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
+    echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
+  done
+  echo "== memory 13B C++ (resident, streamed, fp8, fp8_streamed)"
+  build-gpu/benchmarks/ltxmps_memory_bench | tee -a "$OUT/memory_bench.jsonl" || status=1
+  echo "== memory 13B diffusers (resident, layerwise_fp8, group_offload)"
+  python3 benchmarks/memory_bench.py | tee -a "$OUT/memory_bench.jsonl" || status=1
+  python3 benchmarks/plot_memory.py "$OUT/memory_bench.jsonl" --out "$OUT/memory.png" || status=1
 fi
 exit $status

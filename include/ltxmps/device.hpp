@@ -18,9 +18,14 @@
 #endif
 #if defined(LTXMPS_WITH_CUDA)
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
 #endif
 
 #include <cctype>
+#include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
@@ -39,6 +44,10 @@ struct CudaDeviceInfo {
   int minor = 0;
   /// Marketing name, when known.
   std::string name;
+  /// Device memory in bytes; 0 when unknown (LibTorch headers without CUDA).
+  uint64_t total_memory = 0;
+  /// Free device memory in bytes when probed (Note [Device memory probe]); 0 when unknown.
+  uint64_t free_memory = 0;
 
   /// True when the compute capability is known.
   bool capability_known() const noexcept { return major > 0; }
@@ -73,6 +82,8 @@ struct Capabilities {
   bool mps_available = false;
   /// macOS version where known (only probed where MPS exists).
   std::optional<MacOSVersion> macos_version;
+  /// Memory the MPS device may use (Metal's recommended working set of the unified memory); 0 when unknown.
+  uint64_t unified_memory = 0;
   /// Number of XPU devices (0 where the LibTorch has no XPU support).
   int xpu_device_count = 0;
   /// The LibTorch version string these capabilities were probed with (empty when simulated).
@@ -91,22 +102,70 @@ struct Capabilities {
     c.simulated = true;
     return c;
   }
-  /// A machine with `count` CUDA devices of compute capability major.minor.
-  static Capabilities cuda(int count = 1, int major = 9, int minor = 0) {
+  /// A machine with `count` CUDA devices of compute capability major.minor, each with `memory` bytes, all free
+  /// (0: unknown).
+  static Capabilities cuda(int count = 1, int major = 9, int minor = 0, uint64_t memory = 0) {
     Capabilities c;
     c.simulated = true;
-    for (int i = 0; i < count; ++i) c.cuda_devices.push_back({i, major, minor, "simulated CUDA device"});
+    for (int i = 0; i < count; ++i)
+      c.cuda_devices.push_back({i, major, minor, "simulated CUDA device", memory, memory});
     return c;
   }
-  /// An Apple Silicon machine running macOS major.minor.
-  static Capabilities mps(int macos_major = 15, int macos_minor = 0) {
+  /// An Apple Silicon machine running macOS major.minor whose GPU may use `unified_memory` bytes (0: unknown).
+  static Capabilities mps(int macos_major = 15, int macos_minor = 0, uint64_t unified_memory = 0) {
     Capabilities c;
     c.simulated = true;
     c.mps_available = true;
     c.macos_version = MacOSVersion{macos_major, macos_minor};
+    c.unified_memory = unified_memory;
     return c;
   }
 };
+
+// Note [Device memory probe]
+// The total memory of a CUDA device comes with its properties, which need no CUDA context. Its free memory needs
+// one (cudaMemGetInfo), and creating a context costs hundreds of MiB on every device it touches, so the probe
+// reads free memory only where this process already holds a context; elsewhere it stays 0 (unknown) and the
+// memory budget asks the plan's device alone when it needs the figure (memory_budget.hpp). Blocks this process's
+// caching allocator holds without a tensor in them count as free: the next allocation reuses them.
+
+namespace detail {
+
+/// "79.1 GiB".
+inline std::string gib(uint64_t bytes) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << static_cast<double>(bytes) / static_cast<double>(uint64_t{1} << 30) << " GiB";
+  return os.str();
+}
+
+#if defined(LTXMPS_WITH_CUDA)
+/// Free bytes of cuda:`index` plus the caching allocator's unused blocks there; creates the device's context.
+inline uint64_t cuda_free_memory(int index) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky error so that later calls do not report it
+    return 0;
+  }
+  uint64_t cached = 0;
+  try {  // the allocator refuses queries for a device it has not allocated on yet
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index));
+    const auto reserved = stats.reserved_bytes[0].current, allocated = stats.allocated_bytes[0].current;
+    cached = reserved > allocated ? static_cast<uint64_t>(reserved - allocated) : 0;
+  } catch (const c10::Error&) {
+  }
+  return static_cast<uint64_t>(free) + cached;
+}
+
+/// cuda_free_memory() where this process already has a context on the device, else 0 (Note [Device memory probe]).
+inline uint64_t cuda_free_memory_if_initialized(int index) {
+  return c10::cuda::hasPrimaryContext(static_cast<c10::DeviceIndex>(index)) ? cuda_free_memory(index) : 0;
+}
+#endif
+
+}  // namespace detail
 
 /// @brief Asks LibTorch what this machine offers. Cheap enough to call once; use
 ///        `current_capabilities()` for the cached answer.
@@ -123,6 +182,8 @@ inline Capabilities probe_capabilities() {
       info.major = props->major;
       info.minor = props->minor;
       info.name = props->name;
+      info.total_memory = static_cast<uint64_t>(props->totalGlobalMem);
+      info.free_memory = detail::cuda_free_memory_if_initialized(i);
 #endif
       caps.cuda_devices.push_back(info);
     }
@@ -140,6 +201,9 @@ inline Capabilities probe_capabilities() {
         break;
       }
     }
+#if LTXMPS_TORCH_AT_LEAST(2, 5)  // MPSHooksInterface::getRecommendedMaxMemory
+    caps.unified_memory = static_cast<uint64_t>(hooks.getRecommendedMaxMemory());
+#endif
   }
 #if LTXMPS_HAS_XPU_API
   if (torch::xpu::is_available()) caps.xpu_device_count = static_cast<int>(torch::xpu::device_count());
@@ -166,11 +230,13 @@ inline std::string describe(const Capabilities& caps) {
       os << (i ? ", " : "") << "cuda:" << d.index;
       if (d.capability_known()) os << " sm_" << d.major << d.minor;
       if (!d.name.empty()) os << " " << d.name;
+      if (d.total_memory > 0) os << " " << detail::gib(d.total_memory);
     }
     os << "]";
   }
   os << ", MPS " << (caps.mps_available ? "yes" : "no");
   if (caps.macos_version) os << " (macOS " << caps.macos_version->major << "." << caps.macos_version->minor << ")";
+  if (caps.unified_memory > 0) os << " " << detail::gib(caps.unified_memory) << " for the GPU";
   if (caps.xpu_device_count > 0) os << ", XPU " << caps.xpu_device_count << " device(s)";
   os << ", CPU yes";
   if (caps.simulated) os << " (simulated)";

@@ -11,13 +11,15 @@
 ///  - random.hpp     — CPU-generator noise, bit-equal to torch.randn
 ///  - attention.hpp  — SDPA and the float32-softmax path, attention_probs
 ///  - memory.hpp     — synchronize, empty_cache, memory_stats, ReleaseMemoryScope
-///  - plan.hpp       — resolve(LoaderSettings, Capabilities) -> ExecutionPlan, to_text, to_json
+///  - memory_budget.hpp — the device memory budget; resident / FP8 / streamed / offloaded weights per component
+///  - plan.hpp       — resolve(LoaderSettings, Capabilities) -> ExecutionPlan, plan_weights, to_text, to_json
 
 #include "ltxmps/attention.hpp"
 #include "ltxmps/device.hpp"
 #include "ltxmps/diagnostics.hpp"
 #include "ltxmps/error.hpp"
 #include "ltxmps/memory.hpp"
+#include "ltxmps/memory_budget.hpp"
 #include "ltxmps/offload.hpp"
 #include "ltxmps/plan.hpp"
 #include "ltxmps/precision.hpp"

@@ -6,6 +6,7 @@
 #include "ltxmps/device.hpp"
 #include "ltxmps/diagnostics.hpp"
 #include "ltxmps/memory.hpp"
+#include "ltxmps/memory_budget.hpp"
 #include "ltxmps/offload.hpp"
 #include "ltxmps/precision.hpp"
 
@@ -66,6 +67,9 @@ struct ExecutionPlan {
   MemoryPlan memory;
   /// VAE options.
   VaePlan vae;
+  /// Where each component's weights live under the memory budget; `weights.planned` is false until
+  /// plan_weights() has seen the component sizes (after the model folder's configs are read).
+  WeightPlan weights;
   /// The reasons for every decision above, in the order they were taken.
   std::vector<Diagnostic> diagnostics;
 
@@ -95,6 +99,7 @@ inline ExecutionPlan resolve(const LoaderSettings& settings, const Capabilities&
   auto device = resolve_device(DeviceRequest::parse(settings.device), caps);
   plan.device = device.device;
   plan.diagnostics.push_back(std::move(device.reason));
+  check_weight_requests(settings, plan.device);
 
   plan.precision = resolve_precision(settings, plan.device, caps, plan.diagnostics);
 
@@ -145,6 +150,31 @@ inline ExecutionPlan resolve(const LoaderSettings& settings, const Capabilities&
 /// @brief Resolves `settings` on this machine (cached capabilities).
 inline ExecutionPlan resolve(const LoaderSettings& settings) { return resolve(settings, current_capabilities()); }
 
+/// @brief The second step of planning, once the component sizes are known (the model folder's configs have been
+///        read): decides where each component's weights live under the memory budget (Note [Weight budget]) and
+///        appends the reasons; the rest of the plan is left as it is. Throws ltxmps::Error when the plan's weights
+///        were planned already.
+inline void plan_weights(ExecutionPlan& plan, const WeightSizes& sizes) {
+  LTXMPS_CHECK(!plan.weights.planned, "plan_weights: the plan's weights were planned already");
+  const auto budget = memory_budget(plan.settings, plan.device, plan.machine);
+  plan.weights = decide_weights(plan.settings, plan.device, sizes, budget, plan.offload.enabled);
+  if (plan.device.is_mps())
+    plan.diagnostics.push_back(
+        Diagnostic{Severity::info, "weights", "weights.mps.unified",
+                   "MPS: the memory is unified, so the weights stay where the GPU reads them; streaming them from host "
+                   "memory would copy within the same RAM, and MPS has no float8 dtype for FP8 storage"});
+  plan.diagnostics.push_back(plan.weights.transformer.reason);
+  plan.diagnostics.push_back(plan.weights.text_encoder.reason);
+  plan.diagnostics.push_back(plan.weights.vae.reason);
+}
+
+/// @brief Whether the transformer's block linears are stored in FP8: as requested (the precision plan, FP8 matmul
+///        included) or as the memory budget chose under weight_storage=auto (the weight plan). Note [Weight storage].
+inline bool transformer_weights_fp8(const ExecutionPlan& plan) {
+  return plan.precision.transformer_weights == WeightStorage::fp8 ||
+         (plan.weights.planned && is_fp8(plan.weights.transformer.mode));
+}
+
 /// @brief The short name of a dtype: "float32", "float16", "bfloat16".
 inline std::string dtype_name(at::ScalarType t) {
   switch (t) {
@@ -172,6 +202,8 @@ inline std::string to_text(const ExecutionPlan& plan) {
   os << "precision: " << to_string(plan.precision.resolved) << " (requested " << to_string(plan.precision.requested)
      << ")\n";
   component("transformer ", plan.precision.transformer);
+  os << "    block linears: " << (transformer_weights_fp8(plan) ? "fp8" : "compute") << " storage, "
+     << (plan.precision.fp8_matmul ? "fp8 matmul" : "compute-dtype matmul") << " (Note [Weight storage])\n";
   component("text encoder", plan.precision.text_encoder);
   component("vae         ", plan.precision.vae);
   os << "  latents     : " << dtype_name(plan.precision.latents) << "\n";
@@ -184,6 +216,19 @@ inline std::string to_text(const ExecutionPlan& plan) {
      << "\n";
   os << "vae:       tiling " << (plan.vae.tiling ? "on" : "off") << ", slicing " << (plan.vae.slicing ? "on" : "off")
      << "\n";
+  if (plan.weights.planned) {
+    const auto& w = plan.weights;
+    os << "weights:   budget " << (w.budget > 0 ? describe_bytes(w.budget) + " (" + w.budget_source + ")" : "unknown")
+       << ", peak " << describe_bytes(w.peak_bytes) << " (" << w.peak_phase << ")" << (w.fits ? "" : ", OVER BUDGET")
+       << "\n";
+    os << "  transformer : " << to_string(w.transformer.mode);
+    if (is_streamed(w.transformer.mode))
+      os << ", " << w.transformer.blocks_ahead << " blocks ahead, " << w.transformer.ring_blocks << " block buffers";
+    os << ", " << describe_bytes(w.transformer.device_bytes) << " on the device\n";
+    os << "  text encoder: " << to_string(w.text_encoder.mode) << ", " << describe_bytes(w.text_encoder.device_bytes)
+       << "\n";
+    os << "  vae         : " << to_string(w.vae.mode) << ", " << describe_bytes(w.vae.device_bytes) << "\n";
+  }
   os << "reasons:\n";
   for (const auto& d : plan.diagnostics)
     os << "  [" << to_string(d.severity) << "] " << d.topic << " (" << d.rule << "): " << d.message << "\n";
@@ -224,6 +269,19 @@ inline std::string json_component(const ComponentPrecision& c) {
 
 inline const char* json_bool(bool b) { return b ? "true" : "false"; }
 
+inline std::string json_weights(const WeightPlan& w) {
+  if (!w.planned) return "null";
+  auto component = [](const ComponentWeightPlan& c) {
+    return "{\"mode\": " + json_string(to_string(c.mode)) + ", \"device_bytes\": " + std::to_string(c.device_bytes);
+  };
+  return "{\"budget\": " + std::to_string(w.budget) + ", \"budget_source\": " + json_string(w.budget_source) +
+         ", \"peak_bytes\": " + std::to_string(w.peak_bytes) + ", \"peak_phase\": " + json_string(w.peak_phase) +
+         ", \"fits\": " + json_bool(w.fits) + ", \"offload\": " + json_bool(w.offload) +
+         ", \"transformer\": " + component(w.transformer) + ", \"blocks_ahead\": " +
+         std::to_string(w.transformer.blocks_ahead) + ", \"ring_blocks\": " + std::to_string(w.transformer.ring_blocks) +
+         "}, \"text_encoder\": " + component(w.text_encoder) + "}, \"vae\": " + component(w.vae) + "}}";
+}
+
 }  // namespace detail
 
 /// @brief The plan as a JSON object (stable keys; for tools and logs).
@@ -237,14 +295,20 @@ inline std::string to_json(const ExecutionPlan& plan) {
      << ", \"cpu_offload\": " << json_bool(s.cpu_offload) << ", \"vae_tiling\": " << json_bool(s.vae_tiling)
      << ", \"vae_slicing\": " << json_bool(s.vae_slicing) << ", \"upcast_attention\": "
      << (s.upcast_attention ? json_bool(*s.upcast_attention) : "null") << ", \"mps_bf16\": "
-     << json_string(s.mps_bf16 == MpsBf16Policy::allow ? "allow" : "downgrade") << "}"
+     << json_string(s.mps_bf16 == MpsBf16Policy::allow ? "allow" : "downgrade")
+     << ", \"fp8_matmul\": " << json_bool(s.fp8_matmul)
+     << ", \"weight_storage\": " << json_string(to_string(s.weight_storage))
+     << ", \"stream_weights\": " << json_string(to_string(s.stream_weights))
+     << ", \"max_device_memory\": " << s.max_device_memory << "}"
      << ", \"device\": " << json_string(plan.device.str())
      << ", \"precision\": {\"requested\": " << json_string(to_string(plan.precision.requested))
      << ", \"resolved\": " << json_string(to_string(plan.precision.resolved))
      << ", \"transformer\": " << detail::json_component(plan.precision.transformer)
      << ", \"text_encoder\": " << detail::json_component(plan.precision.text_encoder)
      << ", \"vae\": " << detail::json_component(plan.precision.vae)
-     << ", \"latents\": " << json_string(dtype_name(plan.precision.latents)) << "}"
+     << ", \"latents\": " << json_string(dtype_name(plan.precision.latents))
+     << ", \"transformer_weights\": " << json_string(to_string(plan.precision.transformer_weights))
+     << ", \"fp8_matmul\": " << json_bool(plan.precision.fp8_matmul) << "}"
      << ", \"attention\": " << json_string(to_string(plan.attention.kernel))
      << ", \"offload\": {\"enabled\": " << json_bool(plan.offload.enabled)
      << ", \"home\": " << json_string(plan.offload.home.str())
@@ -253,7 +317,7 @@ inline std::string to_json(const ExecutionPlan& plan) {
      << ", \"draw_dtype\": " << json_string(dtype_name(plan.noise.draw_dtype)) << "}"
      << ", \"memory\": {\"release_after_heavy_ops\": " << json_bool(plan.memory.release_after_heavy_ops) << "}"
      << ", \"vae\": {\"tiling\": " << json_bool(plan.vae.tiling) << ", \"slicing\": " << json_bool(plan.vae.slicing)
-     << "}, \"diagnostics\": [";
+     << "}, \"weights\": " << detail::json_weights(plan.weights) << ", \"diagnostics\": [";
   for (size_t i = 0; i < plan.diagnostics.size(); ++i) {
     const auto& d = plan.diagnostics[i];
     os << (i ? ", " : "") << "{\"severity\": " << json_string(to_string(d.severity))

@@ -65,6 +65,47 @@ enum class MpsBf16Policy {
   allow,
 };
 
+/// @brief How the transformer's weights are kept in memory (Note [Weight storage]).
+enum class WeightStorage {
+  /// The memory budget decides (the compute dtype unless it does not fit).
+  automatic,
+  /// In the compute dtype (bf16, fp16 or fp32).
+  compute,
+  /// FP8 e4m3 with one float32 scale per output channel, dequantized to the compute dtype just before use.
+  fp8,
+};
+
+/// @brief The name of a weight storage ("auto", "compute", "fp8").
+inline const char* to_string(WeightStorage w) noexcept {
+  switch (w) {
+    case WeightStorage::automatic: return "auto";
+    case WeightStorage::compute: return "compute";
+    case WeightStorage::fp8: return "fp8";
+  }
+  return "?";
+}
+
+/// @brief Parses "auto", "compute", "fp8".
+inline WeightStorage parse_weight_storage(const std::string& text) {
+  if (text == "auto") return WeightStorage::automatic;
+  if (text == "compute") return WeightStorage::compute;
+  if (text == "fp8") return WeightStorage::fp8;
+  throw Error("weight storage '" + text + "' is not one of auto, compute, fp8");
+}
+
+/// @brief Whether FP8 weight storage works on `device`: everywhere but MPS, which has no float8 dtype.
+inline bool fp8_storage_supported(const c10::Device& device) noexcept { return !device.is_mps(); }
+
+/// @brief Whether the transformer's blocks are streamed from pinned host memory (Note [Streamed weights]).
+enum class StreamWeights {
+  /// The memory budget decides.
+  automatic,
+  /// Always stream (CUDA only).
+  on,
+  /// Never stream.
+  off,
+};
+
 /// @brief The settings a user gives a loader, as the ComfyUI LTX-Video nodes expose them.
 struct LoaderSettings {
   /// Device request: "auto", "cpu", "cuda", "cuda:N", "mps", "xpu" (see DeviceRequest::parse).
@@ -83,6 +124,14 @@ struct LoaderSettings {
   std::optional<bool> upcast_attention;
   /// What bf16 on MPS becomes.
   MpsBf16Policy mps_bf16 = MpsBf16Policy::downgrade;
+  /// Row-wise scaled FP8 (e4m3) matrix multiplies for the transformer's linear layers (sm_89 / sm_90 and newer).
+  bool fp8_matmul = false;
+  /// How the transformer's weights are stored.
+  WeightStorage weight_storage = WeightStorage::automatic;
+  /// Whether the transformer's blocks are streamed from pinned host memory.
+  StreamWeights stream_weights = StreamWeights::automatic;
+  /// Device memory budget in bytes; 0 = what the device reports free.
+  uint64_t max_device_memory = 0;
 };
 
 /// @brief The dtypes of one model component.
@@ -109,6 +158,11 @@ struct PrecisionPlan {
   ComponentPrecision vae;
   /// Dtype of the latents in the denoising loop (float32, as every diffusers LTX pipeline).
   at::ScalarType latents = at::kFloat;
+  /// How the transformer's block linears keep their weights: compute or fp8 (Note [Weight storage]); the memory
+  /// budget may turn compute into fp8 when weight_storage is automatic.
+  WeightStorage transformer_weights = WeightStorage::compute;
+  /// Row-wise scaled FP8 matmuls in the transformer's blocks (implies transformer_weights == fp8).
+  bool fp8_matmul = false;
 };
 
 // Note [bf16 on MPS]
@@ -231,6 +285,63 @@ inline Precision apply_device_rules(Precision p, const LoaderSettings& settings,
   return p;
 }
 
+// Refuses fp8_matmul where the device has no FP8 matmul, or with a precision or storage it contradicts.
+inline void check_fp8_matmul(const LoaderSettings& settings, const c10::Device& device, const Capabilities& caps,
+                             Precision resolved) {
+  const std::string fallback = device.is_mps() ? "" : "; weight_storage=fp8 (--weight-storage fp8) keeps FP8 storage "
+                                                      "with compute-dtype matmuls";
+  if (!device.is_cuda())
+    throw Error("fp8_matmul (--fp8-matmul) needs an NVIDIA GPU of compute capability >= 8.9 (Ada, Hopper or newer); "
+                "the plan's device is " + device.str() + fallback);
+  const auto* info = cuda_info(caps, device);
+  if (info == nullptr || !info->capability_known())
+    throw Error("fp8_matmul (--fp8-matmul): the compute capability of " + device.str() +
+                " is unknown (LibTorch without CUDA headers), so FP8 matmul support cannot be checked" + fallback);
+  if (!info->supports_fp8_matmul())
+    throw Error("fp8_matmul (--fp8-matmul): " + device.str() + " (sm_" + std::to_string(info->major) +
+                std::to_string(info->minor) + ", " + info->name +
+                ") has no FP8 tensor cores (needs compute capability >= 8.9: Ada, Hopper or newer)" + fallback);
+  if (resolved != Precision::bf16)
+    throw Error(std::string("fp8_matmul (--fp8-matmul) multiplies into bf16, but the precision resolved to ") +
+                to_string(resolved) + "; use precision bf16 or auto");
+  if (settings.weight_storage == WeightStorage::compute)
+    throw Error("fp8_matmul (--fp8-matmul) keeps the transformer's block weights in FP8, but weight_storage is "
+                "compute; use weight_storage auto or fp8");
+}
+
+inline void resolve_transformer_weights(const LoaderSettings& settings, const c10::Device& device,
+                                        const Capabilities& caps, PrecisionPlan& plan, std::vector<Diagnostic>& out) {
+  const std::string dtype = to_string(plan.resolved);
+  if (settings.fp8_matmul) {
+    check_fp8_matmul(settings, device, caps, plan.resolved);
+    plan.transformer_weights = WeightStorage::fp8;
+    plan.fp8_matmul = true;
+    note(out, Severity::info, "precision.transformer", "precision.weights.fp8_matmul",
+         "FP8 matmul as requested: the blocks' attention and feed-forward weights in FP8 e4m3 with one float32 "
+         "scale per output channel, activations quantized per token at run time, at::_scaled_mm with bf16 output "
+         "on " + device.str() + "; proj_in, proj_out, time_embed and caption_projection stay " + dtype +
+             " (Note [Weight storage])");
+    return;
+  }
+  if (settings.weight_storage == WeightStorage::fp8) {
+    if (!fp8_storage_supported(device))
+      throw Error("weight_storage=fp8 (--weight-storage fp8) is not supported on " + device.str() +
+                  ": MPS has no float8 dtype; use weight_storage compute or auto there");
+    plan.transformer_weights = WeightStorage::fp8;
+    note(out, Severity::info, "precision.transformer", "precision.weights.fp8_storage",
+         "FP8 storage as requested: the blocks' attention and feed-forward weights in FP8 e4m3 with one float32 "
+         "scale per output channel (half of bf16's bytes), dequantized to " + dtype +
+             " before each matmul; the other layers stay " + dtype + " (Note [Weight storage])");
+    return;
+  }
+  plan.transformer_weights = WeightStorage::compute;
+  note(out, Severity::info, "precision.transformer", "precision.weights.compute",
+       settings.weight_storage == WeightStorage::compute
+           ? "transformer weights in " + dtype + " as requested (weight_storage=compute)"
+           : "transformer weights in " + dtype + " (weight_storage=auto: FP8 storage only when the memory budget "
+                                                 "needs it; FP8 matmul only on request; Note [Weight storage])");
+}
+
 }  // namespace detail
 
 /// @brief The T5 modules transformers 5.17's `from_pretrained(dtype=...)` keeps in float32: `{"wo"}` for float16
@@ -240,7 +351,8 @@ inline std::vector<std::string> t5_fp32_modules(at::ScalarType dtype) {
   return {};
 }
 
-/// @brief Resolves the dtype of every component for `device`, appending the reasons to `out`.
+/// @brief Resolves the dtype of every component for `device`, appending the reasons to `out`. Throws
+///        `ltxmps::Error` for an FP8 request `device` cannot serve (fp8_matmul off CUDA sm_89+, FP8 storage on MPS).
 inline PrecisionPlan resolve_precision(const LoaderSettings& settings, const c10::Device& device,
                                        const Capabilities& caps, std::vector<Diagnostic>& out) {
   PrecisionPlan plan;
@@ -252,6 +364,7 @@ inline PrecisionPlan resolve_precision(const LoaderSettings& settings, const c10
   plan.resolved = p;
   const at::ScalarType model_dtype = to_scalar_type(p);
   plan.transformer = ComponentPrecision{model_dtype, model_dtype, {}};
+  detail::resolve_transformer_weights(settings, device, caps, plan, out);
   plan.text_encoder = ComponentPrecision{model_dtype, model_dtype, {}};
   plan.text_encoder.keep_in_fp32_modules = t5_fp32_modules(model_dtype);
   if (!plan.text_encoder.keep_in_fp32_modules.empty()) {

@@ -49,6 +49,9 @@ inline at::Tensor move_to_target(const at::Tensor& cpu_noise, const at::TensorOp
   const c10::Device device = target.device();
   const at::ScalarType dtype = device_dtype(target.dtype().toScalarType(), device);
   LTXMPS_CHECK(at::isFloatingType(dtype), "ltxmps::randn: the target dtype must be floating point, got ", dtype);
+  // Through pinned memory on CUDA: a copy from pageable memory makes the host wait for the device's queue to drain;
+  // the caching host allocator keeps the pinned block alive until the asynchronous copy has read it.
+  if (device.is_cuda()) return cpu_noise.pin_memory().to(device, dtype, /*non_blocking=*/true);
   return cpu_noise.to(device, dtype);
 }
 

@@ -55,6 +55,7 @@ Runner setup_effects_mask(CLI::App* cmd);      // cli/removal_commands.cpp
 Runner setup_synthetic_clip(CLI::App* cmd);    // cli/removal_commands.cpp
 Runner setup_compose(CLI::App* cmd);           // cli/compose_commands.cpp
 Runner setup_forward_transformer(CLI::App* cmd);  // cli/forward_commands.cpp
+Runner setup_upsample(CLI::App* cmd);             // cli/upsample_commands.cpp
 
 }  // namespace ltxmps::cli
 
@@ -87,6 +88,8 @@ const std::vector<Command>& commands() {
       {{"synthetic-clip"}, "draw a short clip with a moving object, its shadow and the object's mask (for trying remove)",
        setup_synthetic_clip},
       {{"compose"}, "an object and its effects as an RGBA layer, composed onto a new background", setup_compose},
+      {{"upsample"}, "upsample LTX-Video latents (or a video) with the latent upsampler: latents or frames out",
+       setup_upsample},
       {{"plan"}, "print the execution plan this machine (or a simulated one) would get", setup_plan},
   };
   return table;

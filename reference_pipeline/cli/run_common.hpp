@@ -13,6 +13,9 @@
 #include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/progress.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
+#include "ltxmps_pipeline/weight_plan.hpp"
+
+#include "ltxmps_kernels/fused.hpp"
 
 #include "ltxmps/diagnostics.hpp"
 #include "ltxmps/plan.hpp"
@@ -109,6 +112,10 @@ struct PlanFlags {
   bool vae_tiling = false;
   bool vae_slicing = false;
   bool skip_memory_check = false;  ///< --skip-memory-check
+  bool fp8_matmul = false;               ///< --fp8-matmul
+  std::string weight_storage = "auto";   ///< --weight-storage
+  std::string max_gpu_memory = "auto";   ///< --max-gpu-memory
+  std::string stream_weights = "auto";   ///< --stream-weights
 };
 
 inline void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
@@ -117,6 +124,33 @@ inline void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
                 "keep components on the CPU and move each to the GPU while it runs (CUDA/XPU; ignored elsewhere)");
   cmd->add_flag("--vae-float32,!--no-vae-float32", f.vae_float32,
                 "run the VAE in float32 whatever --precision says (default on; --no-vae-float32 follows --precision)");
+  cmd->add_flag("--fp8-matmul", f.fp8_matmul,
+                "multiply the transformer's block linears in FP8 (e4m3, row-wise scales; CUDA sm_89/sm_90+, bf16; "
+                "slightly changes the results)");
+  cmd->add_option("--weight-storage", f.weight_storage,
+                  "transformer block weights: auto (the memory budget decides), compute (the compute dtype), fp8 "
+                  "(e4m3 with per-channel scales, half the memory; not on MPS)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "compute", "fp8"}));
+  cmd->add_option("--max-gpu-memory", f.max_gpu_memory,
+                  "device memory budget the weights are planned for (Note [Weight budget]): 8GiB, 8 GiB, 8GB, 512MiB, "
+                  "a number of bytes, or auto (what the device reports free)")
+      ->capture_default_str()
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            try {
+              ltxmps::parse_memory_size(text, "--max-gpu-memory");
+            } catch (const ltxmps::Error& e) {
+              return std::string(e.what());
+            }
+            return std::string();
+          },
+          "SIZE"));
+  cmd->add_option("--stream-weights", f.stream_weights,
+                  "stream the transformer's blocks from pinned host memory a few blocks ahead: auto (the memory budget "
+                  "decides), on (CUDA only), off")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "on", "off"}));
 }
 
 inline ltxmps::LoaderSettings loader_settings(const PlanFlags& f) {
@@ -127,6 +161,10 @@ inline ltxmps::LoaderSettings loader_settings(const PlanFlags& f) {
   s.vae_float32 = f.vae_float32;
   s.vae_tiling = f.vae_tiling;
   s.vae_slicing = f.vae_slicing;
+  s.fp8_matmul = f.fp8_matmul;
+  s.weight_storage = ltxmps::parse_weight_storage(f.weight_storage);
+  s.max_device_memory = ltxmps::parse_memory_size(f.max_gpu_memory, "--max-gpu-memory");
+  s.stream_weights = ltxmps::parse_stream_weights(f.stream_weights, "--stream-weights");
   return s;
 }
 
@@ -152,10 +190,18 @@ inline const CLI::Validator kPositive = number_check("a positive number", false,
 inline const CLI::Validator kNonNegative = number_check("a number >= 0", false, 0, true);
 
 
+/// The transformer's kernels under `plan` (ltxmps::kernels::kernel_report), as plan text lines.
+inline std::string kernels_text(const ltxmps::ExecutionPlan& plan) {
+  std::string text = "kernels:\n";
+  for (const auto& d : ltxmps::kernels::kernel_report(plan.device, plan.precision.transformer.compute))
+    text += "  " + d.message + "\n";
+  return text;
+}
+
 /// Prints the plan as log lines.
 inline void log_plan(Log& log, const ltxmps::ExecutionPlan& plan) {
   log.line("execution plan:");
-  std::istringstream text(ltxmps::to_text(plan));
+  std::istringstream text(ltxmps::to_text(plan) + kernels_text(plan));
   for (std::string l; std::getline(text, l);) log.line("  " + l);
 }
 
@@ -183,6 +229,9 @@ struct ModelInfo {
   ltxmps::pipeline::VaeConfig vae;
   std::optional<ltxmps::pipeline::T5Config> text_encoder;
   ltxmps::pipeline::FitRules rules;
+  /// Where each component's weights live for the request (check_memory() plans them once the request is known,
+  /// load_model() loads by them); mutable because both take the inspected model as it is, const.
+  mutable std::optional<ltxmps::WeightPlan> weights;
 };
 
 inline ModelInfo inspect_model(const std::string& model_dir, const ltxmps::pipeline::LoadOptions& load = {}) {
@@ -202,6 +251,54 @@ inline ModelInfo inspect_model(const std::string& model_dir, const ltxmps::pipel
   return info;
 }
 
+/// The LTX-Video 13B shapes (0.9.7 / 0.9.8: 48 blocks of 32 heads x 128, the 0.9.5 VAE, T5-XXL): what `plan` plans the
+/// weights for without --model-dir, the size at which the memory budget decides something (the embedded default is
+/// tiny and always resident).
+inline ModelInfo ltx_13b_shapes() {
+  using namespace ltxmps::pipeline;
+  ModelInfo info;
+  info.transformer.num_layers = 48;
+  info.transformer.attention_head_dim = 128;
+  info.transformer.cross_attention_dim = 4096;
+  auto& v = info.vae;
+  v.block_out_channels = {128, 256, 512, 1024, 2048};
+  v.down_block_types.assign(4, "LTXVideo095DownBlock3D");
+  v.decoder_block_out_channels = {256, 512, 1024};
+  v.layers_per_block = {4, 6, 6, 2, 2};
+  v.decoder_layers_per_block = {5, 5, 5, 5};
+  v.spatio_temporal_scaling = {true, true, true, true};
+  v.decoder_spatio_temporal_scaling = {true, true, true};
+  v.decoder_inject_noise = {false, false, false, false};
+  v.downsample_type = {"spatial", "temporal", "spatiotemporal", "spatiotemporal"};
+  v.upsample_residual = {true, true, true};
+  v.upsample_factor = {2, 2, 2};
+  v.timestep_conditioning = true;
+  v.spatial_compression_ratio = 32;
+  v.temporal_compression_ratio = 8;
+  T5Config t5;  // google/t5-v1_1-xxl
+  t5.d_model = 4096;
+  t5.num_heads = 64;
+  t5.d_ff = 10240;
+  t5.num_layers = 24;
+  t5.feed_forward_proj = "gated-gelu";
+  t5.dense_act_fn = "gelu_new";
+  t5.is_gated_act = true;
+  info.text_encoder = t5;
+  info.rules = fit_rules(info.vae, info.transformer);
+  return info;
+}
+
+/// The machines of `plan --simulate cuda-24gb | cuda-8gb | mac-64gb`: an RTX 4090-class card (Ada, sm_89, 24 GiB),
+/// an 8 GiB Ampere card (sm_86), a 64 GB Mac whose GPU may use about three quarters of it (Metal's recommended
+/// working set).
+inline ltxmps::Capabilities memory_preset(const std::string& name) {
+  constexpr uint64_t GiB = uint64_t{1} << 30;
+  if (name == "cuda-24gb") return ltxmps::Capabilities::cuda(1, 8, 9, 24 * GiB);
+  if (name == "cuda-8gb") return ltxmps::Capabilities::cuda(1, 8, 6, 8 * GiB);
+  if (name == "mac-64gb") return ltxmps::Capabilities::mps(15, 0, 48 * GiB);
+  throw UsageError("--simulate " + name + ": not one of cpu, cuda, mps, mps13, cuda-24gb, cuda-8gb, mac-64gb");
+}
+
 /// Declares `--skip-memory-check` (the request's memory estimate is checked against the device before loading
 /// unless it is given).
 inline void add_memory_check_option(CLI::App* cmd, PlanFlags& f) {
@@ -210,11 +307,27 @@ inline void add_memory_check_option(CLI::App* cmd, PlanFlags& f) {
                 "may then stop with an out-of-memory error");
 }
 
-/// Refuses a request that cannot fit the device (or the host under offload), with the estimate and the limit,
-/// before any model loads; warns when it comes close.
-inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& plan, const PlanFlags& flags,
+/// `plan` with the weights planned for `request` under the memory budget (Note [Weight budget]); the decisions are
+/// logged once and remembered in `info` for load_model().
+inline ltxmps::ExecutionPlan plan_weights_for(const ModelInfo& info, const ltxmps::ExecutionPlan& plan,
+                                              const ltxmps::pipeline::MemoryRequest& request, Log& log) {
+  auto planned = plan;
+  if (info.weights) {
+    planned.weights = *info.weights;
+    return planned;
+  }
+  ltxmps::pipeline::plan_model_weights(planned, info.transformer, info.vae, info.text_encoder, request);
+  for (size_t i = plan.diagnostics.size(); i < planned.diagnostics.size(); ++i) log.diagnostic(planned.diagnostics[i]);
+  info.weights = planned.weights;
+  return planned;
+}
+
+/// Plans the weights for the request, then refuses a request that cannot fit the device (or the host under offload
+/// or streaming), with the estimate and the limit, before any model loads; warns when it comes close.
+inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& job, const PlanFlags& flags,
                          const ltxmps::pipeline::MemoryRequest& request, const std::string& what, Log& log) {
   using namespace ltxmps::pipeline;
+  const auto plan = plan_weights_for(info, job, request, log);
   if (flags.skip_memory_check) {
     log.line("--skip-memory-check: the request's memory is not estimated");
     return;
@@ -228,10 +341,12 @@ inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& pla
 
 /// Loads the inspected folder (weights checked for NaN/Inf unless --skip-weight-check), or builds the embedded
 /// default with a warning that `what` is not a real result.
-inline ltxmps::pipeline::LtxModel load_model(const ModelInfo& info, const ltxmps::ExecutionPlan& plan,
+inline ltxmps::pipeline::LtxModel load_model(const ModelInfo& info, const ltxmps::ExecutionPlan& job,
                                              const PlanFlags& flags, const std::string& what, Log& log,
                                              const ltxmps::pipeline::LoadOptions& load = {}) {
   using namespace ltxmps::pipeline;
+  auto plan = job;  // the weights where check_memory() planned them
+  if (info.weights) plan.weights = *info.weights;
   if (!info.folder) {
     log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
     log.line("the embedded default's weights are RANDOM: " + what);

@@ -194,22 +194,141 @@ std::optional<std::string> lightricks_transformer_key(std::string_view key) {
   return out;
 }
 
-WeightStore WeightStore::open_lightricks_transformer(const std::filesystem::path& file) {
-  const WeightStore original = open_file(file);
+WeightStore WeightStore::open_renamed(const WeightStore& original,
+                                      const std::function<std::optional<std::string>(std::string_view)>& rename,
+                                      const char* component) {
   auto state = std::make_shared<State>();
   state->path = original.state_->path;
   state->files = original.state_->files;
   state->unlisted = original.state_->unlisted;
   for (const auto& [stored, entry] : original.state_->entries) {
-    const auto name = lightricks_transformer_key(stored);
+    const auto name = rename(stored);
     if (!name) continue;
     Entry renamed = entry;
     renamed.info.name = *name;
     const auto [it, inserted] = state->entries.emplace(*name, std::move(renamed));
-    LTXMPS_CHECK(inserted, "keys '", it->second.stored_name, "' and '", stored, "' in ", file.string(),
-                 " both map to transformer key '", *name, "'");
+    LTXMPS_CHECK(inserted, "keys '", it->second.stored_name, "' and '", stored, "' in ", state->path.string(),
+                 " both map to ", component, " key '", *name, "'");
   }
   return WeightStore(std::move(state));
+}
+
+WeightStore WeightStore::open_lightricks_transformer(const std::filesystem::path& file) {
+  return open_renamed(open_file(file), lightricks_transformer_key, "transformer");
+}
+
+WeightStore WeightStore::open_lightricks_vae(const std::filesystem::path& file) {
+  const WeightStore original = open_file(file);
+  const auto info = inspect_lightricks_checkpoint(original);
+  LTXMPS_CHECK(info.has_vae, file.string(), ": no VAE in this Lightricks single file (no 'vae.encoder.conv_in.conv.bias'",
+               "; it is a ", info.model_type, " transformer-only file)");
+  const auto layout = info.vae_layout;
+  return open_renamed(original, [layout](std::string_view key) { return lightricks_vae_key(key, layout); }, "VAE");
+}
+
+namespace {
+
+using Renames = std::vector<std::pair<std::string, std::string>>;
+
+/// Python's dict.update on an ordered table: existing keys keep their place and take the new value, new keys
+/// go to the end (the order the substring replacements then run in).
+void update_renames(Renames& table, const Renames& update) {
+  for (const auto& [from, to] : update) {
+    auto it = std::find_if(table.begin(), table.end(), [&](const auto& p) { return p.first == from; });
+    if (it != table.end()) it->second = to;
+    else table.emplace_back(from, to);
+  }
+}
+
+/// convert_ltx_vae_checkpoint_to_diffusers' VAE_KEYS_RENAME_DICT, updated with the layout's table.
+Renames vae_renames(LightricksVaeLayout layout) {
+  Renames table = {
+      {"vae.", ""},
+      {"up_blocks.0", "mid_block"}, {"up_blocks.1", "up_blocks.0"}, {"up_blocks.2", "up_blocks.1.upsamplers.0"},
+      {"up_blocks.3", "up_blocks.1"}, {"up_blocks.4", "up_blocks.2.conv_in"},
+      {"up_blocks.5", "up_blocks.2.upsamplers.0"}, {"up_blocks.6", "up_blocks.2"},
+      {"up_blocks.7", "up_blocks.3.conv_in"}, {"up_blocks.8", "up_blocks.3.upsamplers.0"},
+      {"up_blocks.9", "up_blocks.3"},
+      {"down_blocks.0", "down_blocks.0"}, {"down_blocks.1", "down_blocks.0.downsamplers.0"},
+      {"down_blocks.2", "down_blocks.0.conv_out"}, {"down_blocks.3", "down_blocks.1"},
+      {"down_blocks.4", "down_blocks.1.downsamplers.0"}, {"down_blocks.5", "down_blocks.1.conv_out"},
+      {"down_blocks.6", "down_blocks.2"}, {"down_blocks.7", "down_blocks.2.downsamplers.0"},
+      {"down_blocks.8", "down_blocks.3"}, {"down_blocks.9", "mid_block"},
+      {"conv_shortcut", "conv_shortcut.conv"}, {"res_blocks", "resnets"}, {"norm3.norm", "norm3"},
+      {"per_channel_statistics.mean-of-means", "latents_mean"},
+      {"per_channel_statistics.std-of-means", "latents_std"}};
+  const Renames decoder_09x = {
+      {"up_blocks.0", "mid_block"}, {"up_blocks.1", "up_blocks.0.upsamplers.0"}, {"up_blocks.2", "up_blocks.0"},
+      {"up_blocks.3", "up_blocks.1.upsamplers.0"}, {"up_blocks.4", "up_blocks.1"},
+      {"up_blocks.5", "up_blocks.2.upsamplers.0"}, {"up_blocks.6", "up_blocks.2"},
+      {"up_blocks.7", "up_blocks.3.upsamplers.0"}, {"up_blocks.8", "up_blocks.3"}};
+  const Renames common_09x = {{"last_time_embedder", "time_embedder"},
+                              {"last_scale_shift_table", "scale_shift_table"}};
+  if (layout == LightricksVaeLayout::v090) return table;
+  Renames update = decoder_09x;
+  if (layout == LightricksVaeLayout::v095)
+    update_renames(update, {{"down_blocks.0", "down_blocks.0"}, {"down_blocks.1", "down_blocks.0.downsamplers.0"},
+                            {"down_blocks.2", "down_blocks.1"}, {"down_blocks.3", "down_blocks.1.downsamplers.0"},
+                            {"down_blocks.4", "down_blocks.2"}, {"down_blocks.5", "down_blocks.2.downsamplers.0"},
+                            {"down_blocks.6", "down_blocks.3"}, {"down_blocks.7", "down_blocks.3.downsamplers.0"},
+                            {"down_blocks.8", "mid_block"}});
+  update_renames(update, common_09x);
+  update_renames(table, update);
+  return table;
+}
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  if (from.empty()) return;
+  for (size_t pos = s.find(from); pos != std::string::npos; pos = s.find(from, pos + to.size()))
+    s.replace(pos, from.size(), to);
+}
+
+}  // namespace
+
+std::optional<std::string> lightricks_vae_key(std::string_view key, LightricksVaeLayout layout) {
+  if (key.find("vae.") == std::string_view::npos) return std::nullopt;
+  static const Renames tables[] = {vae_renames(LightricksVaeLayout::v090), vae_renames(LightricksVaeLayout::v091),
+                                   vae_renames(LightricksVaeLayout::v095)};
+  std::string out(key);
+  for (const auto& [from, to] : tables[static_cast<int>(layout)]) replace_all(out, from, to);
+  // VAE_SPECIAL_KEYS_REMAP: removed after the renames (mean-of-means has become latents_mean by then).
+  for (const char* dropped : {"per_channel_statistics.channel", "per_channel_statistics.mean-of-means",
+                              "per_channel_statistics.mean-of-stds"})
+    if (out.find(dropped) != std::string::npos) return std::nullopt;
+  return out;
+}
+
+LightricksCheckpointInfo inspect_lightricks_checkpoint(const WeightStore& original) {
+  static const char* const kMarkers[] = {
+      "model.diffusion_model.patchify_proj.weight", "model.diffusion_model.transformer_blocks.27.scale_shift_table",
+      "patchify_proj.weight", "transformer_blocks.27.scale_shift_table", "vae.decoder.last_scale_shift_table",
+      "vae.decoder.up_blocks.9.res_blocks.0.conv1.conv.weight"};
+  const bool ltx = std::any_of(std::begin(kMarkers), std::end(kMarkers),
+                               [&](const char* k) { return original.contains(k); });
+  LTXMPS_CHECK(ltx, original.path().string(), ": not an LTX-Video single file (none of diffusers' marker keys, e.g. "
+               "'model.diffusion_model.patchify_proj.weight' or 'vae.decoder.last_scale_shift_table')");
+  LightricksCheckpointInfo info;
+  info.has_vae = original.contains("vae.encoder.conv_in.conv.bias");
+  constexpr const char* kConvOut = "vae.encoder.conv_out.conv.weight";
+  const bool wide_conv_out = original.contains(kConvOut) && original.info(kConvOut).shape.size() >= 2 &&
+                             original.info(kConvOut).shape[1] == 2048;
+  const bool time_embedder = original.contains("vae.decoder.last_time_embedder.timestep_embedder.linear_1.weight");
+  const auto names = original.names();
+  const bool block_47 = std::any_of(names.begin(), names.end(), [](const std::string& n) {
+    return ends_with(n, "transformer_blocks.47.scale_shift_table");
+  });
+  if (block_47) info.model_type = "ltx-video-0.9.7", info.reference_config = "Lightricks/LTX-Video-0.9.7-dev";
+  else if (info.has_vae && wide_conv_out) info.model_type = "ltx-video-0.9.5", info.reference_config = "Lightricks/LTX-Video-0.9.5";
+  else if (time_embedder) info.model_type = "ltx-video-0.9.1", info.reference_config = "diffusers/LTX-Video-0.9.1";
+  else info.model_type = "ltx-video", info.reference_config = "diffusers/LTX-Video-0.9.0";
+  if (info.has_vae) {
+    // diffusers reads this tensor unconditionally when it converts the VAE.
+    LTXMPS_CHECK(original.contains(kConvOut), original.path().string(), ": has VAE keys but no '", kConvOut, "'");
+    info.vae_layout = wide_conv_out ? LightricksVaeLayout::v095
+                      : time_embedder ? LightricksVaeLayout::v091
+                                      : LightricksVaeLayout::v090;
+  }
+  return info;
 }
 
 const std::filesystem::path& WeightStore::path() const { return state_->path; }
@@ -279,7 +398,8 @@ at::Tensor StrictLoader::take_as(const std::string& name, const std::vector<int6
     LTXMPS_CHECK(info.dtype == target, "tensor '", full, "' in ", file.string(), " is stored as ",
                  safetensors_dtype_name(info.dtype), ", expected ", safetensors_dtype_name(target));
   }
-  at::Tensor out = store_.load(full, at::TensorOptions().dtype(target).device(options_.device()));
+  at::Tensor out = store_.load(
+      full, at::TensorOptions().dtype(target).device(options_.device()).pinned_memory(options_.pinned_memory()));
   if (check_finite_ && !all_finite(out)) {
     // Note [Weight check]: stored values, or an overflow of the conversion to the run dtype.
     const auto stored = info.dtype == target ? out : store_.load(full);

@@ -124,6 +124,7 @@ void validate_condition(const ConditionRequest& r, const LtxModel& model) {
                "generate: the condition pipeline passes custom timesteps, which a scheduler with use_dynamic_shifting "
                "cannot take (diffusers raises too); use a scheduler_config.json without dynamic shifting");
   LTXMPS_CHECK(!(r.latents && r.video), "generate: give the video-to-video input as latents or as a video, not both");
+  check_custom_timesteps(r.timesteps);
 }
 
 }  // namespace
@@ -184,6 +185,14 @@ GenerateResult condition(LtxModel& model, const ConditionRequest& r, const ltxmp
   DenoiseSettings settings{r.guidance_scale, r.guidance_rescale, /*float32_velocity=*/false};
   auto latents = denoise(ctx, prompts, grid, prepared.latents, timesteps, settings, hooks);
   if (prepared.extra_tokens > 0) latents = latents.slice(1, prepared.extra_tokens);
+  if (r.output_latents) {
+    GenerateResult result;
+    result.normalized_latents = g.unpack(latents);
+    result.latents = model.vae.denormalize_latents(result.normalized_latents, model.vae.config.scaling_factor)
+                         .to(at::kCPU, at::kFloat)
+                         .contiguous();
+    return result;
+  }
   return decode_latents(ctx, g.unpack(latents), DecodeSettings{r.decode_timestep, r.decode_noise_scale, prompts.dtype()});
 }
 

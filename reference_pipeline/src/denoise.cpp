@@ -10,6 +10,12 @@
 #include "ltxmps/memory.hpp"
 #include "ltxmps/offload.hpp"
 
+#if defined(LTXMPS_WITH_CUDA)
+#include <ATen/cuda/CUDAEvent.h>
+#endif
+
+#include <array>
+
 namespace ltxmps::pipeline {
 
 namespace {
@@ -34,11 +40,72 @@ at::Tensor guide(const at::Tensor& noise_pred, const PromptBatch& prompts, const
   return guided;
 }
 
-void check_step(const at::Tensor& t, const char* what, int64_t i, int64_t total) {
-  LTXMPS_CHECK(at::isfinite(t).all().item<bool>(), "generate: the ", what, " contain", what[0] == 't' ? "s" : "",
-               " NaN or Inf ", what[0] == 't' ? "at" : "after", " denoising step ", i + 1, " of ", total,
-               " (broken weights, or a precision too low for this model; try fp32 or bf16)");
-}
+// Note [Deferred finiteness checks]
+// Reading "is this step's output finite?" on the host every step would make the host wait for each step before it
+// can queue the next one (one device synchronization per step). Instead each check only queues device work: one
+// int64 flag on the device keeps the code of the first non-finite check (2·step + what). The flag is read
+//   - at once on the CPU, where there is no queue to drain (the loop stops at the step it happened);
+//   - on CUDA, without blocking: every step queues a copy of the flag into pinned host memory behind an event,
+//     and the host reads the copy of an earlier step only once its event has completed, so a NaN stops the loop a
+//     step or two later, still naming the step where it first appeared;
+//   - everywhere, once after the loop (the decode that follows synchronizes anyway).
+class FiniteWatch {
+ public:
+  FiniteWatch(const c10::Device& device, int64_t total) : device_(device), total_(total) {
+    first_bad_ = at::full({}, -1, at::TensorOptions().dtype(at::kLong).device(device));
+#if defined(LTXMPS_WITH_CUDA)
+    if (device.is_cuda())
+      for (auto& h : host_) h = at::full({}, -1, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+#endif
+  }
+
+  // Queues the check of `t` (what: 0 = transformer output, 1 = latents) at `step`; throws when a check is known to
+  // have failed (at once on the CPU, a step or two late on CUDA).
+  void check(const at::Tensor& t, int what, int64_t step) {
+    const auto bad = at::logical_not(at::isfinite(t).all());
+    first_bad_ = at::where(at::logical_and(first_bad_ < 0, bad), first_bad_.new_full({}, 2 * step + what), first_bad_);
+    if (device_.is_cpu()) throw_if_bad(first_bad_.item<int64_t>());
+  }
+
+  // Once per step, after its checks: polls the flag without blocking where the device has a queue.
+  void poll(int64_t step) {
+#if defined(LTXMPS_WITH_CUDA)
+    if (!device_.is_cuda()) return;
+    const size_t prev = static_cast<size_t>((step + 1) % 2), cur = static_cast<size_t>(step % 2);
+    if (pending_[prev] && events_[prev].query()) {
+      pending_[prev] = false;
+      throw_if_bad(host_[prev].item<int64_t>());
+    }
+    host_[cur].copy_(first_bad_, /*non_blocking=*/true);
+    events_[cur].record();
+    pending_[cur] = true;
+#else
+    (void)step;
+#endif
+  }
+
+  // After the loop: one read of the flag.
+  void finish() const { throw_if_bad(first_bad_.item<int64_t>()); }
+
+ private:
+  void throw_if_bad(int64_t code) const {
+    if (code < 0) return;
+    const int64_t step = code / 2;
+    const bool latents = code % 2 == 1;
+    throw Error(c10::str("generate: the ", latents ? "latents contain" : "transformer output contains", " NaN or Inf ",
+                         latents ? "after" : "at", " denoising step ", step + 1, " of ", total_,
+                         " (broken weights, or a precision too low for this model; try fp32 or bf16)"));
+  }
+
+  c10::Device device_;
+  int64_t total_;
+  at::Tensor first_bad_;
+#if defined(LTXMPS_WITH_CUDA)
+  std::array<at::Tensor, 2> host_;
+  std::array<at::cuda::CUDAEvent, 2> events_;
+  std::array<bool, 2> pending_{false, false};
+#endif
+};
 
 }  // namespace
 
@@ -52,19 +119,23 @@ at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const Transfor
   {
     ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(transformer, d); },
                                  "transformer", ctx.sink);
+    FiniteWatch finite(ctx.device, total);
+    const auto host_timesteps = timesteps.to(at::kCPU).to(at::kDouble);  // one read before the loop
     for (int64_t i = 0; i < total; ++i) {
       throw_if_cancelled();  // SIGINT/SIGTERM: stop between steps
-      const DenoiseStep step{i, total, timesteps[i]};
+      const DenoiseStep step{i, total, timesteps[i], host_timesteps[i].item<double>()};
       if (hooks.before_model) hooks.before_model(step, latents);
       const auto timestep = hooks.timestep(step);
       auto v = velocity(transformer, prompts, grid, latents, timestep);
       if (settings.float32_velocity) v = v.to(at::kFloat);
       const auto noise_pred = guide(v, prompts, settings);
-      check_step(noise_pred, "transformer output", i, total);
+      finite.check(noise_pred, 0, i);
       latents = hooks.step(step, noise_pred, timestep, latents);
-      check_step(latents, "latents", i, total);
+      finite.check(latents, 1, i);
+      finite.poll(i);
       report(ctx.progress, "denoise", i + 1, total);
     }
+    finite.finish();
   }
   if (ctx.plan.memory.release_after_heavy_ops) ltxmps::release_memory(ctx.device);
   return latents;

@@ -4,6 +4,7 @@
 #include "ltxmps_pipeline/embedded_default.hpp"
 
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/weight_streaming.hpp"
 
 #include "ltxmps/error.hpp"
 #include "ltxmps/random.hpp"
@@ -103,6 +104,8 @@ LtxModel make_embedded_default_model(const ltxmps::ExecutionPlan& plan) {
       EmbeddedDefault::text_encoder_config(), t5_runtime(plan),
       [&](const std::string& name, const std::vector<int64_t>& shape, at::ScalarType) { return draw(name, shape); });
   model.transformer = TransformerModel::from_weights(EmbeddedDefault::transformer_config(), transformer_runtime(plan), draw);
+  if (const auto ahead = streamed_blocks_ahead(plan))
+    stream_transformer_blocks(model.transformer, execution_device(plan), *ahead);
   model.vae = VaeModel::from_weights(EmbeddedDefault::vae_config(), vae_runtime(plan), draw);
   if (plan.vae.tiling) model.vae.tiling.enable_tiling();  // diffusers' default tile sizes, as load_ltx_model
   model.vae.tiling.use_slicing = plan.vae.slicing;

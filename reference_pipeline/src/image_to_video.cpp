@@ -68,7 +68,7 @@ GenerateResult image_to_video(LtxModel& model, const ImageToVideoRequest& r, con
     // Only frames 1.. are stepped; frame 0 keeps the image's latent.
     const auto vu = g.unpack(v);
     const auto x = g.unpack(latents);
-    const auto stepped = scheduler.step(vu.slice(2, 1), s.t.item<float>(), x.slice(2, 1));
+    const auto stepped = scheduler.step(vu.slice(2, 1), static_cast<float>(s.t_value), x.slice(2, 1));
     return g.pack(at::cat({x.slice(2, 0, 1), stepped}, 2));
   };
   DenoiseSettings settings{r.guidance_scale, r.guidance_rescale, /*float32_velocity=*/true};

@@ -1,13 +1,66 @@
-// LinearWeights applied (torch.nn.functional.linear).
+// LinearWeights applied (torch.nn.functional.linear), dense or FP8 (Note [Weight storage] in fp8.hpp).
 
 #include "ltxmps_pipeline/linear.hpp"
+
+#include "ltxmps_pipeline/fp8.hpp"
+
+#include "ltxmps/error.hpp"
 
 #include <ATen/ATen.h>
 
 namespace ltxmps::pipeline {
 
+const char* to_string(LinearMode mode) noexcept {
+  switch (mode) {
+    case LinearMode::dense: return "dense";
+    case LinearMode::fp8_storage: return "fp8 storage";
+    case LinearMode::fp8_matmul: return "fp8 matmul";
+  }
+  return "?";
+}
+
+int64_t LinearWeights::in_features() const { return (mode == LinearMode::dense ? weight : weight_fp8).size(1); }
+int64_t LinearWeights::out_features() const { return (mode == LinearMode::dense ? weight : weight_fp8).size(0); }
+
+namespace {
+
+std::optional<at::Tensor> bias_of(const LinearWeights& l) {
+  return l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt;
+}
+
+// x [..., K] -> x_q [M, K] row-major with scale_a [M, 1]; w_q.t() is [K, N] column-major with scale_b [1, N]
+// (the layouts at::_scaled_mm takes). Both scales and the bias are applied in the GEMM's epilogue, except a bias
+// with a float32 output, which the CUDA kernels refuse and which is then added after.
+at::Tensor scaled_mm_linear(const LinearWeights& l, const at::Tensor& x) {
+  const int64_t K = l.weight_fp8.size(1), N = l.weight_fp8.size(0);
+  auto rows = x.reshape({-1, K});
+  if (rows.size(0) == 0)
+    return at::linear(x, dequantize_fp8_rowwise(l.weight_fp8, l.weight_scale, x.scalar_type()), bias_of(l));
+  const auto xq = quantize_fp8_rowwise(rows.contiguous());
+  const bool bias_in_gemm = l.bias.defined() && x.scalar_type() != at::kFloat;
+  auto out = at::_scaled_mm(xq.q, l.weight_fp8.t(), xq.scale.unsqueeze(1), l.weight_scale.unsqueeze(0),
+                            bias_in_gemm ? bias_of(l) : std::nullopt, /*scale_result=*/std::nullopt,
+                            x.scalar_type(), /*use_fast_accum=*/false);
+  if (l.bias.defined() && !bias_in_gemm) out.add_(l.bias);
+  auto sizes = x.sizes().vec();
+  sizes.back() = N;
+  return out.view(sizes);
+}
+
+}  // namespace
+
 at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x) {
-  return at::linear(x, l.weight, l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt);
+  switch (l.mode) {
+    case LinearMode::dense:
+      return at::linear(x, l.weight, bias_of(l));
+    case LinearMode::fp8_storage:
+      return at::linear(x, dequantize_fp8_rowwise(l.weight_fp8, l.weight_scale, x.scalar_type()), bias_of(l));
+    case LinearMode::fp8_matmul:
+      LTXMPS_CHECK(x.size(-1) == l.weight_fp8.size(1), "apply_linear: input has ", x.size(-1),
+                   " features, the FP8 layer takes ", l.weight_fp8.size(1));
+      return scaled_mm_linear(l, x);
+  }
+  throw Error("apply_linear: unknown LinearMode");
 }
 
 }  // namespace ltxmps::pipeline

@@ -4,8 +4,10 @@
 #include "ltxmps_pipeline/model.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/weight_streaming.hpp"
 
 #include "ltxmps/error.hpp"
 
@@ -70,7 +72,14 @@ LtxModel load_ltx_model(const LtxFolder& folder, const ltxmps::ExecutionPlan& pl
   model.root = root;
   model.pipeline_class = folder.pipeline_class;
   model.scheduler = folder.scheduler;
-  model.transformer = load_transformer(root / "transformer", transformer_runtime(plan), options.variant, folder.transformer);
+  if (const auto ahead = streamed_blocks_ahead(plan)) {
+    model.transformer = load_streamed_transformer(root / "transformer", transformer_runtime(plan), execution_device(plan),
+                                                  *ahead, options.variant, folder.transformer);
+    sink(streaming_diagnostic(model.transformer));
+  } else {
+    model.transformer = load_transformer(root / "transformer", transformer_runtime(plan), options.variant, folder.transformer);
+  }
+  for (const auto& d : fp8_diagnostics(model.transformer)) sink(d);
   model.vae = load_vae(root / "vae", vae_runtime(plan), options.variant, folder.vae);
   if (plan.vae.tiling) model.vae.tiling.enable_tiling();
   model.vae.tiling.use_slicing = plan.vae.slicing;

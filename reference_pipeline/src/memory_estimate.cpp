@@ -319,12 +319,16 @@ MemoryEstimate estimate_request_memory(const TransformerConfig& transformer, con
   const auto w = component_weights(transformer, vae, encode_text ? text_encoder : std::nullopt, plan, c);
   const auto l = latent_size(transformer, vae, r, c);
   const bool offload = plan.offload.enabled;
+  // A streamed transformer holds its ring and its non-block weights on the device, its blocks in host memory
+  // (Note [Weight budget]).
+  const bool streamed = plan.weights.planned && ltxmps::is_streamed(plan.weights.transformer.mode);
+  const int64_t transformer_device = streamed ? plan.weights.transformer.device_bytes : w.transformer;
   MemoryEstimate est;
   est.weights_bytes = c.add({w.transformer, w.vae, w.text_encoder}, "the weights");
   est.advice = advice(plan);
   bool t5_resident = encode_text;
   auto resident = [&](int64_t own) {
-    return offload ? own : c.add({w.transformer, w.vae, t5_resident ? w.text_encoder : 0}, "the weights");
+    return offload ? own : c.add({transformer_device, w.vae, t5_resident ? w.text_encoder : 0}, "the weights");
   };
   if (encode_text) {
     est.phases.push_back({"text encoder", resident(w.text_encoder), text_encoder_activations(*text_encoder, plan, r, c)});
@@ -332,15 +336,16 @@ MemoryEstimate estimate_request_memory(const TransformerConfig& transformer, con
   }
   if (r.encode_frames > 0) est.phases.push_back({"vae encode", resident(w.vae), encode_activations(vae, plan, r, c)});
   if (r.effects_query_chunk)
-    est.phases.push_back({"effects pass", resident(w.transformer), effects_activations(transformer, plan, r, l, c)});
+    est.phases.push_back({"effects pass", resident(transformer_device), effects_activations(transformer, plan, r, l, c)});
   if (r.denoise)
-    est.phases.push_back({"transformer loop", resident(w.transformer), loop_activations(transformer, plan, r, l, c)});
+    est.phases.push_back({"transformer loop", resident(transformer_device), loop_activations(transformer, plan, r, l, c)});
   if (r.decode) est.phases.push_back({"vae decode", resident(w.vae), decode_activations(vae, plan, r, l, c)});
   for (const auto& p : est.phases) {
     const int64_t total = c.add({p.weights_bytes, p.activation_bytes}, "a phase's memory");
     if (total > est.peak_bytes) est.peak_bytes = total, est.peak_phase = p.name;
   }
   if (offload) est.host_bytes = est.weights_bytes;
+  else if (streamed) est.host_bytes = w.transformer;
   return est;
 }
 
@@ -369,7 +374,7 @@ std::string MemoryEstimate::describe() const {
   for (size_t i = 0; i < phases.size(); ++i)
     os << (i ? ", " : " ") << phases[i].name << " " << format_bytes(phases[i].total_bytes());
   os << "; weights " << format_bytes(weights_bytes);
-  if (host_bytes > 0) os << ", held in host memory under CPU offload";
+  if (host_bytes > 0) os << ", " << format_bytes(host_bytes) << " held in host memory (CPU offload or streamed blocks)";
   return os.str();
 }
 
@@ -495,7 +500,7 @@ void check_request_fits(const MemoryEstimate& estimate, const ltxmps::ExecutionP
   if (estimate.host_bytes == 0) return;
   const auto host = available_host_memory();
   if (estimate.host_bytes > host.bytes)
-    refuse(estimate, estimate.host_bytes, "the weights, held in host memory under CPU offload", host,
+    refuse(estimate, estimate.host_bytes, "the weights held in host memory under CPU offload or streaming", host,
            request_description);
 }
 

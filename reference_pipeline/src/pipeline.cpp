@@ -64,12 +64,14 @@ void GenerateRequest::validate(const LtxModel& model) const {
                  pipeline_name(kind));
     LTXMPS_CHECK(!latents && !video, "generate: latents and videos are only used by the condition pipeline "
                                      "(video-to-video)");
-    LTXMPS_CHECK(!timesteps, "generate: custom timesteps are only used by the condition pipeline");
+    LTXMPS_CHECK(!timesteps, "generate: custom timesteps are only taken by the condition pipeline (diffusers' ",
+                 pipeline_name(kind), " raises for them: it always passes its own sigmas)");
   } else {
     LTXMPS_CHECK(denoise_strength > 0 && denoise_strength <= 1, "generate: denoise_strength must be in (0, 1], got ",
                  denoise_strength);
     LTXMPS_CHECK(image_cond_noise_scale >= 0, "generate: image_cond_noise_scale must be >= 0");
     LTXMPS_CHECK(!(latents && video), "generate: give the video-to-video input as latents or as a video, not both");
+    check_custom_timesteps(timesteps);
   }
 }
 

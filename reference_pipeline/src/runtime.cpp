@@ -8,6 +8,7 @@
 #include "ltxmps_pipeline/runtime.hpp"
 
 #include <optional>
+#include <unordered_set>
 
 namespace ltxmps::pipeline {
 
@@ -16,6 +17,8 @@ namespace {
 void visit(LinearWeights& w, const TensorVisitor& f) {
   f(w.weight);
   f(w.bias);
+  f(w.weight_fp8);
+  f(w.weight_scale);
 }
 void visit(VaeConv3dWeights& w, const TensorVisitor& f) {
   f(w.weight);
@@ -61,6 +64,8 @@ TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan) {
   r.device = home_device(plan);
   r.dtype = plan.precision.transformer.compute;
   r.attention = ltxmps::AttentionOptions(plan.attention.kernel);
+  if (plan.precision.fp8_matmul) r.block_linears = LinearMode::fp8_matmul;
+  else if (ltxmps::transformer_weights_fp8(plan)) r.block_linears = LinearMode::fp8_storage;
   return r;
 }
 
@@ -80,20 +85,44 @@ T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan) {
   return r;
 }
 
+LatentUpsamplerRuntime latent_upsampler_runtime(const ltxmps::ExecutionPlan& plan) {
+  // The upsampler is a small conv net on VAE latents; it follows the VAE's precision policy (float32
+  // by default) rather than the transformer's.
+  LatentUpsamplerRuntime r;
+  r.device = home_device(plan);
+  r.dtype = plan.precision.vae.compute;
+  return r;
+}
+
 void for_each_tensor(TransformerModel& m, const TensorVisitor& f) {
   for (auto* l : {&m.proj_in, &m.time_embed_emb_timestep_embedder_linear_1, &m.time_embed_emb_timestep_embedder_linear_2,
                   &m.time_embed_linear, &m.caption_projection_linear_1, &m.caption_projection_linear_2, &m.proj_out})
     visit(*l, f);
   f(m.scale_shift_table);
-  for (auto& b : m.transformer_blocks) {
-    f(b.norm1_weight);
-    f(b.norm2_weight);
-    visit(b.attn1, f);
-    visit(b.attn2, f);
-    visit(b.ff_net_0_proj, f);
-    visit(b.ff_net_2, f);
-    f(b.scale_shift_table);
-  }
+  for (auto& b : m.transformer_blocks) for_each_tensor(b, f);
+}
+
+void for_each_tensor(TransformerBlockWeights& b, const TensorVisitor& f) {
+  f(b.norm1_weight);
+  f(b.norm2_weight);
+  visit(b.attn1, f);
+  visit(b.attn2, f);
+  visit(b.ff_net_0_proj, f);
+  visit(b.ff_net_2, f);
+  f(b.scale_shift_table);
+}
+
+void move_model(TransformerModel& model, const c10::Device& device) {
+  std::unordered_set<const c10::TensorImpl*> streamed;
+  if (model.streamer)
+    for (auto& b : model.transformer_blocks)
+      for_each_tensor(b, [&](at::Tensor& t) {
+        if (t.defined()) streamed.insert(t.unsafeGetTensorImpl());
+      });
+  for_each_tensor(model, [&](at::Tensor& t) {
+    if (t.defined() && streamed.count(t.unsafeGetTensorImpl()) == 0) t = t.to(device);
+  });
+  model.runtime.device = device;
 }
 
 void for_each_tensor(VaeModel& m, const TensorVisitor& f) {
@@ -130,6 +159,23 @@ void for_each_tensor(T5EncoderModel& m, const TensorVisitor& f) {
     for (auto* t : {&b.layer_0_layer_norm_weight, &b.q, &b.k, &b.v, &b.o, &b.relative_attention_bias,
                     &b.layer_1_layer_norm_weight, &b.wi, &b.wi_0, &b.wi_1, &b.wo})
       f(*t);
+}
+
+void for_each_tensor(LatentUpsamplerModel& m, const TensorVisitor& f) {
+  auto layer = [&](LatentUpsamplerLayer& l) {
+    f(l.weight);
+    f(l.bias);
+  };
+  auto blocks = [&](std::vector<LatentUpsamplerResBlockWeights>& bs) {
+    for (auto& b : bs)
+      for (auto* l : {&b.conv1, &b.norm1, &b.conv2, &b.norm2}) layer(*l);
+  };
+  layer(m.initial_conv);
+  layer(m.initial_norm);
+  blocks(m.res_blocks);
+  layer(m.upsampler_0);
+  blocks(m.post_upsample_res_blocks);
+  layer(m.final_conv);
 }
 
 }  // namespace ltxmps::pipeline

@@ -287,17 +287,21 @@ at::Tensor SafetensorsFile::load(std::string_view name, const at::TensorOptions&
   // Work on the flat tensor: the conversion then never meets ATen's limits on dimensions, and the
   // result is reshaped for free.
   at::Tensor flat;
+  // Page-locked host memory (streamed weights, Note [Streamed weights]) is filled straight from the mapping.
+  const bool pinned = options.pinned_memory() && device.is_cpu();
   if (reinterpret_cast<uintptr_t>(src) % itemsize == 0) {
     // from_blob over read-only memory is safe here because the copy below only reads it.
     flat = at::from_blob(const_cast<uint8_t*>(src), {numel}, at::TensorOptions().dtype(info->dtype));
-    flat = flat.to(device, target, /*non_blocking=*/false, /*copy=*/true);
+    flat = pinned ? at::empty({numel}, at::TensorOptions().dtype(target).pinned_memory(true)).copy_(flat)
+                  : flat.to(device, target, /*non_blocking=*/false, /*copy=*/true);
   } else {
     // Note [Misaligned tensors]
     // Python writers align every tensor, but other writers need not; reading a float through a
     // misaligned pointer is undefined behaviour, so the bytes are first copied to aligned memory.
     flat = at::empty({numel}, at::TensorOptions().dtype(info->dtype));
     std::memcpy(flat.data_ptr(), src, nbytes);
-    flat = flat.to(device, target);
+    flat = pinned ? at::empty({numel}, at::TensorOptions().dtype(target).pinned_memory(true)).copy_(flat)
+                  : flat.to(device, target);
   }
   return flat.view(info->shape);
 }

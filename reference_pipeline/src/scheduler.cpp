@@ -175,6 +175,7 @@ FlowMatchEulerScheduler::FlowMatchEulerScheduler(FlowMatchSchedulerConfig config
   if (!config_.use_dynamic_shifting) s = config_.shift * s / (1 + (config_.shift - 1) * s);
   timesteps_ = s * static_cast<double>(n);
   sigmas_ = s;
+  sigmas_on_device_ = at::Tensor();
 }
 
 void FlowMatchEulerScheduler::set_timesteps(int64_t num_inference_steps, const std::optional<std::vector<double>>& sigmas,
@@ -226,6 +227,7 @@ void FlowMatchEulerScheduler::set_timesteps(int64_t num_inference_steps, const s
   }
   timesteps_ = ts;
   sigmas_ = sig;
+  sigmas_on_device_ = at::Tensor();
   step_index_.reset();
 }
 
@@ -243,8 +245,8 @@ at::Tensor FlowMatchEulerScheduler::step(const at::Tensor& model_output, double 
   }
   LTXMPS_CHECK(*step_index_ + 1 < sigmas_.size(0), "FlowMatchEulerScheduler::step: called more often than the ",
                timesteps_.size(0), " scheduled steps");
-  const auto sigmas = sigmas_.to(sample.device());
-  const auto dt = sigmas.index({*step_index_ + 1}) - sigmas.index({*step_index_});
+  // sigmas_ stays on the CPU: a 0-dim CPU operand joins a device tensor without a copy (or a wait).
+  const auto dt = sigmas_.index({*step_index_ + 1}) - sigmas_.index({*step_index_});
   auto prev = sample.to(at::kFloat) + dt * model_output;
   ++*step_index_;
   return prev.to(model_output.scalar_type());
@@ -254,7 +256,9 @@ at::Tensor FlowMatchEulerScheduler::step_per_token(const at::Tensor& model_outpu
                                                    const at::Tensor& sample) {
   LTXMPS_CHECK(sigmas_.size(0) > 1, "FlowMatchEulerScheduler::step_per_token: call set_timesteps first");
   if (!step_index_) step_index_ = 0;  // diffusers initialises it from the timestep; the per-token step ignores it
-  const auto sigmas = sigmas_.to(sample.device()).view({-1, 1, 1});
+  if (!sigmas_on_device_.defined() || sigmas_on_device_.device() != sample.device())
+    sigmas_on_device_ = sigmas_.to(sample.device());  // once per schedule, not per step
+  const auto sigmas = sigmas_on_device_.view({-1, 1, 1});
   const auto per_token_sigmas = per_token_timesteps.to(sample.device()) / static_cast<double>(config_.num_train_timesteps);
   const auto lower_mask = sigmas < per_token_sigmas.unsqueeze(0) - 1e-6;
   const auto lower_sigmas = std::get<0>((lower_mask * sigmas).max(0));

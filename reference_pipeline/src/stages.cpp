@@ -159,6 +159,7 @@ at::Tensor sample_normalized(StageContext& ctx, const VaePosterior& posterior) {
 GenerateResult decode_latents(StageContext& ctx, const at::Tensor& normalized, const DecodeSettings& s) {
   auto& vae = ctx.model.vae;
   GenerateResult result;
+  result.normalized_latents = normalized;
   auto latents = vae.denormalize_latents(normalized, vae.config.scaling_factor);
   result.latents = latents.to(at::kCPU, at::kFloat).contiguous();
   latents = latents.to(s.latents_dtype);
@@ -208,6 +209,15 @@ std::vector<double> condition_timesteps(int64_t steps, const std::optional<std::
   std::vector<double> out;
   for (int64_t i = 0; i < scaled.size(0); ++i) out.push_back(scaled[i].item<float>());
   return out;
+}
+
+void check_custom_timesteps(const std::optional<std::vector<double>>& timesteps, const std::string& what) {
+  if (!timesteps) return;
+  LTXMPS_CHECK(!timesteps->empty(), "generate: ", what, " is an empty list (give at least one timestep, or none for "
+               "the default schedule)");
+  for (size_t i = 0; i < timesteps->size(); ++i)
+    LTXMPS_CHECK(std::isfinite((*timesteps)[i]), "generate: ", what, "[", i, "] is ", (*timesteps)[i],
+                 ", expected a finite timestep (sigma * 1000)");
 }
 
 }  // namespace ltxmps::pipeline

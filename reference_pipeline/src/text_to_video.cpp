@@ -48,7 +48,7 @@ GenerateResult text_to_video(LtxModel& model, const TextToVideoRequest& r, const
   const int64_t rows = prompts.rows();
   hooks.timestep = [rows](const DenoiseStep& s) { return s.t.expand({rows}); };
   hooks.step = [&scheduler](const DenoiseStep& s, const at::Tensor& v, const at::Tensor&, const at::Tensor& x) {
-    return scheduler.step(v, s.t.item<float>(), x);
+    return scheduler.step(v, static_cast<float>(s.t_value), x);
   };
   DenoiseSettings settings{r.guidance_scale, r.guidance_rescale, /*float32_velocity=*/true};
   latents = denoise(ctx, prompts, ltx_rope_grid(g, r.frame_rate), latents, timesteps, settings, hooks);

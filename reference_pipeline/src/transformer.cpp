@@ -3,6 +3,10 @@
 #include "ltxmps_pipeline/transformer.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/fp8.hpp"
+#include "ltxmps_pipeline/weight_streaming.hpp"
+
+#include "ltxmps_kernels/fused.hpp"
 
 #include "ltxmps/error.hpp"
 
@@ -11,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <tuple>
 
 namespace ltxmps::pipeline {
 
@@ -130,6 +135,7 @@ TransformerModel TransformerModel::from_weights(const TransformerConfig& config,
     b.ff_net_0_proj = linear(p + ".ff.net.0.proj", D, 4 * D);
     b.ff_net_2 = linear(p + ".ff.net.2", 4 * D, D);
     b.scale_shift_table = tensor(p + ".scale_shift_table", {6, D});
+    quantize_block(b, runtime.block_linears);  // before the next block loads (Note [Weight storage])
     m.transformer_blocks.push_back(std::move(b));
   }
   m.proj_out = linear("proj_out", D, config.out_channels);
@@ -140,18 +146,6 @@ TransformerModel TransformerModel::from_weights(const TransformerConfig& config,
 // Building blocks
 
 namespace {
-
-// Note [Block RMSNorm]
-// diffusers `RMSNorm.forward` (models/normalization.py): the variance is taken in float32, the input
-// (possibly bf16/fp16) is multiplied by the float32 rsqrt, which promotes to float32, and the result
-// is cast back to the input dtype (no weight) or to the weight's half dtype before `* weight`.
-at::Tensor block_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  auto variance = x.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
-  auto y = x * at::rsqrt(variance + eps);
-  if (!weight.defined()) return y.to(x.scalar_type());
-  if (weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16) y = y.to(weight.scalar_type());
-  return y * weight;
-}
 
 // Note [Sinusoidal timestep projection]
 // diffusers `get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0)`
@@ -209,20 +203,40 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const TransformerConfig& config, 
   return {cos, sin};
 }
 
-// diffusers `apply_rotary_emb` (transformer_ltx.py): interleaved pairs (2i, 2i+1) over the full D,
-// in float32, cast back to x's dtype.
-at::Tensor apply_rotary_emb(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  auto pairs = x.unflatten(2, {-1, 2});
-  auto real = pairs.select(-1, 0), imag = pairs.select(-1, 1);
-  auto rotated = at::stack({-imag, real}, -1).flatten(2);
-  return (x.to(at::kFloat) * cos + rotated.to(at::kFloat) * sin).to(x.scalar_type());
-}
-
+// Note [Fused and reference paths]
+// The block's elementwise work (norms with their AdaLN modulation, residuals, the q/k norm with RoPE, the
+// feed-forward GELU) goes through ltxmps_kernels. With runtime.fused_kernels each step calls the entry point,
+// which runs a fused CUDA kernel where one applies and the step's reference otherwise; without it, the reference
+// directly. The references are this model's op sequence (diffusers' roundings included), so the CPU forward is
+// the same either way and the parity suites cover it; on CUDA the two differ by the kernels' rounding (Note
+// [Fused kernel rounding] in ltxmps_kernels/fused.hpp).
 struct ForwardContext {
   const TransformerConfig& config;
   const TransformerRuntime& runtime;
   const AttentionCapture* capture;
+
+  bool fused() const { return runtime.fused_kernels; }
 };
+
+// q = norm_q(q), k = norm_k(k) (torch.nn.RMSNorm(D, eps=1e-5) across all heads: at::rms_norm, as torch calls it),
+// then RoPE when `rope` is given. A capture that reads q and k before RoPE (`apply_rope` false) gets them in
+// `q_normed` / `k_normed` from the unfused steps.
+std::pair<at::Tensor, at::Tensor> normalize_qk(const ForwardContext& ctx, const TransformerAttentionWeights& w,
+                                               const at::Tensor& q, const at::Tensor& k,
+                                               const std::pair<at::Tensor, at::Tensor>* rope, bool keep_unrotated,
+                                               at::Tensor& q_normed, at::Tensor& k_normed) {
+  constexpr double eps = 1e-5;
+  if (keep_unrotated) {
+    std::tie(q_normed, k_normed) =
+        kernels::qk_rms_norm_rope_reference(q, k, w.norm_q_weight, w.norm_k_weight, eps, {}, {});
+    if (!rope) return {q_normed, k_normed};
+    return {kernels::rotary_emb_reference(q_normed, rope->first, rope->second),
+            kernels::rotary_emb_reference(k_normed, rope->first, rope->second)};
+  }
+  const at::Tensor cos = rope ? rope->first : at::Tensor(), sin = rope ? rope->second : at::Tensor();
+  return ctx.fused() ? kernels::qk_rms_norm_rope(q, k, w.norm_q_weight, w.norm_k_weight, eps, cos, sin)
+                     : kernels::qk_rms_norm_rope_reference(q, k, w.norm_q_weight, w.norm_k_weight, eps, cos, sin);
+}
 
 // LTXAttention + LTXVideoAttnProcessor. `context` is undefined for self-attention; `rope` only for attn1;
 // `bias` is the additive text bias [B, 1, L] (attn2 only).
@@ -234,15 +248,11 @@ at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttenti
   auto q = apply_linear(w.to_q, x);
   auto k = apply_linear(w.to_k, kv_input);
   auto v = apply_linear(w.to_v, kv_input);
-  // torch.nn.RMSNorm(D, eps=1e-5) across all heads, before the head split (at::rms_norm, as torch does).
-  q = at::rms_norm(q, {q.size(-1)}, w.norm_q_weight, 1e-5);
-  k = at::rms_norm(k, {k.size(-1)}, w.norm_k_weight, 1e-5);
-  const auto q_normed = q, k_normed = k;  // what a capture without RoPE reads
-  if (rope) {
-    q = apply_rotary_emb(q, rope->first, rope->second);
-    k = apply_rotary_emb(k, rope->first, rope->second);
-  }
-  // [B, S, D] -> [B, S, H, Dh] -> [B, H, S, Dh] (views, as diffusers' native backend permutes)
+  at::Tensor q_normed, k_normed;  // what a capture without RoPE reads
+  const bool keep_unrotated = capture_layer >= 0 && !ctx.capture->apply_rope;
+  std::tie(q, k) = normalize_qk(ctx, w, q, k, rope, keep_unrotated, q_normed, k_normed);
+  // [B, S, D] -> [B, S, H, Dh] -> [B, H, S, Dh] (views, as diffusers' native backend permutes; SDPA's flash and
+  // memory-efficient kernels read this layout in place, and their output permuted back is contiguous [B, S, D])
   const auto split_heads = [heads](const at::Tensor& t) { return t.unflatten(2, {heads, -1}).permute({0, 2, 1, 3}); };
   auto qh = split_heads(q);
   auto kh = split_heads(k);
@@ -270,34 +280,46 @@ at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttenti
   return apply_linear(w.to_out_0, out);
 }
 
+// ff.net.0: the projection D -> 4D and its GELU. With the fused kernels and the tanh GELU, a dense weight of the
+// activations' dtype runs as one GEMM with the GELU in its epilogue; any other weight (FP8, say) keeps its own
+// apply_linear.
+at::Tensor feed_forward_in(const ForwardContext& ctx, const LinearWeights& l, const at::Tensor& x) {
+  const bool tanh = ctx.config.activation_fn == "gelu-approximate";
+  if (ctx.fused() && tanh && l.weight.defined() && l.weight.scalar_type() == x.scalar_type())
+    return kernels::linear_gelu_tanh(x, l.weight, l.bias);
+  return at::gelu(apply_linear(l, x), tanh ? "tanh" : "none");
+}
+
 // LTXVideoTransformerBlock.forward
 at::Tensor block_forward(const ForwardContext& ctx, const TransformerBlockWeights& w, int64_t layer, at::Tensor x,
                          const at::Tensor& context, const at::Tensor& temb,
                          const std::pair<at::Tensor, at::Tensor>& rope, const at::Tensor& text_bias) {
   const int64_t batch = x.size(0);
-  auto norm_x = block_rms_norm(x, w.norm1_weight, ctx.config.norm_eps);
+  const double eps = ctx.config.norm_eps;
+  const bool fused = ctx.fused();
   // ada = table[None, None] + temb.reshape(B, T, 6, D); unbind order: shift_msa, scale_msa, gate_msa,
-  // shift_mlp, scale_mlp, gate_mlp.
+  // shift_mlp, scale_mlp, gate_mlp. The kernels read these [B, T, D] column slices in place.
   auto ada = w.scale_shift_table.unsqueeze(0).unsqueeze(0) + temb.reshape({batch, temb.size(1), 6, -1});
   auto shift_msa = ada.select(2, 0), scale_msa = ada.select(2, 1), gate_msa = ada.select(2, 2);
   auto shift_mlp = ada.select(2, 3), scale_mlp = ada.select(2, 4), gate_mlp = ada.select(2, 5);
-  norm_x = norm_x * (1 + scale_msa) + shift_msa;
+  auto norm_x = fused ? kernels::rms_norm_modulate(x, w.norm1_weight, eps, scale_msa, shift_msa)
+                      : kernels::rms_norm_modulate_reference(x, w.norm1_weight, eps, scale_msa, shift_msa);
 
   int64_t capture_layer = -1;
   if (ctx.capture && std::find(ctx.capture->layers.begin(), ctx.capture->layers.end(), layer) != ctx.capture->layers.end())
     capture_layer = layer;
   auto attn = attention_forward(ctx, w.attn1, norm_x, at::Tensor(), &rope, at::Tensor(), capture_layer);
-  x = x + attn * gate_msa;
+  x = fused ? kernels::gated_residual(x, attn, gate_msa) : kernels::gated_residual_reference(x, attn, gate_msa);
 
-  // Cross-attention: the raw residual stream is the query; no norm, no modulation, no gate.
+  // Cross-attention: the raw residual stream is the query; no norm, no modulation, no gate. Its residual sum and
+  // norm2 with the MLP modulation are one pass.
   attn = attention_forward(ctx, w.attn2, x, context, nullptr, text_bias, -1);
-  x = x + attn;
-
-  norm_x = block_rms_norm(x, w.norm2_weight, ctx.config.norm_eps) * (1 + scale_mlp) + shift_mlp;
-  auto ff = apply_linear(w.ff_net_0_proj, norm_x);
-  ff = at::gelu(ff, ctx.config.activation_fn == "gelu-approximate" ? "tanh" : "none");
-  ff = apply_linear(w.ff_net_2, ff);
-  return x + ff * gate_mlp;
+  std::tie(x, norm_x) =
+      fused ? kernels::residual_rms_norm_modulate(x, attn, at::Tensor(), w.norm2_weight, eps, scale_mlp, shift_mlp)
+            : kernels::residual_rms_norm_modulate_reference(x, attn, at::Tensor(), w.norm2_weight, eps, scale_mlp,
+                                                            shift_mlp);
+  auto ff = apply_linear(w.ff_net_2, feed_forward_in(ctx, w.ff_net_0_proj, norm_x));
+  return fused ? kernels::gated_residual(x, ff, gate_mlp) : kernels::gated_residual_reference(x, ff, gate_mlp);
 }
 
 void check_inputs(const TransformerConfig& config, const TransformerInputs& in) {
@@ -387,14 +409,23 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
   context = apply_linear(caption_projection_linear_2, at::gelu(context, "tanh"));
   context = context.view({B, -1, hidden.size(-1)});
 
-  for (int64_t i = 0; i < config.num_layers; ++i)
-    hidden = block_forward(ctx, transformer_blocks[static_cast<size_t>(i)], i, hidden, context, temb, rope, text_bias);
+  if (streamer) {
+    const auto& to = streamer->device();  // "cuda" is the current device, which the streamer resolved to cuda:N
+    LTXMPS_CHECK(to.type() == runtime.device.type() && (!runtime.device.has_index() || to == runtime.device),
+                 "transformer forward: the blocks stream to ", to, " but the model runs on ", runtime.device);
+    streamer->for_each_block([&](int64_t i, const TransformerBlockWeights& block) {
+      hidden = block_forward(ctx, block, i, hidden, context, temb, rope, text_bias);
+    });
+  } else {
+    for (int64_t i = 0; i < config.num_layers; ++i)
+      hidden = block_forward(ctx, transformer_blocks[static_cast<size_t>(i)], i, hidden, context, temb, rope, text_bias);
+  }
 
   // Output modulation: shift is row 0, scale is row 1.
   auto mod = scale_shift_table.unsqueeze(0).unsqueeze(0) + embedded_timestep.unsqueeze(2);
   auto shift = mod.select(2, 0), scale = mod.select(2, 1);
-  hidden = at::layer_norm(hidden, {hidden.size(-1)}, {}, {}, 1e-6);
-  hidden = hidden * (1 + scale) + shift;
+  hidden = runtime.fused_kernels ? kernels::layer_norm_modulate(hidden, 1e-6, scale, shift)
+                                 : kernels::layer_norm_modulate_reference(hidden, 1e-6, scale, shift);
   return apply_linear(proj_out, hidden);
 }
 

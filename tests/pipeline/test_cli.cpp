@@ -111,6 +111,34 @@ TEST_CASE("ltxmps plan prints this or a simulated machine's plan", "[cli]") {
   CHECK_THAT(bad.err, Contains("--simulate"));
 }
 
+TEST_CASE("ltxmps plan --simulate with memory: the 13B model's weights per machine", "[cli]") {
+  const auto card24 = run_ltxmps({"plan", "--simulate", "cuda-24gb"});
+  INFO(card24.err);
+  REQUIRE(card24.code == 0);
+  CHECK_THAT(card24.out, ContainsAll({"weights planned for the LTX-Video 13B shapes", "budget 24.0 GiB",
+                                      "transformer : streamed, 2 blocks ahead",
+                                      "streamed from pinned host memory, 2 blocks ahead"}));
+  const auto json = nlohmann::json::parse(run_ltxmps({"plan", "--json", "--simulate", "cuda-24gb", "--stream-weights",
+                                                      "off"}).out);
+  CHECK(json["weights"]["transformer"]["mode"] == "fp8");
+  const auto mac = nlohmann::json::parse(run_ltxmps({"plan", "--json", "--simulate", "mac-64gb"}).out);
+  CHECK(mac["weights"]["transformer"]["mode"] == "resident");
+  const auto small = run_ltxmps({"plan", "--simulate", "cuda-8gb"});
+  CHECK(small.code == 0);
+  CHECK_THAT(small.out, ContainsAll({"OVER BUDGET", "(vae decode)", "decode in tiles (vae_tiling)"}));
+  const auto budget = nlohmann::json::parse(
+      run_ltxmps({"plan", "--json", "--simulate", "cuda-24gb", "--max-gpu-memory", "80 GiB"}).out);
+  CHECK(budget["weights"]["budget_source"] == "max_device_memory");
+  CHECK(budget["weights"]["transformer"]["mode"] == "resident");
+
+  const auto parsecs = run_ltxmps({"plan", "--max-gpu-memory", "8 parsecs"});
+  CHECK(parsecs.code == 2);
+  CHECK_THAT(parsecs.err, ContainsAll({"--max-gpu-memory '8 parsecs'", "8GiB"}));
+  const auto mps_stream = run_ltxmps({"plan", "--simulate", "mac-64gb", "--stream-weights", "on"});
+  CHECK(mps_stream.code != 0);
+  CHECK_THAT(mps_stream.err, ContainsAll({"stream_weights=on", "unified"}));
+}
+
 TEST_CASE("ltxmps generate with the embedded default writes a deterministic video", "[cli]") {
   const auto dir = fresh_dir("generate");
   const auto a = run_ltxmps({"generate", "--output", "a", "--seed", "7", "--save-latents", "a.safetensors"}, dir);

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -45,6 +46,10 @@ class WeightStore {
   /// @brief Opens an original Lightricks single-file checkpoint under diffusers transformer names
   /// (see lightricks_transformer_key()); the "vae.*" keys are left out.
   static WeightStore open_lightricks_transformer(const std::filesystem::path& file);
+  /// @brief Opens the VAE of an original Lightricks single-file checkpoint (its "vae.*" keys) under diffusers
+  /// VAE names, renamed with the table its keys select (lightricks_vae_key(), inspect_lightricks_checkpoint());
+  /// the per-channel statistics diffusers drops and every non-VAE key are left out.
+  static WeightStore open_lightricks_vae(const std::filesystem::path& file);
 
   /// @brief The file or index the store was opened from (named in errors).
   const std::filesystem::path& path() const;
@@ -69,6 +74,9 @@ class WeightStore {
   struct State;
   explicit WeightStore(std::shared_ptr<const State> state);
   static WeightStore open_index(const std::filesystem::path& index_file);
+  static WeightStore open_renamed(const WeightStore& original,
+                                  const std::function<std::optional<std::string>(std::string_view)>& rename,
+                                  const char* component);
   const Entry& entry(std::string_view name) const;
   std::shared_ptr<const State> state_;
 };
@@ -79,6 +87,40 @@ class WeightStore {
 /// Strips "model.diffusion_model." and renames patchify_proj->proj_in, adaln_single->time_embed,
 /// q_norm->norm_q, k_norm->norm_k (as diffusers' scripts/convert_ltx_to_diffusers.py does).
 std::optional<std::string> lightricks_transformer_key(std::string_view key);
+
+// Note [Lightricks single-file VAE]
+// The original LTX-Video files hold the transformer ("model.diffusion_model.*") and the VAE ("vae.*") together.
+// diffusers (loaders/single_file_utils.py) decides what such a file is from its keys alone: the model type
+// (infer_diffusers_model_type) picks the reference repository whose vae/config.json it fetches, and the VAE
+// keys pick one of three rename tables (convert_ltx_vae_checkpoint_to_diffusers): 0.9.5 when the encoder's
+// conv_out takes 2048 channels (0.9.5, 0.9.7, 0.9.8), 0.9.1 when the decoder has a last_time_embedder, else
+// 0.9.0. The renames are substring replacements applied in the table's order; lightricks_vae_key() applies them
+// the same way, so every key gets the name diffusers gives it. The config is never read off the file: diffusers
+// takes the reference repository's (or the `config=` folder given to from_single_file); load_lightricks_vae()
+// takes it from the caller and checks that it describes the layout the keys imply.
+
+/// @brief Which of diffusers' VAE rename tables a Lightricks single file's keys select.
+enum class LightricksVaeLayout {
+  v090,  ///< the base table (LTX-Video 0.9.0)
+  v091,  ///< VAE_091_RENAME_DICT: the decoder has `last_time_embedder`
+  v095,  ///< VAE_095_RENAME_DICT: the encoder's conv_out takes 2048 channels (0.9.5, 0.9.7, 0.9.8)
+};
+
+/// @brief What diffusers 0.42.1 infers from the keys of a Lightricks single file.
+struct LightricksCheckpointInfo {
+  std::string model_type;           ///< infer_diffusers_model_type: ltx-video, ltx-video-0.9.1, -0.9.5 or -0.9.7
+  std::string reference_config;     ///< the repository whose configs diffusers fetches for that type
+  bool has_vae = false;             ///< the file holds "vae.*" keys (`vae.encoder.conv_in.conv.bias`)
+  LightricksVaeLayout vae_layout = LightricksVaeLayout::v090;  ///< the rename table of its VAE keys
+};
+
+/// @brief Reads the model type and VAE layout off the keys (original names) of a Lightricks single file, as
+///        diffusers does; throws naming the file when it holds none of diffusers' LTX-Video marker keys.
+LightricksCheckpointInfo inspect_lightricks_checkpoint(const WeightStore& original);
+
+/// @brief The diffusers VAE name of a key of an original Lightricks checkpoint under `layout`'s rename table,
+///        or nullopt for a key the VAE does not take (no "vae." in it, or per-channel statistics diffusers drops).
+std::optional<std::string> lightricks_vae_key(std::string_view key, LightricksVaeLayout layout);
 
 // Note [Weight check]
 // A checkpoint with NaN or Inf weights (a broken conversion, a diverged fine-tune, bit rot) otherwise shows

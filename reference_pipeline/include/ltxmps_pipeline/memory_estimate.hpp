@@ -55,7 +55,8 @@ struct MemoryEstimate {
   int64_t peak_bytes = 0;     ///< the largest phase total, on the plan's device
   std::string peak_phase;     ///< the name of that phase
   std::vector<MemoryPhase> phases;  ///< every phase that runs, in order
-  /// Host memory that must hold the weights while they wait (CPU offload); 0 when the device is the host.
+  /// Host memory that must hold the weights while they wait (CPU offload, streamed blocks); 0 when the device is
+  /// the host.
   int64_t host_bytes = 0;
   /// What the user can change when the request does not fit ("lower --num-frames, ..., use --vae-tiling").
   std::string advice;
@@ -89,7 +90,8 @@ MemoryLimit available_host_memory();
 ///        estimate carries its own (Note [Request memory estimate]).
 void check_request_fits(const MemoryEstimate& estimate, const MemoryLimit& limit,
                         const std::string& request_description);
-/// @brief Checks the peak against available_memory(plan) and, under CPU offload, `host_bytes` against the host.
+/// @brief Checks the peak against available_memory(plan) and, under CPU offload or with streamed blocks,
+///        `host_bytes` against the host.
 void check_request_fits(const MemoryEstimate& estimate, const ltxmps::ExecutionPlan& plan,
                         const std::string& request_description);
 

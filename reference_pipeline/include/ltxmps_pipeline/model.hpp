@@ -54,7 +54,10 @@ struct LtxFolder {
 ///        missing file or subfolder and what was expected.
 LtxFolder inspect_ltx_folder(const std::filesystem::path& root, const LoadOptions& options = {});
 
-/// @brief Loads the weights of an inspected folder on the plan's device and dtypes.
+/// @brief Loads the weights of an inspected folder on the plan's device and dtypes, where the plan's weight
+///        decisions say (plan_model_weights(), weight_plan.hpp): a streamed transformer's blocks go straight into
+///        pinned host memory (Note [Streamed weights]). Without planned weights everything is resident, unless
+///        stream_weights=on.
 LtxModel load_ltx_model(const LtxFolder& folder, const ltxmps::ExecutionPlan& plan, const LoadOptions& options = {},
                         const ltxmps::DiagnosticSink& sink = ltxmps::null_sink());
 

@@ -78,13 +78,19 @@ struct ImageToVideoRequest : GenerationSettings {
 struct ConditionRequest : GenerationSettings {
   std::optional<at::Tensor> image;               ///< a frame-0 image condition [3, H, W] (diffusers' `image`)
   std::vector<VideoCondition> conditions;        ///< images or videos at frame indices
-  std::optional<std::vector<double>> timesteps;  ///< custom timesteps (else linear-quadratic)
+  /// Custom timesteps (else linear-quadratic), e.g. the distilled checkpoints' lists. diffusers' LTXPipeline and
+  /// LTXImageToVideoPipeline list `timesteps` too but raise for it (they always pass their own sigmas), and no
+  /// LTX pipeline takes `sigmas`: this is the only pipeline with a custom schedule.
+  std::optional<std::vector<double>> timesteps;
   double denoise_strength = 1.0;                 ///< video-to-video: the part of the schedule that runs
   double image_cond_noise_scale = 0.15;          ///< re-noise of conditioning tokens per step
   /// Video-to-video with denoise_strength < 1: the video's normalized latents [B, C, F', H', W'] ...
   std::optional<at::Tensor> latents;
   /// ... or the video itself [F, 3, H, W] in [0, 1]: VAE-encoded (posterior mode) and normalized by the pipeline.
   std::optional<at::Tensor> video;
+  /// diffusers' output_type="latent": stop after the loop (no decode, no decode noise drawn); the result has
+  /// `latents` and `normalized_latents`, no frames.
+  bool output_latents = false;
 };
 
 /// @brief Everything a generation needs besides the model, for whichever pipeline `kind` names.

@@ -3,6 +3,7 @@
 /// @brief One source for "where and in which dtype does each component run" (from the ExecutionPlan) and
 ///        one tensor visitor per model, used by movers, offload and dtype casts.
 
+#include "ltxmps_pipeline/latent_upsampler.hpp"
 #include "ltxmps_pipeline/t5.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 #include "ltxmps_pipeline/vae.hpp"
@@ -27,16 +28,22 @@ TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan);
 VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan);
 /// @brief The T5 encoder's runtime for `plan` (its float32 modules come from the plan's precision).
 T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan);
+/// @brief The latent upsampler's runtime for `plan`: the home device and the VAE's compute dtype.
+LatentUpsamplerRuntime latent_upsampler_runtime(const ltxmps::ExecutionPlan& plan);
 
 /// @brief Called with every weight tensor of a model (undefined optional tensors included; check defined()).
 using TensorVisitor = std::function<void(at::Tensor&)>;
 
 /// @brief Visits every weight of the transformer.
 void for_each_tensor(TransformerModel& model, const TensorVisitor& visit);
+/// @brief Visits every weight of one transformer block (in the order for_each_tensor(TransformerModel&) does).
+void for_each_tensor(TransformerBlockWeights& block, const TensorVisitor& visit);
 /// @brief Visits every weight and buffer of the VAE (latents_mean / latents_std included).
 void for_each_tensor(VaeModel& model, const TensorVisitor& visit);
 /// @brief Visits every weight of the T5 encoder.
 void for_each_tensor(T5EncoderModel& model, const TensorVisitor& visit);
+/// @brief Visits every weight of the latent upsampler.
+void for_each_tensor(LatentUpsamplerModel& model, const TensorVisitor& visit);
 
 /// @brief Moves every tensor of `model` to `device` and records it in the model's runtime.
 template <typename Model>
@@ -46,6 +53,10 @@ void move_model(Model& model, const c10::Device& device) {
   });
   model.runtime.device = device;
 }
+
+/// @brief move_model() for the transformer: a streamed transformer's blocks stay in host memory, where its
+///        streamer copies them from (Note [Streamed weights] in weight_streaming.hpp); every other weight moves.
+void move_model(TransformerModel& model, const c10::Device& device);
 
 /// @brief Number of defined tensors of `model` (for checks that the visitor misses no weight).
 template <typename Model>

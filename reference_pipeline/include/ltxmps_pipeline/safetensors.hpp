@@ -67,8 +67,8 @@ class SafetensorsFile {
   ///
   /// Host memory stays near one tensor: the bytes are read through a view of the mapping (copied
   /// into an aligned buffer only when the mapping is misaligned for the dtype) and converted
-  /// directly into the result. Throws ltxmps::Error when the tensor is absent or, for BOOL, when a
-  /// byte is neither 0 nor 1.
+  /// directly into the result; with `options.pinned_memory()` on the CPU, into page-locked memory. Throws
+  /// ltxmps::Error when the tensor is absent or, for BOOL, when a byte is neither 0 nor 1.
   at::Tensor load(std::string_view name, const at::TensorOptions& options = {}) const;
 
  private:

@@ -75,6 +75,7 @@ class FlowMatchEulerScheduler {
   FlowMatchSchedulerConfig config_;
   at::Tensor timesteps_;
   at::Tensor sigmas_;
+  at::Tensor sigmas_on_device_;  // step_per_token's copy of sigmas_ on the sample's device
   std::optional<int64_t> step_index_;
 };
 

@@ -92,7 +92,11 @@ struct DecodeSettings {
 /// @brief What a generation returns.
 struct GenerateResult {
   at::Tensor latents;  ///< final denoised latents, unpacked and denormalized [B, C, F', H', W'] float32 (CPU)
-  at::Tensor frames;   ///< decoded video [B, F, 3, H, W] float32 in [0, 1] (CPU), diffusers' output_type="pt"
+  at::Tensor frames;   ///< decoded video [B, F, 3, H, W] float32 in [0, 1] (CPU), diffusers' output_type="pt";
+                       ///< undefined when the request asked for latents only
+  /// The final latents before denormalization [B, C, F', H', W'] float32 on the execution device: what
+  /// LTXConditionPipeline returns with output_type="latent" (the input of the latent upsampler).
+  at::Tensor normalized_latents;
 };
 
 /// @brief Denormalizes (with the VAE's scaling factor), mixes the decode noise of timestep-conditioned VAEs,
@@ -104,6 +108,7 @@ struct DenoiseStep {
   int64_t index = 0;  ///< 0-based
   int64_t total = 0;  ///< number of steps of the loop
   at::Tensor t;       ///< 0-dim float32 timestep on the execution device
+  double t_value = 0;  ///< the same timestep as a host number (reading `t` would wait for the device)
 };
 
 /// @brief The per-step behaviour of a pipeline around the shared loop (transformer + guidance).
@@ -154,5 +159,9 @@ at::Tensor to_model_range(const at::Tensor& pixels);
 
 /// @brief LTX's custom timesteps: linear_quadratic_schedule(steps) · 1000 in float32 (or `custom` as given).
 std::vector<double> condition_timesteps(int64_t steps, const std::optional<std::vector<double>>& custom);
+
+/// @brief Throws ltxmps::Error for a custom timestep list that is empty or holds a NaN/Inf (diffusers would run
+///        NaN latents from it); `what` names the option in the message.
+void check_custom_timesteps(const std::optional<std::vector<double>>& timesteps, const std::string& what = "timesteps");
 
 }  // namespace ltxmps::pipeline

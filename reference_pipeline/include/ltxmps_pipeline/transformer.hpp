@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -65,6 +66,12 @@ struct TransformerRuntime {
   at::ScalarType dtype = at::kFloat;
   /// Kernel for every attention call (self and cross).
   ltxmps::AttentionOptions attention{};
+  /// How the blocks' attention and feed-forward linears keep and multiply their weights; from_weights quantizes
+  /// each block as it builds it (Note [Weight storage] in fp8.hpp). The other linears stay dense.
+  LinearMode block_linears = LinearMode::dense;
+  /// The fused kernels of ltxmps_kernels where they apply (CUDA); false runs their ATen references everywhere,
+  /// which is the unfused op sequence. On the CPU both give the same bits (docs/kernels.md).
+  bool fused_kernels = true;
 };
 
 /// @brief Forward arguments, named after diffusers' `LTXVideoTransformer3DModel.forward`.
@@ -144,6 +151,8 @@ struct TransformerBlockWeights {
   at::Tensor scale_shift_table;           ///< [6, D]
 };
 
+class BlockStreamer;  // weight_streaming.hpp
+
 /// @brief Supplies one weight by checkpoint name and expected shape (for example `StrictLoader::take`).
 using TransformerWeightSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
 
@@ -161,6 +170,9 @@ struct TransformerModel {
   LinearWeights caption_projection_linear_2;           ///< D -> D
   std::vector<TransformerBlockWeights> transformer_blocks;  ///< `transformer_blocks.{i}`
   LinearWeights proj_out;                                   ///< D -> out_channels
+  /// Set when the blocks are streamed (Note [Streamed weights] in weight_streaming.hpp): `transformer_blocks` then
+  /// live in host memory and forward() runs each block from the streamer's device copy; empty: resident blocks.
+  std::shared_ptr<BlockStreamer> streamer;
 
   /// @brief Builds the model from `weights`, asked once for every tensor of the checkpoint (in a fixed
   ///        order); each tensor is moved to `runtime.device` / `runtime.dtype`.

@@ -282,4 +282,12 @@ at::Tensor mix_decode_noise(const at::Tensor& latents, const at::Tensor& noise, 
 VaeModel load_vae(const std::filesystem::path& model_dir, const VaeRuntime& runtime,
                   std::optional<std::string> variant = std::nullopt, std::optional<VaeConfig> config = std::nullopt);
 
+/// @brief Loads the VAE of an original Lightricks single file (the "vae.*" keys beside the transformer's), as
+///        diffusers' `AutoencoderKLLTXVideo.from_single_file(file, config=...)`: keys renamed with the table
+///        the file's keys select (Note [Lightricks single-file VAE] in checkpoint.hpp), the per-channel
+///        statistics diffusers drops left out, strict binding. `config` is the VAE config of the release (the
+///        `vae/config.json` of its diffusers folder; diffusers fetches it from the release's repository); it is
+///        checked against the layout the keys imply before any weight is read.
+VaeModel load_lightricks_vae(const std::filesystem::path& file, const VaeRuntime& runtime, const VaeConfig& config);
+
 }  // namespace ltxmps::pipeline

@@ -1,0 +1,119 @@
+// The attention's query / key RMS norm across all heads, then the interleaved rotary embedding: one thread block
+// per token normalizes its q row and its k row and rotates both with one read of the token's float32 cos / sin
+// rows (Note [Fused kernel rounding] in fused.hpp).
+
+#include "common.cuh"
+
+namespace ltxmps::kernels::cuda {
+namespace {
+
+template <typename T, int VEC>
+__device__ float sum_of_squares(const T* x, int64_t dim) {
+  float acc = 0.f;
+  for (int64_t c = int64_t(threadIdx.x) * VEC; c < dim; c += int64_t(blockDim.x) * VEC) {
+    const Pack<T, VEC> v = load<T, VEC>(x + c);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float f = static_cast<float>(v.v[j]);
+      acc = __fmaf_rn(f, f, acc);
+    }
+  }
+  return acc;
+}
+
+// at::rms_norm of one vector: x·rstd·weight in float32, rounded once to T (its fused CUDA kernel).
+template <typename T, int VEC>
+__device__ __forceinline__ void normalize(const T* x, const T* weight, float rstd, int64_t c, float (&out)[VEC]) {
+  const Pack<T, VEC> xv = load<T, VEC>(x + c), wv = load<T, VEC>(weight + c);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j)
+    out[j] = round_to<T>(__fmul_rn(__fmul_rn(static_cast<float>(xv.v[j]), rstd), static_cast<float>(wv.v[j])));
+}
+
+// diffusers apply_rotary_emb on the pairs (2i, 2i + 1) of one vector: x·cos + (-x_odd, x_even)·sin, each product
+// and the sum in float32.
+template <int VEC>
+__device__ __forceinline__ void rotate(float (&v)[VEC], const float (&cos)[VEC], const float (&sin)[VEC]) {
+#pragma unroll
+  for (int j = 0; j < VEC; j += 2) {
+    const float even = v[j], odd = v[j + 1];
+    v[j] = __fadd_rn(__fmul_rn(even, cos[j]), __fmul_rn(-odd, sin[j]));
+    v[j + 1] = __fadd_rn(__fmul_rn(odd, cos[j + 1]), __fmul_rn(even, sin[j + 1]));
+  }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_rounded(T* out, int64_t c, const float (&v)[VEC]) {
+  Pack<T, VEC> o;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) o.v[j] = static_cast<T>(v[j]);
+  store<T, VEC>(out + c, o);
+}
+
+template <int VEC>
+__device__ __forceinline__ void load_floats(const float* p, int64_t c, float (&out)[VEC]) {
+  const Pack<float, VEC> v = load<float, VEC>(p + c);
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) out[j] = v.v[j];
+}
+
+template <typename T, int VEC, bool ROPE>
+__global__ void qk_norm_rope_kernel(QkNormRopeLaunch p) {
+  static_assert(!ROPE || VEC % 2 == 0, "the rotary embedding works on whole pairs");
+  const int64_t row = blockIdx.x, b = row / p.tokens, t = row % p.tokens;
+  const T* q = row_of<T>(p.q, b, t);
+  const T* k = p.k.data ? row_of<T>(p.k, b, t) : nullptr;
+  float sums[2] = {sum_of_squares<T, VEC>(q, p.dim), k ? sum_of_squares<T, VEC>(k, p.dim) : 0.f};
+  block_sum<2>(sums);
+  const float inv_dim = 1.f / static_cast<float>(p.dim);
+  const float q_rstd = rsqrtf(__fadd_rn(sums[0] * inv_dim, p.eps));
+  const float k_rstd = rsqrtf(__fadd_rn(sums[1] * inv_dim, p.eps));
+  const T* q_weight = static_cast<const T*>(p.q_weight);
+  const T* k_weight = static_cast<const T*>(p.k_weight);
+  T* q_out = static_cast<T*>(p.q_out) + row * p.dim;
+  T* k_out = k ? static_cast<T*>(p.k_out) + row * p.dim : nullptr;
+  const float* cos_row = ROPE ? row_of<float>(p.cos, b, t) : nullptr;
+  const float* sin_row = ROPE ? row_of<float>(p.sin, b, t) : nullptr;
+  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC) {
+    float cos[VEC], sin[VEC], v[VEC];
+    if constexpr (ROPE) {
+      load_floats<VEC>(cos_row, c, cos);
+      load_floats<VEC>(sin_row, c, sin);
+    }
+    normalize<T, VEC>(q, q_weight, q_rstd, c, v);
+    if constexpr (ROPE) rotate<VEC>(v, cos, sin);
+    store_rounded<T, VEC>(q_out, c, v);
+    if (k) {
+      normalize<T, VEC>(k, k_weight, k_rstd, c, v);
+      if constexpr (ROPE) rotate<VEC>(v, cos, sin);
+      store_rounded<T, VEC>(k_out, c, v);
+    }
+  }
+}
+
+}  // namespace
+
+void launch_qk_norm_rope(const QkNormRopeLaunch& launch) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(launch.device_index));
+  const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(launch.device_index));
+  const dim3 grid(static_cast<unsigned>(launch.batch * launch.tokens));
+  const dim3 block(row_block_threads(launch.dim, launch.vec));
+  const bool rope = launch.cos.data != nullptr;
+  dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
+    using T = decltype(zero);
+    constexpr int VEC = decltype(vec)::value;
+    if constexpr (VEC % 2 == 0) {
+      if (rope) {
+        qk_norm_rope_kernel<T, VEC, true><<<grid, block, 0, stream>>>(launch);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+    } else {
+      TORCH_CHECK(!rope, "ltxmps_kernels: the rotary embedding needs an even vector width, got ", VEC);
+    }
+    qk_norm_rope_kernel<T, VEC, false><<<grid, block, 0, stream>>>(launch);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace ltxmps::kernels::cuda

@@ -1,0 +1,122 @@
+#pragma once
+/// @file fused.hpp
+/// @brief Fused kernels for the LTX-Video transformer forward, each with an ATen reference.
+///
+/// Every function comes in two forms:
+///   - `f(...)` runs a fused CUDA kernel when this build has the CUDA kernels, the tensors are on a CUDA device
+///     and the kernel supports their dtypes and layout; otherwise it runs `f_reference(...)`;
+///   - `f_reference(...)` is the op sequence of the unfused transformer forward, written once here: on the CPU
+///     (and wherever the kernel does not apply) the fused forward is therefore bit-identical to the unfused one.
+///
+/// Note [Fused kernel rounding]
+/// In half precision the reference rounds to the tensor dtype after every ATen op (`x * rsqrt(var)` cast back,
+/// `1 + scale`, `n * (1 + scale)`, `+ shift`, ...). The CUDA kernels compute in float32 registers but round at
+/// exactly those points, with the same float32 operations (no fused multiply-add across a point where ATen
+/// writes a float32 tensor), so they differ from the reference only where the order of a float32 reduction (a
+/// row's sum of squares) moves a value across a rounding boundary: at most one or two units in the last place of
+/// the half-precision result, and mostly not at all. docs/kernels.md lists each kernel's rounding points.
+
+#include "ltxmps/diagnostics.hpp"
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace ltxmps::kernels {
+
+/// @brief True when this build compiled the CUDA kernels (a CUDA compiler and a LibTorch with CUDA were found).
+bool built_with_cuda() noexcept;
+
+/// @brief How many calls of the entry points below took their CUDA path (a fused kernel or the cuBLASLt epilogue)
+///        in this process: lets a test or a benchmark tell that the kernels ran rather than the references.
+uint64_t fused_calls() noexcept;
+
+/// @brief Which kernels a forward on `device` in `dtype` runs, and why (one diagnostic per kernel, topic
+///        "kernels"), plus the attention backend LibTorch picks for a self-attention of `head_dim` on that
+///        device when the device is present (topic "kernels.sdpa").
+std::vector<ltxmps::Diagnostic> kernel_report(const c10::Device& device, at::ScalarType dtype, int64_t head_dim = 64);
+
+// ---------------------------------------------------------------------------------------------------
+// Block norms with AdaLN modulation
+
+/// @brief diffusers `RMSNorm` (the transformer block's norm1 / norm2): the mean of squares in float32, the input
+///        times the float32 reciprocal root cast back to the input dtype (or to a half-precision weight's dtype,
+///        then times the weight). `weight` may be undefined.
+at::Tensor block_rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+/// @brief `block_rms_norm(x, weight, eps) * (1 + scale) + shift`.
+///
+/// `x` is [B, S, D]; `scale` and `shift` are [B, T, D] with T = 1 or S (strided views, such as slices of the
+/// block's `ada` tensor, are read in place).
+at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& scale,
+                             const at::Tensor& shift);
+/// @brief The ATen op sequence of rms_norm_modulate().
+at::Tensor rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                       const at::Tensor& scale, const at::Tensor& shift);
+
+/// @brief `h = gate.defined() ? x + y * gate : x + y`, then `rms_norm_modulate(h, ...)`: returns {h, normed}.
+///        One pass over the row writes both (the block's cross-attention residual followed by norm2).
+std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x, const at::Tensor& y,
+                                                             const at::Tensor& gate, const at::Tensor& weight,
+                                                             double eps, const at::Tensor& scale,
+                                                             const at::Tensor& shift);
+/// @brief The ATen op sequence of residual_rms_norm_modulate().
+std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& y,
+                                                                       const at::Tensor& gate,
+                                                                       const at::Tensor& weight, double eps,
+                                                                       const at::Tensor& scale,
+                                                                       const at::Tensor& shift);
+
+/// @brief `layer_norm(x, [D], no affine, eps) * (1 + scale) + shift` (the transformer's output head).
+at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift);
+/// @brief The ATen op sequence of layer_norm_modulate().
+at::Tensor layer_norm_modulate_reference(const at::Tensor& x, double eps, const at::Tensor& scale,
+                                         const at::Tensor& shift);
+
+// ---------------------------------------------------------------------------------------------------
+// Residuals
+
+/// @brief `x + y * gate` (gate [B, T, D] with T = 1 or S, strided views read in place).
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+/// @brief The ATen op sequence of gated_residual().
+at::Tensor gated_residual_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+
+// ---------------------------------------------------------------------------------------------------
+// Query / key norm and rotary embedding
+
+/// @brief diffusers `apply_rotary_emb` of LTX-Video: interleaved pairs (2i, 2i + 1) over the full last dim,
+///        `x·cos + rotate(x)·sin` in float32, cast back to x's dtype. cos / sin: float32 [B, S, D].
+at::Tensor rotary_emb_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+/// @brief `at::rms_norm` over the last dim of q (weight `q_weight`) and of k (weight `k_weight`), then, when
+///        `cos` is defined, the rotary embedding of both. Returns contiguous {q, k} [B, S, D] (the layout whose
+///        head-split view SDPA reads without a copy).
+///
+/// q is [B, Sq, D], k is [B, Sk, D]; with `cos`/`sin` (float32 [B, S, D]) both must have S tokens, and one kernel
+/// reads each (cos, sin) row once for the q and the k row of that token.
+std::pair<at::Tensor, at::Tensor> qk_rms_norm_rope(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                   double eps, const at::Tensor& cos, const at::Tensor& sin);
+/// @brief The ATen op sequence of qk_rms_norm_rope().
+std::pair<at::Tensor, at::Tensor> qk_rms_norm_rope_reference(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                             double eps, const at::Tensor& cos,
+                                                             const at::Tensor& sin);
+
+// ---------------------------------------------------------------------------------------------------
+// Feed-forward projection with the tanh GELU
+
+/// @brief `gelu(x·weightᵀ + bias, "tanh")` for x [..., in], weight [out, in], bias [out].
+///
+/// On CUDA (dense weight and bias of x's dtype and device, contiguous x) this is one cuBLASLt GEMM whose epilogue
+/// adds the bias and applies the tanh GELU on the float32 accumulator (`at::_addmm_activation(..., use_gelu)`),
+/// rounding once instead of twice; elsewhere the reference.
+at::Tensor linear_gelu_tanh(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+/// @brief `at::gelu(at::linear(x, weight, bias), "tanh")`.
+at::Tensor linear_gelu_tanh_reference(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+}  // namespace ltxmps::kernels

@@ -1,0 +1,63 @@
+#pragma once
+// The interface between the host code (fused.cpp, any C++ compiler) and the CUDA launchers (kernels/cuda/*.cu,
+// nvcc): plain pointers, strides and sizes, validated by the host code before a launch.
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+namespace ltxmps::kernels::cuda {
+
+/// A [B, T, D] operand read row by row: element (b, t, d) is at data + b·batch_stride + t·token_stride + d
+/// (strides in elements; 0 broadcasts a size-1 dimension). The last dimension is contiguous.
+struct Rows {
+  const void* data = nullptr;
+  int64_t batch_stride = 0;
+  int64_t token_stride = 0;
+};
+
+/// out = norm(h)·(1 + scale) + shift per row of D, with h = x, or h = x + y·gate (gate optional) written to
+/// `residual` when y is given. RMS norm (optional weight) or layer norm without affine.
+struct NormModulateLaunch {
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  int device_index = 0;
+  int64_t batch = 0, tokens = 0, dim = 0;
+  int vec = 1;  ///< elements per vector access: 1, 2, 4 or 8, dividing dim and every stride
+  bool layer_norm = false;
+  float eps = 0.f;
+  Rows x, y, gate, scale, shift;  ///< y, gate: null unless the residual variant
+  const void* weight = nullptr;   ///< [D] or null
+  void* residual = nullptr;       ///< contiguous [B, S, D]: x + y·gate, when y is given
+  void* out = nullptr;            ///< contiguous [B, S, D]
+};
+
+/// out = x + y·gate, [B, S, D] rows; out contiguous.
+struct GatedResidualLaunch {
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  int device_index = 0;
+  int64_t batch = 0, tokens = 0, dim = 0;
+  int vec = 1;
+  Rows x, y, gate;
+  void* out = nullptr;
+};
+
+/// RMS norm (with weight) of the q row and, when k is given, of the k row of the same token; then, when cos is
+/// given, the interleaved rotary embedding of both with the float32 cos / sin row of that token.
+struct QkNormRopeLaunch {
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  int device_index = 0;
+  int64_t batch = 0, tokens = 0, dim = 0;
+  int vec = 1;  ///< even when cos is given
+  float eps = 0.f;
+  Rows q, k, cos, sin;  ///< k, cos, sin: optional (cos and sin together)
+  const void* q_weight = nullptr;
+  const void* k_weight = nullptr;
+  void* q_out = nullptr;  ///< contiguous
+  void* k_out = nullptr;  ///< contiguous, when k is given
+};
+
+void launch_norm_modulate(const NormModulateLaunch& launch);
+void launch_gated_residual(const GatedResidualLaunch& launch);
+void launch_qk_norm_rope(const QkNormRopeLaunch& launch);
+
+}  // namespace ltxmps::kernels::cuda

@@ -1,0 +1,438 @@
+// The fused kernels' entry points: argument checks, the choice between a CUDA kernel and the ATen reference,
+// and the references themselves (the unfused transformer's op sequence).
+
+#include "ltxmps_kernels/fused.hpp"
+
+#include "cuda_launch.hpp"
+
+#include "ltxmps/error.hpp"
+
+#include <ATen/ATen.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <initializer_list>
+#include <optional>
+
+namespace ltxmps::kernels {
+
+bool built_with_cuda() noexcept {
+#ifdef LTXMPS_KERNELS_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------
+// References
+
+// Note [Block RMSNorm]
+// diffusers `RMSNorm.forward` (models/normalization.py): the variance is taken in float32, the input
+// (possibly bf16/fp16) is multiplied by the float32 rsqrt, which promotes to float32, and the result
+// is cast back to the input dtype (no weight) or to the weight's half dtype before `* weight`.
+at::Tensor block_rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  auto variance = x.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
+  auto y = x * at::rsqrt(variance + eps);
+  if (!weight.defined()) return y.to(x.scalar_type());
+  if (weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16) y = y.to(weight.scalar_type());
+  return y * weight;
+}
+
+at::Tensor rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                       const at::Tensor& scale, const at::Tensor& shift) {
+  return block_rms_norm_reference(x, weight, eps) * (1 + scale) + shift;
+}
+
+std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& y,
+                                                                       const at::Tensor& gate,
+                                                                       const at::Tensor& weight, double eps,
+                                                                       const at::Tensor& scale,
+                                                                       const at::Tensor& shift) {
+  auto h = gate.defined() ? x + y * gate : x + y;
+  auto normed = rms_norm_modulate_reference(h, weight, eps, scale, shift);
+  return {std::move(h), std::move(normed)};
+}
+
+at::Tensor layer_norm_modulate_reference(const at::Tensor& x, double eps, const at::Tensor& scale,
+                                         const at::Tensor& shift) {
+  return at::layer_norm(x, {x.size(-1)}, {}, {}, eps) * (1 + scale) + shift;
+}
+
+at::Tensor gated_residual_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+  return x + y * gate;
+}
+
+// diffusers `apply_rotary_emb` (transformer_ltx.py): interleaved pairs (2i, 2i+1) over the full D,
+// in float32, cast back to x's dtype.
+at::Tensor rotary_emb_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  auto pairs = x.unflatten(-1, {-1, 2});
+  auto real = pairs.select(-1, 0), imag = pairs.select(-1, 1);
+  auto rotated = at::stack({-imag, real}, -1).flatten(-2);
+  return (x.to(at::kFloat) * cos + rotated.to(at::kFloat) * sin).to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> qk_rms_norm_rope_reference(const at::Tensor& q, const at::Tensor& k,
+                                                             const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                             double eps, const at::Tensor& cos,
+                                                             const at::Tensor& sin) {
+  auto qn = at::rms_norm(q, {q.size(-1)}, q_weight, eps);
+  auto kn = at::rms_norm(k, {k.size(-1)}, k_weight, eps);
+  if (!cos.defined()) return {std::move(qn), std::move(kn)};
+  return {rotary_emb_reference(qn, cos, sin), rotary_emb_reference(kn, cos, sin)};
+}
+
+at::Tensor linear_gelu_tanh_reference(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return at::gelu(at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt), "tanh");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Choosing the CUDA kernel
+
+namespace {
+
+// Note [When a CUDA kernel runs]
+// A kernel runs only for what it was written for: CUDA tensors on one device, float32 / float16 / bfloat16 (all
+// operands of one dtype), [B, S, D] activations whose last dimension is contiguous, [B, T, D] modulation operands
+// with T = 1 or S (size-1 dimensions broadcast; strided slices such as the block's `ada` columns are read in
+// place), weights as contiguous [D] vectors. Anything else (float64, a weight of another dtype, a transposed last
+// dimension, more than INT_MAX rows) runs the reference, which also produces ATen's usual errors for bad input.
+bool kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool cuda_candidate(const at::Tensor& x) {
+  return built_with_cuda() && x.defined() && x.is_cuda() && x.dim() == 3 && kernel_dtype(x.scalar_type()) &&
+         x.numel() > 0 && x.size(0) * x.size(1) <= INT_MAX && (x.size(2) == 1 || x.stride(2) == 1);
+}
+
+// The Rows view of a [B', T', D] operand of `dtype` broadcast over `like` [B, S, D], or nothing when the kernel
+// cannot read it.
+std::optional<cuda::Rows> rows_of(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
+  if (!t.defined() || t.dim() != 3 || t.scalar_type() != dtype || t.device() != like.device()) return std::nullopt;
+  const int64_t B = like.size(0), S = like.size(1), D = like.size(2);
+  if (t.size(2) != D || (D > 1 && t.stride(2) != 1)) return std::nullopt;
+  if ((t.size(0) != 1 && t.size(0) != B) || (t.size(1) != 1 && t.size(1) != S)) return std::nullopt;
+  cuda::Rows r;
+  r.data = t.data_ptr();
+  r.batch_stride = t.size(0) == 1 ? 0 : t.stride(0);
+  r.token_stride = t.size(1) == 1 ? 0 : t.stride(1);
+  return r;
+}
+
+bool vector_ok(const at::Tensor& like, const at::Tensor& weight) {
+  return !weight.defined() || (weight.dim() == 1 && weight.size(0) == like.size(2) && weight.is_contiguous() &&
+                               weight.scalar_type() == like.scalar_type() && weight.device() == like.device());
+}
+
+// An operand as the kernels address it, for the alignment check: rows, their element size.
+struct Operand {
+  cuda::Rows rows;
+  size_t element_size;
+};
+
+Operand operand(const void* data, size_t element_size) {
+  return {cuda::Rows{data, 0, 0}, element_size};
+}
+
+// The widest vector access (at most 16 bytes of the activations' dtype) that divides D and keeps every row start
+// of every operand aligned: row starts are data + b·batch_stride + t·token_stride elements, so the data pointers
+// must be aligned and the strides multiples of the width.
+int vector_width(int64_t dim, size_t element_size, std::initializer_list<Operand> operands) {
+  for (int vec = static_cast<int>(16 / element_size); vec > 1; vec /= 2) {
+    bool ok = dim % vec == 0;
+    for (const auto& o : operands) {
+      const auto alignment = std::min<size_t>(16, vec * o.element_size);
+      ok = ok && reinterpret_cast<uintptr_t>(o.rows.data) % alignment == 0 && o.rows.batch_stride % vec == 0 &&
+           o.rows.token_stride % vec == 0;
+    }
+    if (ok) return vec;
+  }
+  return 1;
+}
+
+std::optional<cuda::Rows> rows_of(const at::Tensor& t, const at::Tensor& like) {
+  return rows_of(t, like, like.scalar_type());
+}
+
+int device_index(const at::Tensor& t) {
+  return t.device().has_index() ? t.device().index() : 0;
+}
+
+std::atomic<uint64_t> fused_call_count{0};
+
+// The launch of a norm and modulation of x, or of h = x + y·gate when y is defined; nothing when the kernel does
+// not apply (Note [When a CUDA kernel runs]). `residual` and `out` are allocated here.
+std::optional<cuda::NormModulateLaunch> norm_launch(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
+                                                    const at::Tensor& weight, const at::Tensor& scale,
+                                                    const at::Tensor& shift, double eps, bool layer_norm,
+                                                    at::Tensor& residual, at::Tensor& out) {
+  if (!cuda_candidate(x) || !vector_ok(x, weight)) return std::nullopt;
+  const auto xr = rows_of(x, x), sc = rows_of(scale, x), sh = rows_of(shift, x);
+  if (!xr || !sc || !sh) return std::nullopt;
+  cuda::NormModulateLaunch l;
+  if (y.defined()) {
+    const auto yr = rows_of(y, x);
+    const auto gr = gate.defined() ? rows_of(gate, x) : std::optional<cuda::Rows>(cuda::Rows{});
+    if (!yr || !gr) return std::nullopt;
+    l.y = *yr;
+    l.gate = *gr;
+    residual = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    l.residual = residual.data_ptr();
+  }
+  out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  l.dtype = x.scalar_type();
+  l.device_index = device_index(x);
+  l.batch = x.size(0);
+  l.tokens = x.size(1);
+  l.dim = x.size(2);
+  l.layer_norm = layer_norm;
+  l.eps = static_cast<float>(eps);
+  l.x = *xr;
+  l.scale = *sc;
+  l.shift = *sh;
+  l.weight = weight.defined() ? weight.data_ptr() : nullptr;
+  l.out = out.data_ptr();
+  const size_t e = x.element_size();
+  l.vec = vector_width(l.dim, e, {{l.x, e}, {l.y, e}, {l.gate, e}, {l.scale, e}, {l.shift, e}, operand(l.weight, e),
+                                  operand(l.residual, e), operand(l.out, e)});
+  return l;
+}
+
+}  // namespace
+
+uint64_t fused_calls() noexcept {
+  return fused_call_count.load(std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Entry points
+
+at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& scale,
+                             const at::Tensor& shift) {
+  at::Tensor residual, out;
+  if (const auto l = norm_launch(x, {}, {}, weight, scale, shift, eps, /*layer_norm=*/false, residual, out)) {
+    cuda::launch_norm_modulate(*l);
+    ++fused_call_count;
+    return out;
+  }
+  return rms_norm_modulate_reference(x, weight, eps, scale, shift);
+}
+
+std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x, const at::Tensor& y,
+                                                             const at::Tensor& gate, const at::Tensor& weight,
+                                                             double eps, const at::Tensor& scale,
+                                                             const at::Tensor& shift) {
+  at::Tensor residual, out;
+  if (y.defined()) {
+    if (const auto l = norm_launch(x, y, gate, weight, scale, shift, eps, /*layer_norm=*/false, residual, out)) {
+      cuda::launch_norm_modulate(*l);
+      ++fused_call_count;
+      return {std::move(residual), std::move(out)};
+    }
+  }
+  return residual_rms_norm_modulate_reference(x, y, gate, weight, eps, scale, shift);
+}
+
+at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift) {
+  at::Tensor residual, out;
+  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, /*layer_norm=*/true, residual, out)) {
+    cuda::launch_norm_modulate(*l);
+    ++fused_call_count;
+    return out;
+  }
+  return layer_norm_modulate_reference(x, eps, scale, shift);
+}
+
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+  if (cuda_candidate(x)) {
+    const auto xr = rows_of(x, x), yr = rows_of(y, x), gr = rows_of(gate, x);
+    if (xr && yr && gr) {
+      auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+      cuda::GatedResidualLaunch l;
+      l.dtype = x.scalar_type();
+      l.device_index = device_index(x);
+      l.batch = x.size(0);
+      l.tokens = x.size(1);
+      l.dim = x.size(2);
+      l.x = *xr;
+      l.y = *yr;
+      l.gate = *gr;
+      l.out = out.data_ptr();
+      const size_t e = x.element_size();
+      l.vec = vector_width(l.dim, e, {{l.x, e}, {l.y, e}, {l.gate, e}, operand(l.out, e)});
+      cuda::launch_gated_residual(l);
+      ++fused_call_count;
+      return out;
+    }
+  }
+  return gated_residual_reference(x, y, gate);
+}
+
+namespace {
+
+// One launch for q alone (k undefined), or for q and k of the same shape with an optional rotary embedding.
+bool launch_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight, const at::Tensor& k_weight,
+               double eps, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& q_out, at::Tensor& k_out) {
+  cuda::QkNormRopeLaunch l;
+  const auto qr = rows_of(q, q);
+  if (!qr || !q_weight.defined() || !vector_ok(q, q_weight)) return false;
+  if (k.defined()) {
+    const auto kr = rows_of(k, q);
+    if (!kr || k.sizes() != q.sizes() || !k_weight.defined() || !vector_ok(q, k_weight)) return false;
+    l.k = *kr;
+  }
+  if (cos.defined()) {
+    const auto cr = rows_of(cos, q, at::kFloat), sr = rows_of(sin, q, at::kFloat);
+    if (!cr || !sr) return false;
+    l.cos = *cr;
+    l.sin = *sr;
+  }
+  q_out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+  if (k.defined()) k_out = at::empty(k.sizes(), k.options().memory_format(at::MemoryFormat::Contiguous));
+  l.dtype = q.scalar_type();
+  l.device_index = device_index(q);
+  l.batch = q.size(0);
+  l.tokens = q.size(1);
+  l.dim = q.size(2);
+  l.eps = static_cast<float>(eps);
+  l.q = *qr;
+  l.q_weight = q_weight.data_ptr();
+  l.k_weight = k.defined() ? k_weight.data_ptr() : nullptr;
+  l.q_out = q_out.data_ptr();
+  l.k_out = k.defined() ? k_out.data_ptr() : nullptr;
+  const size_t e = q.element_size(), f = sizeof(float);
+  l.vec = vector_width(l.dim, e, {{l.q, e}, {l.k, e}, {l.cos, f}, {l.sin, f}, operand(l.q_weight, e),
+                                  operand(l.k_weight, e), operand(l.q_out, e), operand(l.k_out, e)});
+  if (cos.defined() && l.vec % 2 != 0) return false;  // pairs must not straddle two vectors
+  cuda::launch_qk_norm_rope(l);
+  ++fused_call_count;
+  return true;
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> qk_rms_norm_rope(const at::Tensor& q, const at::Tensor& k,
+                                                   const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                   double eps, const at::Tensor& cos, const at::Tensor& sin) {
+  if (cuda_candidate(q) && cuda_candidate(k) && k.scalar_type() == q.scalar_type() && k.device() == q.device()) {
+    at::Tensor q_out, k_out, unused;
+    if (q.sizes() == k.sizes()) {
+      if (launch_qk(q, k, q_weight, k_weight, eps, cos, sin, q_out, k_out)) return {q_out, k_out};
+    } else if (!cos.defined() && q.size(0) == k.size(0) && q.size(2) == k.size(2)) {
+      // Cross-attention: keys of another length, no rotary embedding; one launch each.
+      if (launch_qk(q, {}, q_weight, {}, eps, {}, {}, q_out, unused) &&
+          launch_qk(k, {}, k_weight, {}, eps, {}, {}, k_out, unused))
+        return {q_out, k_out};
+    }
+  }
+  return qk_rms_norm_rope_reference(q, k, q_weight, k_weight, eps, cos, sin);
+}
+
+at::Tensor linear_gelu_tanh(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  const bool dense = x.defined() && weight.defined() && bias.defined() && x.layout() == at::kStrided &&
+                     weight.layout() == at::kStrided && bias.layout() == at::kStrided;
+  if (dense && x.is_cuda() && x.dim() >= 2 && x.numel() > 0 && kernel_dtype(x.scalar_type()) &&
+      weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type() &&
+      weight.device() == x.device() && bias.device() == x.device() && weight.dim() == 2 && bias.dim() == 1 &&
+      x.size(-1) == weight.size(1) && bias.size(0) == weight.size(0) && bias.is_contiguous()) {
+    auto sizes = x.sizes().vec();
+    sizes.back() = weight.size(0);
+    auto out = at::_addmm_activation(bias, x.reshape({-1, x.size(-1)}), weight.t(), 1, 1, /*use_gelu=*/true);
+    ++fused_call_count;
+    return out.view(sizes);
+  }
+  return linear_gelu_tanh_reference(x, weight, bias);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Report
+
+namespace {
+
+// The values of at::SDPBackend (ATen/SDPBackend.h), spelled out because older LibTorch releases lack the header.
+const char* sdp_backend_name(int64_t choice) {
+  switch (choice) {
+    case 0: return "math";
+    case 1: return "flash_attention";
+    case 2: return "efficient_attention";
+    case 3: return "cudnn_attention";
+    case 4: return "overrideable";
+    default: return "none (error)";
+  }
+}
+
+bool device_present(const c10::Device& device) {
+  if (device.is_cpu()) return true;
+  if (device.is_cuda())
+    return torch::cuda::is_available() && device.index() < static_cast<int64_t>(torch::cuda::device_count());
+  if (device.is_mps()) return at::hasMPS();
+  return false;
+}
+
+// Which attention backend LibTorch picks for the transformer's self-attention (head-split views of [B, S, D], no
+// mask) and cross-attention (with the [B, heads, 1, L] text bias) in `dtype` on `device`.
+std::optional<Diagnostic> sdpa_report(const c10::Device& device, at::ScalarType dtype, int64_t head_dim) {
+  if (!device_present(device) || head_dim <= 0) return std::nullopt;
+  std::string message;
+  try {
+    constexpr int64_t kHeads = 2, kTokens = 256, kTextTokens = 128;
+    const auto options = at::TensorOptions().device(device).dtype(dtype);
+    const auto heads = [&](int64_t tokens) {
+      return at::zeros({1, tokens, kHeads * head_dim}, options).unflatten(2, {kHeads, head_dim}).permute({0, 2, 1, 3});
+    };
+    const auto q = heads(kTokens), text = heads(kTextTokens);
+    const auto self_choice = at::_fused_sdp_choice(q, heads(kTokens), heads(kTokens));
+    const auto cross_choice = at::_fused_sdp_choice(q, text, text, at::zeros({1, kHeads, 1, kTextTokens}, options));
+    message = c10::str("sdpa (head_dim ", head_dim, ", ", dtype, " on ", device, "): self-attention ",
+                       sdp_backend_name(self_choice), ", cross-attention with the text bias ",
+                       sdp_backend_name(cross_choice), " (at::_fused_sdp_choice)");
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    message = c10::str("sdpa: backend not probed on ", device, ": ", what.substr(0, what.find('\n')));
+  }
+  return Diagnostic{Severity::info, "kernels.sdpa", "kernels.sdpa", std::move(message)};
+}
+
+}  // namespace
+
+std::vector<Diagnostic> kernel_report(const c10::Device& device, at::ScalarType dtype, int64_t head_dim) {
+  std::string reason;  // why the CUDA kernels do not run, empty when they do
+  if (!device.is_cuda()) reason = c10::str("the device is ", device, " and the fused kernels are CUDA only");
+  else if (!kernel_dtype(dtype)) reason = c10::str("no kernel for ", dtype);
+  const std::string built_reason =
+      reason.empty() && !built_with_cuda()
+          ? "this build has no CUDA kernels (configured without a CUDA compiler or with a LibTorch without CUDA)"
+          : reason;
+  struct Entry {
+    const char* name;
+    const char* fuses;
+  };
+  static const Entry kEntries[] = {
+      {"rms_norm_modulate", "norm1: block RMSNorm and the AdaLN scale / shift"},
+      {"residual_rms_norm_modulate", "cross-attention residual, norm2 and its scale / shift"},
+      {"gated_residual", "x + y * gate of the self-attention and feed-forward"},
+      {"qk_rms_norm_rope", "query / key RMSNorm across heads and the interleaved RoPE, q and k together"},
+      {"layer_norm_modulate", "output LayerNorm and its scale / shift"},
+  };
+  std::vector<Diagnostic> out;
+  for (const auto& e : kEntries) {
+    if (built_reason.empty())
+      out.push_back({Severity::info, "kernels", "kernels.cuda", c10::str(e.name, ": CUDA kernel (", e.fuses, ")")});
+    else
+      out.push_back(
+          {Severity::info, "kernels", "kernels.reference", c10::str(e.name, ": ATen reference; ", built_reason)});
+  }
+  if (reason.empty())
+    out.push_back({Severity::info, "kernels", "kernels.cublaslt",
+                   "linear_gelu_tanh: cuBLASLt GEMM with the bias and tanh-GELU epilogue (at::_addmm_activation)"});
+  else
+    out.push_back({Severity::info, "kernels", "kernels.reference",
+                   c10::str("linear_gelu_tanh: ATen reference; ", reason)});
+  if (auto sdpa = sdpa_report(device, dtype, head_dim)) out.push_back(std::move(*sdpa));
+  return out;
+}
+
+}  // namespace ltxmps::kernels

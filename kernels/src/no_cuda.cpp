@@ -1,0 +1,20 @@
+// The CUDA launchers of a build without the CUDA kernels: never reached, because built_with_cuda() is false and
+// every entry point then runs its reference.
+
+#include "cuda_launch.hpp"
+
+#include "ltxmps/error.hpp"
+
+namespace ltxmps::kernels::cuda {
+
+namespace {
+[[noreturn]] void not_built(const char* kernel) {
+  throw ltxmps::Error(c10::str("ltxmps_kernels: ", kernel, " was called, but this build has no CUDA kernels"));
+}
+}  // namespace
+
+void launch_norm_modulate(const NormModulateLaunch&) { not_built("launch_norm_modulate"); }
+void launch_gated_residual(const GatedResidualLaunch&) { not_built("launch_gated_residual"); }
+void launch_qk_norm_rope(const QkNormRopeLaunch&) { not_built("launch_qk_norm_rope"); }
+
+}  // namespace ltxmps::kernels::cuda

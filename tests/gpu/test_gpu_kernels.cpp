@@ -1,0 +1,314 @@
+// ltxmps_kernels on CUDA: every fused kernel against its ATen reference on the same device (float32, bfloat16,
+// float16; odd sizes that force narrower vector accesses; strided, broadcast and misaligned operands), the fallback
+// for what a kernel does not take, the SDPA layout, and a whole transformer forward with against without the
+// fused kernels. Without CUDA, or in a build without the CUDA kernels, the suite reports SKIPPED (exit code 77).
+#define CATCH_CONFIG_RUNNER  // Catch2 v2: this file provides main() (v3 ignores the macro)
+#include "catch_compat.hpp"
+#if LTXMPS_CATCH_V3
+#include <catch2/catch_session.hpp>
+#endif
+
+#include "ltxmps_kernels/fused.hpp"
+
+#include "ltxmps_pipeline/transformer.hpp"
+
+#include <ltxmps/ltxmps.hpp>
+
+#include <torch/cuda.h>
+
+#include <cmath>
+#include <functional>
+#include <iostream>
+#include <map>
+
+namespace kernels = ltxmps::kernels;
+
+namespace {
+
+const c10::Device kCuda("cuda:0");
+
+int mantissa_bits(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? 7 : dtype == at::kHalf ? 10 : 23;
+}
+
+at::Tensor randn(std::vector<int64_t> shape, at::ScalarType dtype, uint64_t seed, double scale = 1.0) {
+  auto g = ltxmps::make_cpu_generator(seed);
+  return ltxmps::randn(shape, g).mul_(scale).to(kCuda, dtype);
+}
+
+// A [B, S, D] activation as the model has it (contiguous), as a column window of a wider tensor (strided rows),
+// or shifted by one element (rows not 16-byte aligned: the scalar path).
+at::Tensor activation(int64_t B, int64_t S, int64_t D, at::ScalarType dtype, uint64_t seed, int layout) {
+  if (layout == 0) return randn({B, S, D}, dtype, seed);
+  if (layout == 1) return randn({B, S, D + 8}, dtype, seed).narrow(2, 8, D);
+  return randn({B * S * D + 1}, dtype, seed).narrow(0, 1, B * S * D).view({B, S, D});
+}
+
+// How far the kernel's `out` is from the reference's `ref`, both of `dtype`.
+struct Agreement {
+  double ulps = 0;            ///< max |out - ref| in units in the last place of dtype at max |ref|
+  double relative = 0;        ///< max |out - ref| / max |ref|
+  double mismatch_fraction = 0;
+};
+
+Agreement agreement(const at::Tensor& out, const at::Tensor& ref) {
+  REQUIRE(out.sizes() == ref.sizes());
+  REQUIRE(out.scalar_type() == ref.scalar_type());
+  const auto a = out.to(at::kCPU, at::kDouble), b = ref.to(at::kCPU, at::kDouble);
+  const double scale = std::max(1e-30, b.abs().max().item<double>());
+  const double diff = (a - b).abs().max().item<double>();
+  int e = 0;
+  std::frexp(scale, &e);
+  Agreement r;
+  r.ulps = diff / std::ldexp(1.0, e - 1 - mantissa_bits(ref.scalar_type()));
+  r.relative = diff / scale;
+  r.mismatch_fraction = a.ne(b).sum().item<double>() / static_cast<double>(std::max<int64_t>(1, a.numel()));
+  return r;
+}
+
+// Note [Kernel bounds]
+// The kernels round where the references round (Note [Fused kernel rounding]); they differ only where a float32
+// row statistic summed in another order moves a value across a rounding boundary. Such a flip is one unit in the
+// last place of an intermediate, which the modulation can scale by |1 + scale| (< 3 here) before the output's own
+// rounding: at most 4 units at the output's largest magnitude, and rare (a fraction of the elements far below 1%).
+// float32 has no intermediate rounding: the bound is float32 reduction-order error.
+void check_kernel(const at::Tensor& out, const at::Tensor& ref, bool strict_rounding = true) {
+  const auto a = agreement(out, ref);
+  INFO("ulps " << a.ulps << ", relative " << a.relative << ", mismatching fraction " << a.mismatch_fraction);
+  if (ref.scalar_type() == at::kFloat) {
+    CHECK(a.relative <= 1e-5);
+    return;
+  }
+  CHECK(a.ulps <= 4.0);
+  if (strict_rounding) CHECK(a.mismatch_fraction <= 0.01);
+}
+
+const at::ScalarType kDtypes[] = {at::kFloat, at::kBFloat16, at::kHalf};
+const int64_t kDims[] = {2048, 1000, 998, 7};  // vectors of 8, 8 (4 for float32), 2, 1 elements
+
+// Runs `f` and returns how many fused CUDA calls it made.
+uint64_t fused_calls_in(const std::function<void()>& f) {
+  const auto before = kernels::fused_calls();
+  f();
+  return kernels::fused_calls() - before;
+}
+
+}  // namespace
+
+TEST_CASE("rms_norm_modulate and layer_norm_modulate: kernel against reference", "[gpu][kernels]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t D : kDims)
+      for (const int64_t T : {1, 37})
+        for (const int layout : {0, 1, 2}) {
+          INFO("dtype " << dtype << ", D " << D << ", T " << T << ", layout " << layout);
+          const int64_t B = 2, S = 37;
+          const auto x = activation(B, S, D, dtype, 1, layout).mul(3);
+          const auto ada = randn({B, T, 6, D}, dtype, 2, 0.5);  // the block's ada; columns are strided slices
+          const auto shift = ada.select(2, 0), scale = ada.select(2, 1);
+          for (const bool with_weight : {false, true}) {
+            const auto weight = with_weight ? randn({D}, dtype, 3, 0.1).add(1) : at::Tensor();
+            at::Tensor out;
+            CHECK(fused_calls_in([&] { out = kernels::rms_norm_modulate(x, weight, 1e-6, scale, shift); }) == 1);
+            REQUIRE(out.is_contiguous());
+            check_kernel(out, kernels::rms_norm_modulate_reference(x, weight, 1e-6, scale, shift));
+          }
+          at::Tensor out;
+          CHECK(fused_calls_in([&] { out = kernels::layer_norm_modulate(x.add(2), 1e-6, scale, shift); }) == 1);
+          check_kernel(out, kernels::layer_norm_modulate_reference(x.add(2), 1e-6, scale, shift));
+        }
+}
+
+TEST_CASE("residual_rms_norm_modulate and gated_residual: kernel against reference", "[gpu][kernels]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t D : kDims)
+      for (const int layout : {0, 1, 2}) {
+        INFO("dtype " << dtype << ", D " << D << ", layout " << layout);
+        const int64_t B = 2, S = 19;
+        const auto x = activation(B, S, D, dtype, 4, layout), y = activation(B, S, D, dtype, 5, 2 - layout);
+        const auto ada = randn({B, S, 6, D}, dtype, 6, 0.5);  // per-token modulation
+        const auto gate = ada.select(2, 2), shift = ada.select(2, 3), scale = ada.select(2, 4);
+        const auto weight = randn({D}, dtype, 7, 0.1).add(1);
+        for (const bool gated : {false, true}) {
+          const auto g = gated ? gate : at::Tensor();
+          std::pair<at::Tensor, at::Tensor> fused;
+          CHECK(fused_calls_in([&] {
+                  fused = kernels::residual_rms_norm_modulate(x, y, g, weight, 1e-6, scale, shift);
+                }) == 1);
+          const auto ref = kernels::residual_rms_norm_modulate_reference(x, y, g, weight, 1e-6, scale, shift);
+          // The residual sum has no reduction: the same bits.
+          CHECK(at::equal(fused.first, ref.first));
+          check_kernel(fused.second, ref.second);
+        }
+        at::Tensor out;
+        CHECK(fused_calls_in([&] { out = kernels::gated_residual(x, y, gate); }) == 1);
+        CHECK(at::equal(out, kernels::gated_residual_reference(x, y, gate)));
+        // A gate shared by all tokens (T = 1).
+        const auto gate1 = ada.narrow(1, 0, 1).select(2, 5);
+        CHECK(at::equal(kernels::gated_residual(x, y, gate1), kernels::gated_residual_reference(x, y, gate1)));
+      }
+}
+
+TEST_CASE("qk_rms_norm_rope: kernel against reference", "[gpu][kernels]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t D : {2048, 1000, 998})  // RoPE needs pairs: even D
+      for (const int layout : {0, 1, 2}) {
+        INFO("dtype " << dtype << ", D " << D << ", layout " << layout);
+        const int64_t B = 2, S = 33;
+        const auto q = activation(B, S, D, dtype, 8, layout).mul(4), k = activation(B, S, D, dtype, 9, layout);
+        const auto angles = randn({1, S, D}, at::kFloat, 10, 3.0);  // cos / sin shared by the batch
+        const auto cos = angles.cos(), sin = angles.sin();
+        // Unit weights: at::rms_norm rounds x·rstd·w once or twice depending on the LibTorch release; with w = 1
+        // both are one rounding, so the kernel must agree as closely as everywhere else.
+        const auto ones = at::ones({D}, q.options());
+        std::pair<at::Tensor, at::Tensor> fused;
+        CHECK(fused_calls_in([&] { fused = kernels::qk_rms_norm_rope(q, k, ones, ones, 1e-5, cos, sin); }) == 1);
+        REQUIRE((fused.first.is_contiguous() && fused.second.is_contiguous()));
+        auto ref = kernels::qk_rms_norm_rope_reference(q, k, ones, ones, 1e-5, cos, sin);
+        check_kernel(fused.first, ref.first);
+        check_kernel(fused.second, ref.second);
+        // Learned weights: the same 4-unit bound, without the rounding-count check.
+        const auto qw = randn({D}, dtype, 11, 0.1).add(1), kw = randn({D}, dtype, 12, 0.1).add(1);
+        fused = kernels::qk_rms_norm_rope(q, k, qw, kw, 1e-5, cos, sin);
+        ref = kernels::qk_rms_norm_rope_reference(q, k, qw, kw, 1e-5, cos, sin);
+        check_kernel(fused.first, ref.first, /*strict_rounding=*/false);
+        check_kernel(fused.second, ref.second, /*strict_rounding=*/false);
+        // Cross-attention: keys of another length, no RoPE (two launches).
+        const auto text = activation(B, 11, D, dtype, 13, 0);
+        CHECK(fused_calls_in([&] { fused = kernels::qk_rms_norm_rope(q, text, qw, kw, 1e-5, {}, {}); }) == 2);
+        ref = kernels::qk_rms_norm_rope_reference(q, text, qw, kw, 1e-5, {}, {});
+        check_kernel(fused.first, ref.first, false);
+        check_kernel(fused.second, ref.second, false);
+      }
+}
+
+TEST_CASE("what a kernel does not take runs the reference", "[gpu][kernels]") {
+  const auto x = randn({2, 5, 16}, at::kDouble, 14), ada = randn({2, 1, 6, 16}, at::kDouble, 15);
+  const auto scale = ada.select(2, 1), shift = ada.select(2, 0);
+  at::Tensor out;
+  CHECK(fused_calls_in([&] { out = kernels::rms_norm_modulate(x, {}, 1e-6, scale, shift); }) == 0);
+  CHECK(at::equal(out, kernels::rms_norm_modulate_reference(x, {}, 1e-6, scale, shift)));
+  // A float32 weight under bfloat16 activations (the reference then promotes to float32).
+  const auto xb = x.to(at::kBFloat16);
+  const auto w32 = at::ones({16}, x.options().dtype(at::kFloat));
+  CHECK(fused_calls_in([&] {
+          out = kernels::rms_norm_modulate(xb, w32, 1e-6, scale.to(at::kBFloat16), shift.to(at::kBFloat16));
+        }) == 0);
+  CHECK(out.scalar_type() == at::kFloat);
+  // A transposed last dimension.
+  const auto xt = randn({2, 16, 5}, at::kBFloat16, 16).transpose(1, 2);
+  const auto g = randn({2, 5, 16}, at::kBFloat16, 17);
+  CHECK(fused_calls_in([&] { out = kernels::gated_residual(xt, g, g); }) == 0);
+  CHECK(at::equal(out, kernels::gated_residual_reference(xt, g, g)));
+}
+
+TEST_CASE("linear_gelu_tanh: the cuBLASLt epilogue against linear then GELU", "[gpu][kernels]") {
+  at::globalContext().setAllowTF32CuBLAS(false);
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const auto x = randn({2, 37, 256}, dtype, 18), w = randn({1024, 256}, dtype, 19, 1.0 / 16);
+    const auto b = randn({1024}, dtype, 20);
+    at::Tensor out;
+    CHECK(fused_calls_in([&] { out = kernels::linear_gelu_tanh(x, w, b); }) == 1);
+    const auto ref = kernels::linear_gelu_tanh_reference(x, w, b);
+    REQUIRE(out.sizes() == ref.sizes());
+    // The epilogue rounds the GELU of the float32 accumulator once; the reference rounds the GEMM output, then
+    // the GELU: one unit of the half dtype apart, plus GEMM accumulation order (float32: 1e-5).
+    const auto a = agreement(out, ref);
+    INFO("ulps " << a.ulps << ", relative " << a.relative);
+    CHECK(a.relative <= (dtype == at::kFloat ? 1e-5 : std::ldexp(2.0, -mantissa_bits(dtype))));
+  }
+}
+
+TEST_CASE("SDPA reads the head-split views in place and its output merges heads without a copy", "[gpu][kernels]") {
+  const int64_t B = 2, S = 256, H = 8, Dh = 64;
+  const auto split = [&](const at::Tensor& t) { return t.unflatten(2, {H, Dh}).permute({0, 2, 1, 3}); };
+  const auto q = split(randn({B, S, H * Dh}, at::kBFloat16, 21)), k = split(randn({B, S, H * Dh}, at::kBFloat16, 22)),
+             v = split(randn({B, S, H * Dh}, at::kBFloat16, 23));
+  const auto choice = at::_fused_sdp_choice(q, k, v);
+  INFO("at::_fused_sdp_choice = " << choice << " (0 math, 1 flash, 2 efficient, 3 cudnn)");
+  CHECK(choice != 0);  // a fused attention kernel, not the math fallback
+  const auto out = at::scaled_dot_product_attention(q, k, v);
+  // flash / efficient attention write [B, S, H, Dh] and return its [B, H, S, Dh] view: merging heads is free.
+  CHECK(out.permute({0, 2, 1, 3}).is_contiguous());
+  const auto report = kernels::kernel_report(kCuda, at::kBFloat16);
+  std::string lines;
+  for (const auto& d : report) lines += d.message + "\n";
+  INFO(lines);
+  CHECK(report.front().rule == "kernels.cuda");
+  CHECK(report.back().rule == "kernels.sdpa");
+}
+
+TEST_CASE("a transformer forward with the fused kernels matches the unfused forward", "[gpu][kernels]") {
+  using namespace ltxmps::pipeline;
+  at::globalContext().setAllowTF32CuBLAS(false);
+  TransformerConfig config;
+  config.in_channels = config.out_channels = 16;
+  config.num_attention_heads = 4;
+  config.attention_head_dim = 16;  // D = 64: 8-element vectors, RoPE padding of 4
+  config.cross_attention_dim = 64;
+  config.num_layers = 2;
+  config.caption_channels = 32;
+  config.norm_elementwise_affine = true;
+  const auto weights = [](const std::string& name, const std::vector<int64_t>& shape) {
+    auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
+    const bool bias = name.find("bias") != std::string::npos;
+    if (shape.size() == 1) return ltxmps::randn(shape, g).mul_(0.05).add_(bias ? 0.0 : 1.0);
+    return ltxmps::randn(shape, g).mul_(1.0 / std::sqrt(static_cast<double>(shape[1])));
+  };
+  auto g = ltxmps::make_cpu_generator(24);
+  TransformerInputs in;
+  in.hidden_states = ltxmps::randn({2, 3 * 4 * 5, 16}, g);
+  in.encoder_hidden_states = ltxmps::randn({2, 9, 32}, g);
+  in.timestep = at::tensor({500.0f, 20.0f});
+  in.encoder_attention_mask = at::ones({2, 9});
+  in.encoder_attention_mask->narrow(1, 6, 3).zero_();
+  in.num_frames = 3;
+  in.height = 4;
+  in.width = 5;
+  in.rope_interpolation_scale = std::array<double, 3>{8.0 / 25.0, 32.0, 32.0};
+  const auto reference = TransformerModel::from_weights(config, {c10::kCPU, at::kFloat, {}}, weights).forward(in);
+  const auto scaled_error = [](const at::Tensor& a, const at::Tensor& b) {
+    const auto x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
+    return (x - y).abs().max().item<double>() / std::max(1.0, y.abs().max().item<double>());
+  };
+  // Bounds as fractions of the output scale: float32 differs by reduction order only; bfloat16 by a unit of the
+  // last place here and there, carried through two blocks (the unfused bfloat16 forward is itself 5e-2 from the
+  // float32 CPU forward, test_gpu_models.cpp).
+  for (const auto& [dtype, bound] : std::map<at::ScalarType, double>{{at::kFloat, 1e-4}, {at::kBFloat16, 3e-2}}) {
+    INFO("dtype " << dtype);
+    TransformerRuntime fused{kCuda, dtype, {}};
+    TransformerRuntime unfused = fused;
+    unfused.fused_kernels = false;
+    at::Tensor a, b;
+    const auto calls = fused_calls_in([&] { a = TransformerModel::from_weights(config, fused, weights).forward(in); });
+    // Per block: norm1, attn1's q/k, its gated residual, attn2's q and k (two lengths: two launches), the residual
+    // with norm2, the GELU GEMM, the feed-forward's gated residual; then the output head.
+    CHECK(calls == 2 * 8 + 1);
+    CHECK(fused_calls_in([&] { b = TransformerModel::from_weights(config, unfused, weights).forward(in); }) == 0);
+    CHECK(scaled_error(a, b) <= bound);
+    CHECK(scaled_error(a, reference) <= (dtype == at::kFloat ? 1e-4 : 5e-2));
+  }
+  // The effects-mask capture reads q and k before RoPE: that layer takes the unfused q/k path, the output stays.
+  std::map<int64_t, at::Tensor> maps;
+  auto capture = head_mean_capture({1}, {0, 60}, {0, 60}, maps);
+  capture.apply_rope = false;
+  const auto model = TransformerModel::from_weights(config, {kCuda, at::kBFloat16, {}}, weights);
+  const auto with_capture = model.forward(in, &capture);
+  CHECK(scaled_error(with_capture, model.forward(in)) <= 3e-2);
+  REQUIRE(maps.count(1) == 1);
+  CHECK(maps[1].isfinite().all().item<bool>());
+}
+
+int main(int argc, char* argv[]) {
+  if (!torch::cuda::is_available()) {
+    std::cout << "SKIPPED: no CUDA device on this machine (torch::cuda::is_available() is false); "
+                 "the fused kernels are tested on the GPU machine\n";
+    return 77;
+  }
+  if (!kernels::built_with_cuda()) {
+    std::cout << "SKIPPED: this build has no CUDA kernels (ltxmps_kernels was configured without a CUDA compiler "
+                 "or with a LibTorch without CUDA; see the CMake output)\n";
+    return 77;
+  }
+  return Catch::Session().run(argc, argv);
+}

@@ -1,0 +1,349 @@
+// ltxmps_kernels on the CPU: each reference against its formula written out here element by element (in float64
+// for float32 inputs; in float32 with a rounding to the half dtype after every ATen op for bfloat16 / float16, the
+// rounding points the CUDA kernels reproduce), odd sizes, strided and broadcast operands; the entry points equal
+// their references bit for bit off CUDA, and so does a whole transformer forward with and without the fused
+// kernels.
+#include "catch_compat.hpp"
+
+#include "ltxmps_kernels/fused.hpp"
+
+#include "ltxmps_pipeline/transformer.hpp"
+
+#include <ltxmps/ltxmps.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace kernels = ltxmps::kernels;
+
+namespace {
+
+// Rounds a float32 value to `dtype` and back: what ATen stores between two ops of that dtype.
+float round_to(float v, at::ScalarType dtype) {
+  if (dtype == at::kBFloat16) return static_cast<float>(c10::BFloat16(v));
+  if (dtype == at::kHalf) return static_cast<float>(c10::Half(v));
+  return v;
+}
+
+int mantissa_bits(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? 7 : dtype == at::kHalf ? 10 : 23;
+}
+
+// Agreement of `out` with `expected`: the largest difference in units in the last place of `dtype` at the
+// largest magnitude of `expected`, and the fraction of elements that differ at all.
+struct Agreement {
+  double ulps = 0;
+  double mismatch_fraction = 0;
+};
+
+Agreement agreement(const at::Tensor& out, const at::Tensor& expected, at::ScalarType dtype) {
+  const auto a = out.to(at::kDouble), b = expected.to(at::kDouble);
+  REQUIRE(a.sizes() == b.sizes());
+  int e = 0;
+  std::frexp(std::max(1e-30, b.abs().max().item<double>()), &e);
+  Agreement r;
+  r.ulps = (a - b).abs().max().item<double>() / std::ldexp(1.0, e - 1 - mantissa_bits(dtype));
+  r.mismatch_fraction = a.ne(b).sum().item<double>() / static_cast<double>(std::max<int64_t>(1, a.numel()));
+  return r;
+}
+
+double relative_error(const at::Tensor& out, const at::Tensor& expected) {
+  const auto a = out.to(at::kDouble), b = expected.to(at::kDouble);
+  return (a - b).abs().max().item<double>() / std::max(1e-30, b.abs().max().item<double>());
+}
+
+// A [B, S, D] tensor whose rows are strided (a column window of a wider tensor), so the kernels' stride handling
+// is exercised in their references' callers too.
+at::Tensor strided_rows(int64_t B, int64_t S, int64_t D, at::ScalarType dtype, int64_t seed) {
+  auto g = ltxmps::make_cpu_generator(static_cast<uint64_t>(seed));
+  return ltxmps::randn({B, S, D + 5}, g).to(dtype).narrow(2, 3, D);
+}
+
+// The block's `ada` tensor [B, T, 6, D] and its column slices.
+at::Tensor ada_tensor(int64_t B, int64_t T, int64_t D, at::ScalarType dtype, int64_t seed) {
+  auto g = ltxmps::make_cpu_generator(static_cast<uint64_t>(seed));
+  return ltxmps::randn({B, T, 6, D}, g).mul_(0.5).to(dtype);
+}
+
+// Elementwise loop over [B, S, D] float copies (operands broadcast to x's shape).
+std::vector<at::Tensor> as_float(const at::Tensor& like, std::initializer_list<at::Tensor> ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.defined() ? t.expand(like.sizes()).to(at::kFloat).contiguous() : t);
+  return out;
+}
+
+// diffusers RMSNorm + modulation, written out: float32 (float64 when dtype is float32) statistics, the input
+// times rsqrt rounded to dtype, times the weight rounded, (1 + scale) rounded, the product rounded, plus shift.
+at::Tensor rms_norm_modulate_formula(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& scale,
+                                     const at::Tensor& shift) {
+  const auto dtype = x.scalar_type();
+  const int64_t D = x.size(2), rows = x.numel() / D;
+  const auto f = as_float(x, {x, scale, shift});
+  const auto w = weight.defined() ? weight.to(at::kFloat).contiguous() : at::Tensor();
+  auto out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  const float *px = f[0].data_ptr<float>(), *ps = f[1].data_ptr<float>(), *ph = f[2].data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int64_t d = 0; d < D; ++d) sum += static_cast<double>(px[r * D + d]) * px[r * D + d];
+    const double rstd = 1.0 / std::sqrt(sum / D + eps);
+    for (int64_t i = r * D; i < (r + 1) * D; ++i) {
+      if (dtype == at::kFloat) {
+        double n = px[i] * rstd;
+        if (w.defined()) n *= w.data_ptr<float>()[i - r * D];
+        po[i] = static_cast<float>(n * (1.0 + ps[i]) + ph[i]);
+        continue;
+      }
+      float n = round_to(px[i] * static_cast<float>(rstd), dtype);
+      if (w.defined()) n = round_to(n * w.data_ptr<float>()[i - r * D], dtype);
+      const float m = round_to(n * round_to(1.f + ps[i], dtype), dtype);
+      po[i] = round_to(m + ph[i], dtype);
+    }
+  }
+  return out;
+}
+
+// Checks `out` against `expected` with the bounds of its dtype.
+void check_close(const at::Tensor& out, const at::Tensor& expected, at::ScalarType dtype) {
+  REQUIRE(out.scalar_type() == dtype);
+  if (dtype == at::kFloat) {
+    // float64 formula against float32 arithmetic: a few float32 roundings of O(1) values.
+    CHECK(relative_error(out, expected) <= 1e-5);
+    return;
+  }
+  // Same rounding points: only a float32 statistic computed in another order can move an intermediate across a
+  // rounding boundary (one unit in its last place, which the modulation may scale by |1 + scale| < 3 before the
+  // output rounds), rarely.
+  const auto a = agreement(out, expected, dtype);
+  INFO("ulps " << a.ulps << ", mismatching fraction " << a.mismatch_fraction);
+  CHECK(a.ulps <= 4.0);
+  CHECK(a.mismatch_fraction <= 0.01);
+}
+
+const at::ScalarType kDtypes[] = {at::kFloat, at::kBFloat16, at::kHalf};
+
+}  // namespace
+
+TEST_CASE("rms_norm_modulate_reference is diffusers' RMSNorm and AdaLN modulation", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    for (const int64_t D : {7, 40}) {
+      for (const int64_t T : {1, 5}) {
+        INFO("dtype " << dtype << ", D " << D << ", T " << T);
+        const int64_t B = 2, S = 5;
+        const auto x = strided_rows(B, S, D, dtype, 1).mul(3);
+        const auto ada = ada_tensor(B, T, D, dtype, 2);
+        const auto scale = ada.select(2, 1), shift = ada.select(2, 0);
+        REQUIRE_FALSE(scale.is_contiguous());
+        for (const bool with_weight : {false, true}) {
+          const auto weight = with_weight ? (at::rand({D}) + 0.5).to(dtype) : at::Tensor();
+          const auto out = kernels::rms_norm_modulate_reference(x, weight, 1e-6, scale, shift);
+          check_close(out, rms_norm_modulate_formula(x, weight, 1e-6, scale, shift), dtype);
+          // Off CUDA the entry point is the reference.
+          CHECK(at::equal(kernels::rms_norm_modulate(x, weight, 1e-6, scale, shift), out));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("residual_rms_norm_modulate_reference sums the residual, then normalizes and modulates", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const int64_t B = 2, S = 3, D = 13;
+    const auto x = strided_rows(B, S, D, dtype, 3), y = strided_rows(B, S, D, dtype, 4);
+    const auto ada = ada_tensor(B, 1, D, dtype, 5);
+    const auto scale = ada.select(2, 4), shift = ada.select(2, 3), gate = ada.select(2, 2);
+    for (const bool gated : {false, true}) {
+      const auto g = gated ? gate : at::Tensor();
+      const auto [h, normed] = kernels::residual_rms_norm_modulate_reference(x, y, g, at::Tensor(), 1e-6, scale, shift);
+      // h = x + y·gate, each op rounded to dtype
+      const auto f = as_float(x, {x, y, gated ? gate : at::ones_like(gate)});
+      auto expected_h = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        const float t = gated ? round_to(f[1].data_ptr<float>()[i] * f[2].data_ptr<float>()[i], dtype)
+                              : f[1].data_ptr<float>()[i];
+        expected_h.data_ptr<float>()[i] = round_to(f[0].data_ptr<float>()[i] + t, dtype);
+      }
+      CHECK(at::equal(h.to(at::kFloat), expected_h));
+      check_close(normed, rms_norm_modulate_formula(h, at::Tensor(), 1e-6, scale, shift), dtype);
+      const auto [h2, normed2] = kernels::residual_rms_norm_modulate(x, y, g, at::Tensor(), 1e-6, scale, shift);
+      CHECK((at::equal(h2, h) && at::equal(normed2, normed)));
+    }
+  }
+}
+
+TEST_CASE("gated_residual_reference is x + y * gate with both roundings", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    for (const int64_t T : {1, 4}) {
+      INFO("dtype " << dtype << ", T " << T);
+      const int64_t B = 3, S = 4, D = 9;
+      const auto x = strided_rows(B, S, D, dtype, 6), y = strided_rows(B, S, D, dtype, 7);
+      const auto gate = ada_tensor(B, T, D, dtype, 8).select(2, 5);
+      const auto out = kernels::gated_residual_reference(x, y, gate);
+      const auto f = as_float(x, {x, y, gate});
+      auto expected = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+      for (int64_t i = 0; i < x.numel(); ++i)
+        expected.data_ptr<float>()[i] = round_to(
+            f[0].data_ptr<float>()[i] + round_to(f[1].data_ptr<float>()[i] * f[2].data_ptr<float>()[i], dtype), dtype);
+      REQUIRE(out.scalar_type() == dtype);
+      CHECK(at::equal(out.to(at::kFloat), expected));
+      CHECK(at::equal(kernels::gated_residual(x, y, gate), out));
+    }
+  }
+}
+
+TEST_CASE("layer_norm_modulate_reference is the output head's LayerNorm and modulation", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const int64_t B = 2, S = 3, D = 11;
+    const auto x = strided_rows(B, S, D, dtype, 9).add(2);  // a mean far from 0
+    const auto mod = ada_tensor(B, 1, D, dtype, 10);
+    const auto shift = mod.select(2, 0), scale = mod.select(2, 1);
+    const auto out = kernels::layer_norm_modulate_reference(x, 1e-6, scale, shift);
+    const auto f = as_float(x, {x, scale, shift});
+    auto expected = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+    for (int64_t r = 0; r < B * S; ++r) {
+      const float* px = f[0].data_ptr<float>() + r * D;
+      double mean = 0, var = 0;
+      for (int64_t d = 0; d < D; ++d) mean += px[d];
+      mean /= D;
+      for (int64_t d = 0; d < D; ++d) var += (px[d] - mean) * (px[d] - mean);
+      const double rstd = 1.0 / std::sqrt(var / D + 1e-6);
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t i = r * D + d;
+        const float sc = f[1].data_ptr<float>()[i], sh = f[2].data_ptr<float>()[i];
+        expected.data_ptr<float>()[i] =
+            dtype == at::kFloat
+                ? static_cast<float>((px[d] - mean) * rstd * (1.0 + sc) + sh)
+                : round_to(round_to(round_to(static_cast<float>((px[d] - mean) * rstd), dtype) *
+                                        round_to(1.f + sc, dtype),
+                                    dtype) +
+                               sh,
+                           dtype);
+      }
+    }
+    check_close(out, expected, dtype);
+    CHECK(at::equal(kernels::layer_norm_modulate(x, 1e-6, scale, shift), out));
+  }
+}
+
+TEST_CASE("rotary_emb_reference rotates interleaved pairs in float32", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const int64_t B = 2, S = 3, D = 10;
+    const auto x = strided_rows(B, S, D, dtype, 11);
+    auto g = ltxmps::make_cpu_generator(12);
+    const auto angles = ltxmps::randn({1, S, D}, g).mul_(3);  // batch-broadcast cos / sin
+    const auto cos = angles.cos(), sin = angles.sin();
+    const auto out = kernels::rotary_emb_reference(x, cos, sin);
+    REQUIRE(out.scalar_type() == dtype);
+    const auto f = as_float(x, {x, cos, sin});
+    auto expected = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+    const float *px = f[0].data_ptr<float>(), *pc = f[1].data_ptr<float>(), *ps = f[2].data_ptr<float>();
+    for (int64_t i = 0; i < x.numel(); i += 2) {
+      // y_2i = x_2i cos - x_2i+1 sin, y_2i+1 = x_2i+1 cos + x_2i sin; products and sums in float32
+      const float a = px[i] * pc[i], b = -px[i + 1] * ps[i];
+      const float c = px[i + 1] * pc[i + 1], d = px[i] * ps[i + 1];
+      expected.data_ptr<float>()[i] = round_to(a + b, dtype);
+      expected.data_ptr<float>()[i + 1] = round_to(c + d, dtype);
+    }
+    CHECK(at::equal(out.to(at::kFloat), expected));
+  }
+}
+
+TEST_CASE("qk_rms_norm_rope_reference normalizes across all heads, then rotates", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const int64_t B = 2, S = 5, D = 12;
+    const auto q = strided_rows(B, S, D, dtype, 13).mul(4), k = strided_rows(B, S, D, dtype, 14);
+    const auto qw = (at::rand({D}) + 0.5).to(dtype), kw = (at::rand({D}) + 0.5).to(dtype);
+    auto g = ltxmps::make_cpu_generator(15);
+    const auto angles = ltxmps::randn({B, S, D}, g);
+    const auto cos = angles.cos(), sin = angles.sin();
+    const auto [qn, kn] = kernels::qk_rms_norm_rope_reference(q, k, qw, kw, 1e-5, at::Tensor(), at::Tensor());
+    // torch.nn.RMSNorm: x·rsqrt(mean(x²) + eps)·weight in float32, rounded once to the input dtype
+    for (const auto& [in, w, normed] : {std::make_tuple(q, qw, qn), std::make_tuple(k, kw, kn)}) {
+      const auto fx = in.to(at::kDouble);
+      const auto rstd = (fx.pow(2).mean(-1, true) + 1e-5).rsqrt();
+      check_close(normed, (fx * rstd * w.to(at::kDouble)).to(dtype).to(at::kFloat), dtype);
+    }
+    const auto [qr, kr] = kernels::qk_rms_norm_rope_reference(q, k, qw, kw, 1e-5, cos, sin);
+    CHECK(at::equal(qr, kernels::rotary_emb_reference(qn, cos, sin)));
+    CHECK(at::equal(kr, kernels::rotary_emb_reference(kn, cos, sin)));
+    const auto [qf, kf] = kernels::qk_rms_norm_rope(q, k, qw, kw, 1e-5, cos, sin);
+    CHECK((at::equal(qf, qr) && at::equal(kf, kr)));
+    // Keys of another length (cross-attention): no rotary embedding.
+    const auto text = strided_rows(B, 3, D, dtype, 16);
+    const auto [qc, kc] = kernels::qk_rms_norm_rope(q, text, qw, kw, 1e-5, at::Tensor(), at::Tensor());
+    CHECK((at::equal(qc, qn) && kc.sizes() == text.sizes()));
+  }
+}
+
+TEST_CASE("linear_gelu_tanh_reference is the projection and the tanh GELU", "[kernels]") {
+  auto g = ltxmps::make_cpu_generator(17);
+  const auto x = ltxmps::randn({2, 5, 6}, g), w = ltxmps::randn({9, 6}, g).mul_(0.4), b = ltxmps::randn({9}, g);
+  const auto out = kernels::linear_gelu_tanh_reference(x, w, b);
+  const auto y = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t()) + b.to(at::kDouble);
+  const auto expected = 0.5 * y * (1 + at::tanh(std::sqrt(2.0 / M_PI) * (y + 0.044715 * y.pow(3))));
+  CHECK(relative_error(out, expected) <= 1e-5);
+  CHECK(at::equal(kernels::linear_gelu_tanh(x, w, b), out));
+}
+
+TEST_CASE("kernel_report explains the choice per kernel; the CPU runs the references", "[kernels]") {
+  const auto calls = kernels::fused_calls();
+  const auto report = kernels::kernel_report(c10::Device("cpu"), at::kBFloat16);
+  REQUIRE(report.size() == 7);
+  for (size_t i = 0; i + 1 < report.size(); ++i) {
+    CHECK(report[i].topic == "kernels");
+    CHECK(report[i].rule == "kernels.reference");
+    CHECK_THAT(report[i].message, ltxmps_test::Contains("CUDA only"));
+  }
+  CHECK(report.back().rule == "kernels.sdpa");
+  CHECK_THAT(report.back().message, ltxmps_test::ContainsAll({"self-attention", "cross-attention", "BFloat16"}));
+  // A CUDA device that this build or machine may lack: the kernels or the build's reason, never the CPU's.
+  const auto cuda = kernels::kernel_report(c10::Device("cuda:0"), at::kBFloat16);
+  CHECK(cuda.front().rule == (kernels::built_with_cuda() ? "kernels.cuda" : "kernels.reference"));
+  CHECK(kernels::fused_calls() == calls);
+}
+
+TEST_CASE("a transformer forward is bit-identical with and without the fused kernels off CUDA", "[kernels]") {
+  using namespace ltxmps::pipeline;
+  TransformerConfig config;
+  config.in_channels = config.out_channels = 8;
+  config.num_attention_heads = 2;
+  config.attention_head_dim = 10;  // D = 20: RoPE padding of 2
+  config.cross_attention_dim = 20;
+  config.num_layers = 2;
+  config.caption_channels = 12;
+  config.norm_elementwise_affine = true;
+  const auto weights = [](const std::string& name, const std::vector<int64_t>& shape) {
+    auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
+    auto t = ltxmps::randn(shape, g).mul_(shape.size() == 1 ? 0.1 : 0.3);
+    return shape.size() == 1 && name.find("norm") != std::string::npos ? t.add_(1.0) : t;
+  };
+  auto g = ltxmps::make_cpu_generator(18);
+  TransformerInputs in;
+  in.hidden_states = ltxmps::randn({2, 2 * 3 * 3, 8}, g);
+  in.encoder_hidden_states = ltxmps::randn({2, 5, 12}, g);
+  in.timestep = at::tensor({0.f, 700.f}).unsqueeze(1).expand({2, 18}).contiguous();  // per token
+  in.encoder_attention_mask = at::ones({2, 5});
+  in.encoder_attention_mask->narrow(1, 3, 2).zero_();
+  in.num_frames = 2;
+  in.height = 3;
+  in.width = 3;
+  in.rope_interpolation_scale = std::array<double, 3>{8.0 / 25.0, 32.0, 32.0};
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    INFO("dtype " << dtype);
+    TransformerRuntime fused{c10::kCPU, dtype, {}};
+    TransformerRuntime unfused = fused;
+    unfused.fused_kernels = false;
+    const auto a = TransformerModel::from_weights(config, fused, weights).forward(in);
+    const auto b = TransformerModel::from_weights(config, unfused, weights).forward(in);
+    CHECK(at::equal(a, b));
+    CHECK(a.abs().max().item<double>() > 0);
+  }
+}

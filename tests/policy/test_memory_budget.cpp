@@ -1,0 +1,297 @@
+// The memory budget (memory_budget.hpp, plan_weights()): size parsing, the per-component weight decisions on
+// simulated machines (80 GB and 24 GB and 8 GB CUDA cards, 64 GB and 32 GB Macs, the CPU), explicit requests that
+// narrow the automatic choice, and the refusals.
+#include "catch_compat.hpp"
+
+#include <ltxmps/plan.hpp>
+
+#include <nlohmann/json.hpp>
+
+using ltxmps::Capabilities;
+using ltxmps::has_rule;
+using ltxmps::LoaderSettings;
+using ltxmps::StreamWeights;
+using ltxmps::WeightMode;
+using ltxmps::WeightSizes;
+using ltxmps::WeightStorage;
+using ltxmps_test::Contains;
+
+namespace {
+
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
+int64_t gib(double v) { return static_cast<int64_t>(v * static_cast<double>(kGiB)); }
+
+// The 13B LTX-Video transformer (D = 4096, 48 blocks, caption 4096, in/out 128) in bf16, counted from its layers:
+// a block holds 16·D² + 23·D parameters (attn1 and attn2: four D×D linears with biases and two D norms each; the
+// feed-forward D→4D→D with biases; the 6×D table), the rest 8·D² + 4621·D + 128 (proj_in, the time embedding
+// 256→D→D→6D, the caption projection 4096→D→D, proj_out, the 2×D table). FP8 storage keeps one byte per block
+// linear weight plus a float32 scale per output channel (13·D of them) and leaves biases, norms and tables in bf16.
+// T5-XXL's encoder is 4.76e9 parameters; the VAE and the activations are round figures of the right order.
+WeightSizes ltx_13b(bool text_encoder = true) {
+  const int64_t D = 4096;
+  WeightSizes s;
+  auto& t = s.transformer;
+  t.blocks = 48;
+  t.block_bytes = 2 * (16 * D * D + 23 * D);
+  t.bytes = t.blocks * t.block_bytes + 2 * (8 * D * D + 4621 * D + 128);
+  t.fp8_block_bytes = 16 * D * D + 4 * 13 * D + 2 * 23 * D;
+  t.fp8_bytes = t.blocks * t.fp8_block_bytes + 2 * (8 * D * D + 4621 * D + 128);
+  s.text_encoder = text_encoder ? 2 * int64_t{4'762'310'656} : 0;
+  s.vae = gib(1);
+  s.text_encoder_activations = text_encoder ? gib(0.5) : 0;
+  s.transformer_activations = gib(3);
+  s.vae_activations = gib(2);
+  return s;
+}
+
+ltxmps::ExecutionPlan planned(LoaderSettings settings, const Capabilities& caps, const WeightSizes& sizes) {
+  auto plan = ltxmps::resolve(settings, caps);
+  ltxmps::plan_weights(plan, sizes);
+  return plan;
+}
+
+Capabilities cuda_card(double gib_memory, int major = 8, int minor = 9) {
+  return Capabilities::cuda(1, major, minor, static_cast<uint64_t>(gib(gib_memory)));
+}
+
+}  // namespace
+
+TEST_CASE("memory sizes: units, spaces, bytes; errors name the option", "[memory_budget]") {
+  using ltxmps::parse_memory_size;
+  CHECK(parse_memory_size("8GiB") == 8 * kGiB);
+  CHECK(parse_memory_size("8 GiB") == 8 * kGiB);
+  CHECK(parse_memory_size("8gib") == 8 * kGiB);
+  CHECK(parse_memory_size("8GB") == 8'000'000'000ULL);
+  CHECK(parse_memory_size("512MiB") == 512ULL << 20);
+  CHECK(parse_memory_size("1.5 GiB") == 3 * kGiB / 2);
+  CHECK(parse_memory_size("8000000000") == 8'000'000'000ULL);
+  CHECK(parse_memory_size("4096 B") == 4096);
+  CHECK(parse_memory_size("2TiB") == 2 * 1024 * kGiB);
+  CHECK(parse_memory_size("auto") == 0);
+  const auto bad = [](const std::string& text) {
+    try {
+      ltxmps::parse_memory_size(text, "--max-gpu-memory");
+    } catch (const ltxmps::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  CHECK_THAT(bad("8 parsecs"), ltxmps_test::ContainsAll({"--max-gpu-memory '8 parsecs'", "unknown unit", "8GiB"}));
+  CHECK_THAT(bad("-8GiB"), ltxmps_test::ContainsAll({"--max-gpu-memory", "negative"}));
+  CHECK_THAT(bad(""), ltxmps_test::ContainsAll({"--max-gpu-memory ''", "expected a size"}));
+  CHECK_THAT(bad("GiB"), Contains("expected a size"));
+  CHECK_THAT(bad("0"), Contains("more than 0 bytes"));
+  CHECK_THAT(bad("99999999999999999999"), Contains("overflows 64 bits"));
+  CHECK_THAT(bad("9000000 TiB"), Contains("overflows 64 bits"));
+  CHECK_THAT(bad("8 GiB extra"), Contains("unknown unit"));
+  CHECK_THAT(bad("1.2.3GiB"), Contains("unknown unit"));
+  CHECK(ltxmps::describe_bytes(gib(24.25)) == "24.2 GiB");
+  CHECK(ltxmps::describe_bytes(512 << 20) == "512 MiB");
+  CHECK(ltxmps::parse_stream_weights("on") == StreamWeights::on);
+  CHECK_THROWS_WITH(ltxmps::parse_stream_weights("yes", "--stream-weights"),
+                    Contains("--stream-weights 'yes' is not one of auto, on, off"));
+}
+
+TEST_CASE("80 GB card: the 13B model, the text encoder and the VAE stay resident", "[memory_budget]") {
+  const auto plan = planned(LoaderSettings{}, cuda_card(80, 9, 0), ltx_13b());
+  const auto& w = plan.weights;
+  REQUIRE(w.planned);
+  CHECK(w.budget == gib(80));
+  CHECK(w.budget_source == "free memory of cuda:0");
+  CHECK(w.transformer.mode == WeightMode::resident);
+  CHECK(w.text_encoder.mode == WeightMode::resident);
+  CHECK(w.vae.mode == WeightMode::resident);
+  CHECK_FALSE(w.offload);
+  CHECK_FALSE(plan.offload.enabled);
+  CHECK(w.fits);
+  CHECK(w.peak_phase == "text encoder");  // everything is loaded while T5 runs
+  CHECK(w.peak_bytes <= w.budget);
+  CHECK(has_rule(plan.diagnostics, "weights.transformer.resident"));
+}
+
+TEST_CASE("24 GB card: the transformer is streamed 2 blocks ahead, the rest stays resident", "[memory_budget]") {
+  const auto sizes = ltx_13b();
+  const auto plan = planned(LoaderSettings{}, cuda_card(24), sizes);
+  const auto& t = plan.weights.transformer;
+  CHECK(t.mode == WeightMode::streamed);
+  CHECK(t.blocks_ahead == 2);
+  CHECK(t.ring_blocks == 3);
+  CHECK(t.device_bytes == sizes.transformer.bytes - 45 * sizes.transformer.block_bytes);
+  CHECK(plan.weights.text_encoder.mode == WeightMode::resident);
+  CHECK_FALSE(plan.offload.enabled);
+  CHECK(plan.weights.fits);
+  CHECK(plan.weights.peak_bytes <= gib(24));
+  CHECK(has_rule(plan.diagnostics, "weights.transformer.streamed"));
+  CHECK_THAT(t.reason.message, ltxmps_test::ContainsAll({"transformer 24.3 GiB bfloat16 resident needs",
+                                                         "> 24.0 GiB budget (free memory of cuda:0)",
+                                                         "streamed from pinned host memory, 2 blocks ahead",
+                                                         "3 block buffers of 512 MiB"}));
+  const auto text = ltxmps::to_text(plan);
+  CHECK_THAT(text, ltxmps_test::ContainsAll({"weights:   budget 24.0 GiB", "transformer : streamed, 2 blocks ahead"}));
+  const auto json = nlohmann::json::parse(ltxmps::to_json(plan));
+  CHECK(json.at("weights").at("transformer").at("mode") == "streamed");
+  CHECK(json.at("weights").at("transformer").at("ring_blocks") == 3);
+  CHECK(json.at("settings").at("stream_weights") == "auto");
+}
+
+TEST_CASE("8 GB card: over budget with T5-XXL (prompt cache advised), streamed without it", "[memory_budget]") {
+  auto plan = planned(LoaderSettings{}, cuda_card(8, 8, 6), ltx_13b());
+  CHECK_FALSE(plan.weights.fits);
+  CHECK(plan.weights.peak_phase == "text encoder");
+  CHECK(has_rule(plan.diagnostics, "weights.over_budget"));
+  CHECK_THAT(plan.weights.transformer.reason.message, ltxmps_test::ContainsAll({"> 8.0 GiB budget", "prompt cache"}));
+  CHECK(plan.weights.transformer.reason.severity == ltxmps::Severity::warning);
+
+  plan = planned(LoaderSettings{}, cuda_card(8, 8, 6), ltx_13b(false));
+  CHECK(plan.weights.fits);
+  CHECK(plan.weights.transformer.mode == WeightMode::streamed);
+  CHECK(plan.weights.transformer.blocks_ahead == 2);
+  CHECK(has_rule(plan.diagnostics, "weights.text_encoder.none"));
+
+  // A tighter explicit budget: nothing fits beside the VAE; the plan says that CPU offload would, and with it the
+  // ring shrinks to one block (the loop holds only the transformer).
+  LoaderSettings tight;
+  tight.max_device_memory = 4 * kGiB;
+  plan = planned(tight, cuda_card(80, 9, 0), ltx_13b(false));
+  CHECK(plan.weights.budget_source == "max_device_memory");
+  CHECK_FALSE(plan.weights.fits);
+  CHECK_FALSE(plan.offload.enabled);  // the budget never changes the offload decision
+  CHECK_THAT(plan.weights.transformer.reason.message, Contains("it fits with model-level CPU offload (cpu_offload)"));
+  tight.cpu_offload = true;
+  plan = planned(tight, cuda_card(80, 9, 0), ltx_13b(false));
+  CHECK(plan.weights.fits);
+  CHECK(plan.weights.transformer.mode == WeightMode::streamed);
+  CHECK(plan.weights.transformer.blocks_ahead == 0);
+  CHECK(plan.weights.transformer.ring_blocks == 1);
+  CHECK(plan.weights.vae.mode == WeightMode::offloaded);
+  CHECK_THAT(plan.weights.transformer.reason.message, Contains("one block at a time"));
+}
+
+TEST_CASE("explicit requests narrow the automatic choice and are never overridden", "[memory_budget]") {
+  const auto sizes = ltx_13b();
+  LoaderSettings s;
+  s.stream_weights = StreamWeights::on;  // streamed although everything fits
+  auto plan = planned(s, cuda_card(80, 9, 0), sizes);
+  CHECK(plan.weights.transformer.mode == WeightMode::streamed);
+  CHECK(plan.weights.transformer.blocks_ahead == 2);
+  CHECK_THAT(plan.weights.transformer.reason.message, Contains("as requested (stream_weights=on)"));
+
+  s = LoaderSettings{};
+  s.weight_storage = WeightStorage::fp8;
+  plan = planned(s, cuda_card(80, 9, 0), sizes);
+  CHECK(plan.weights.transformer.mode == WeightMode::fp8);
+  CHECK(plan.weights.transformer.device_bytes == sizes.transformer.fp8_bytes);
+  CHECK_THAT(plan.weights.transformer.reason.message, Contains("as requested (weight_storage=fp8)"));
+
+  s.stream_weights = StreamWeights::on;
+  plan = planned(s, cuda_card(80, 9, 0), sizes);
+  CHECK(plan.weights.transformer.mode == WeightMode::fp8_streamed);
+
+  // Streaming off: FP8 storage is what fits a 24 GB card.
+  s = LoaderSettings{};
+  s.stream_weights = StreamWeights::off;
+  plan = planned(s, cuda_card(24), sizes);
+  CHECK(plan.weights.transformer.mode == WeightMode::fp8);
+  CHECK(plan.weights.fits);
+  CHECK_THAT(plan.weights.transformer.reason.message, Contains("FP8 e4m3 storage, dequantized to bfloat16"));
+
+  // Streaming off and compute-dtype storage: only resident is left; on a 32 GB card that fits with offload ...
+  s.weight_storage = WeightStorage::compute;
+  plan = planned(s, cuda_card(32), sizes);
+  CHECK_FALSE(plan.weights.fits);
+  CHECK_THAT(plan.weights.transformer.reason.message, Contains("it fits with model-level CPU offload"));
+  s.cpu_offload = true;
+  plan = planned(s, cuda_card(32), sizes);
+  CHECK(plan.weights.fits);
+  CHECK(plan.weights.transformer.mode == WeightMode::offloaded);
+  CHECK(plan.weights.text_encoder.mode == WeightMode::offloaded);
+  CHECK(plan.weights.peak_phase == "transformer loop");
+  // ... and on a 24 GB card nothing fits at all: a warning, the smallest option kept.
+  plan = planned(s, cuda_card(24), sizes);
+  CHECK_FALSE(plan.weights.fits);
+  CHECK(plan.weights.transformer.mode == WeightMode::offloaded);
+  CHECK(has_rule(plan.diagnostics, "weights.over_budget"));
+  CHECK(plan.warning_count() >= 1);
+
+  // A requested CPU offload stays on, whatever the budget.
+  s = LoaderSettings{};
+  s.cpu_offload = true;
+  plan = planned(s, cuda_card(80, 9, 0), sizes);
+  CHECK(plan.weights.offload);
+  CHECK(plan.weights.transformer.mode == WeightMode::offloaded);
+  CHECK(plan.offload.reason.rule == "offload.model");
+}
+
+TEST_CASE("Macs: unified memory, never streamed or FP8; refusals name why", "[memory_budget]") {
+  // A 64 GB Mac lends Metal about three quarters of its memory.
+  auto plan = planned(LoaderSettings{}, Capabilities::mps(15, 0, 48 * kGiB), ltx_13b());
+  CHECK(plan.weights.budget == gib(48));
+  CHECK(plan.weights.budget_source == "MPS working set of the unified memory");
+  CHECK(plan.weights.transformer.mode == WeightMode::resident);
+  CHECK(plan.weights.fits);
+  CHECK(has_rule(plan.diagnostics, "weights.mps.unified"));
+  // A 32 GB Mac: nothing else to pick; the plan warns.
+  plan = planned(LoaderSettings{}, Capabilities::mps(15, 0, 24 * kGiB), ltx_13b());
+  CHECK(plan.weights.transformer.mode == WeightMode::resident);
+  CHECK_FALSE(plan.weights.fits);
+  CHECK_FALSE(plan.offload.enabled);  // no offload on unified memory
+  CHECK(has_rule(plan.diagnostics, "weights.over_budget"));
+
+  LoaderSettings s;
+  s.stream_weights = StreamWeights::on;
+  CHECK_THROWS_WITH(ltxmps::resolve(s, Capabilities::mps()),
+                    ltxmps_test::ContainsAll({"stream_weights=on", "unified", "within the same RAM"}));
+  s = LoaderSettings{};
+  s.weight_storage = WeightStorage::fp8;
+  CHECK_THROWS_WITH(ltxmps::resolve(s, Capabilities::mps()),
+                    ltxmps_test::ContainsAll({"weight_storage=fp8", "MPS has no float8"}));
+}
+
+TEST_CASE("CPU: no budget by default; an explicit one can pick FP8; streaming is refused", "[memory_budget]") {
+  auto plan = planned(LoaderSettings{}, Capabilities::cpu_only(), ltx_13b());
+  CHECK(plan.weights.budget == 0);
+  CHECK(plan.weights.transformer.mode == WeightMode::resident);
+  CHECK(has_rule(plan.diagnostics, "weights.transformer.no_budget"));
+  CHECK_THAT(ltxmps::to_text(plan), Contains("weights:   budget unknown"));
+
+  LoaderSettings s;
+  s.max_device_memory = 30 * kGiB;
+  plan = planned(s, Capabilities::cpu_only(), ltx_13b());
+  CHECK(plan.weights.transformer.mode == WeightMode::fp8);
+  CHECK_FALSE(plan.offload.enabled);
+
+  s = LoaderSettings{};
+  s.stream_weights = StreamWeights::on;
+  CHECK_THROWS_WITH(ltxmps::resolve(s, Capabilities::cpu_only()),
+                    ltxmps_test::ContainsAll({"stream_weights=on", "needs a CUDA device", "cpu"}));
+  s.device = "cuda";
+  CHECK_NOTHROW(ltxmps::resolve(s, Capabilities::cuda()));
+}
+
+TEST_CASE("plan_weights: unknown budgets, small models, bad sizes, planning twice", "[memory_budget]") {
+  // A CUDA card whose memory is unknown (LibTorch headers without CUDA): no budget, resident.
+  auto plan = planned(LoaderSettings{}, Capabilities::cuda(), ltx_13b());
+  CHECK(plan.weights.budget == 0);
+  CHECK(plan.weights.transformer.mode == WeightMode::resident);
+  CHECK_THROWS_WITH(ltxmps::plan_weights(plan, ltx_13b()), Contains("planned already"));
+
+  // Two blocks: at most one block ahead, a ring of two.
+  auto small = ltx_13b(false);
+  small.transformer.blocks = 2;
+  small.transformer.bytes = 3 * small.transformer.block_bytes;
+  small.transformer.fp8_bytes = 0;
+  LoaderSettings s;
+  s.stream_weights = StreamWeights::on;
+  plan = planned(s, cuda_card(80, 9, 0), small);
+  CHECK(plan.weights.transformer.blocks_ahead == 1);
+  CHECK(plan.weights.transformer.ring_blocks == 2);
+
+  auto bad = ltx_13b();
+  bad.transformer.block_bytes = bad.transformer.bytes;
+  plan = ltxmps::resolve(LoaderSettings{}, cuda_card(24));
+  CHECK_THROWS_WITH(ltxmps::plan_weights(plan, bad), Contains("exceed the transformer"));
+  bad = ltx_13b();
+  bad.vae = -1;
+  CHECK_THROWS_WITH(ltxmps::plan_weights(plan, bad), Contains("negative"));
+}

@@ -54,6 +54,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model first; the compile time is printed, not counted in the forward")
     p.add_argument("--smoke", action="store_true", help="tiny config on --device (default cpu) for a quick check")
     args = p.parse_args()
     if args.smoke:
@@ -91,6 +93,15 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    compile_s = None
+    if args.compile:
+        model = torch.compile(model)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(**inputs)
+        sync()
+        compile_s = round(time.perf_counter() - t0, 1)
+
     times = []
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
@@ -105,7 +116,7 @@ def main():
     median = statistics.median(times)
     tflops = flops / (median * 1e-3) / 1e12
     print(json.dumps(dict(
-        impl="diffusers", device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        impl="diffusers+compile" if args.compile else "diffusers", compile_seconds=compile_s, device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         dtype=args.dtype, layers=args.layers, dim=dim, heads=args.heads, tokens=S, text=L, batch=B,
         median_ms=round(median, 3), min_ms=round(min(times), 3), iters=args.iters, gflop=round(flops / 1e9, 1),
         tflops=round(tflops, 2), mfu=round(tflops / args.peak_tflops, 4), torch=torch.__version__,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
-# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|removal|memory|all]
+# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|removal|memory|speed|all]
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
 #   memory:  the memory-budget and streaming suites and the weight-mode benchmarks at the 13B shape (ltxmps and
@@ -29,6 +29,8 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=
 targets=()
 [ "$what" = removal ] && targets=(--target ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests
                                   ltxmps_effects_bench ltxmps_pipeline_bench)
+[ "$what" = speed ] && targets=(--target ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_gpu_kernels_tests
+                                ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_transformer_bench ltxmps_pipeline_bench ltxmps_cli)
 [ "$what" = memory ] && targets=(--target ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests
                                  ltxmps_memory_bench ltxmps_headers_cxx17 ltxmps_headers_cxx20)
 if cmake --build build-gpu -j "$(nproc)" "${targets[@]}" -- -k 0 > "$OUT/build.log" 2>&1; then echo "build ok"; else
@@ -57,6 +59,23 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
     echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
   done
+fi
+if [ "$what" = speed ]; then
+  for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_gpu_model_tests ltxmps_gpu_tests; do
+    build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
+    echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
+  done
+  build-gpu/reference_pipeline/ltxmps plan --device cuda --precision bf16 > "$OUT/plan.txt" 2>&1; grep -A12 -i "kernels" "$OUT/plan.txt" | head -14
+  for cfg in 2b 13b; do
+    args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
+    for mode in "--fused 0" "--fused 1" "--fused 1 --fp8-matmul 1"; do
+      echo "== transformer $cfg C++ $mode"; build-gpu/benchmarks/ltxmps_transformer_bench $args $mode | tee -a "$OUT/speed_bench.jsonl"
+    done
+    echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$OUT/speed_bench.jsonl"
+  done
+  echo "== transformer 2b diffusers torch.compile"; timeout 150 python3 benchmarks/transformer_bench.py --compile | tee -a "$OUT/speed_bench.jsonl"
+  echo "== pipeline t2v 2B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/speed_bench.jsonl"
+  echo "== pipeline t2v 2B diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/speed_bench.jsonl"
 fi
 if [ "$what" = removal ]; then
   for suite in ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests; do

@@ -327,11 +327,14 @@ inline ltxmps::ExecutionPlan plan_weights_for(const ModelInfo& info, const ltxmp
 inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& job, const PlanFlags& flags,
                          const ltxmps::pipeline::MemoryRequest& request, const std::string& what, Log& log) {
   using namespace ltxmps::pipeline;
-  const auto plan = plan_weights_for(info, job, request, log);
   if (flags.skip_memory_check) {
-    log.line("--skip-memory-check: the request's memory is not estimated");
+    // The weights are still placed (an explicit --stream-weights or --weight-storage must hold), but against the
+    // default request's activations: the user asked for this request not to be estimated at all.
+    plan_weights_for(info, job, MemoryRequest{}, log);
+    log.line("--skip-memory-check: the request's memory is not estimated (weights placed for the default request)");
     return;
   }
+  const auto plan = plan_weights_for(info, job, request, log);
   const auto estimate = estimate_request_memory(info.transformer, info.vae, info.text_encoder, plan, request);
   check_request_fits(estimate, plan,
                      c10::str(what, " of ", request.frames, " frames of ", request.width, "x", request.height));

@@ -89,8 +89,8 @@ void quantize_transformer(TransformerModel& model, LinearMode mode);
 /// @brief One of a block's linears: its checkpoint name inside the block and its sizes.
 struct BlockLinearShape {
   std::string name;  ///< "attn1.to_q", ..., "ff.net.2"
-  int64_t in_features = 0;
-  int64_t out_features = 0;
+  int64_t in_features = 0;   ///< columns of the weight
+  int64_t out_features = 0;  ///< rows of the weight (one FP8 scale each)
 };
 
 /// @brief The linears a block quantizes, in checkpoint order, with their sizes under `config`.

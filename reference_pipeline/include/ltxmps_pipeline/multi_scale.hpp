@@ -33,9 +33,18 @@ struct DistilledSchedule {
 
 /// @brief The sizes of the two passes (pixels).
 struct MultiScaleSizes {
-  int64_t height = 0, width = 0;                ///< requested (the output's)
-  int64_t first_height = 0, first_width = 0;    ///< first pass: ⌊requested · scale⌋, rounded down to the VAE's unit
-  int64_t second_height = 0, second_width = 0;  ///< second pass: first pass · the upsampler's spatial factor
+  ///@{
+  /// Requested (the output's).
+  int64_t height = 0, width = 0;
+  ///@}
+  ///@{
+  /// First pass: ⌊requested · scale⌋, rounded down to the VAE's unit.
+  int64_t first_height = 0, first_width = 0;
+  ///@}
+  ///@{
+  /// Second pass: first pass · the upsampler's spatial factor.
+  int64_t second_height = 0, second_width = 0;
+  ///@}
   bool rounded = false;  ///< ⌊requested · scale⌋ was not a multiple of the VAE's spatial compression
   /// @brief One line for logs: both passes and how the first pass size came about.
   std::string describe(double scale) const;

@@ -10,6 +10,8 @@
 //                 [--latent-height N] [--latent-width N] [--text-len N] [--chunk N] [--rope 0|1] [--iters N] [--smoke]
 // Built as ltxmps_effects_bench (benchmarks/CMakeLists.txt).
 
+#include "bench_support.hpp"
+
 #include "ltxmps_pipeline/effects_mask.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
@@ -21,47 +23,30 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
-#include <map>
 #include <numeric>
 #include <string>
 #include <vector>
 
 int main(int argc, char** argv) try {
-  std::map<std::string, std::string> opt = {
-      {"device", "cuda"}, {"layers", "48"}, {"heads", "32"}, {"head-dim", "128"}, {"latent-frames", "27"},
-      {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "256"}, {"chunk", "512"}, {"rope", "0"},
-      {"iters", "3"}, {"caption-channels", "4096"}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--smoke") {
-      for (const auto& [k, v] : std::map<std::string, std::string>{
-               {"device", "cpu"}, {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"latent-frames", "3"},
-               {"latent-height", "2"}, {"latent-width", "3"}, {"text-len", "8"}, {"iters", "1"},
-               {"caption-channels", "16"}, {"chunk", "4"}})
-        opt.insert_or_assign(k, v);
-      continue;
-    }
-    if (a.rfind("--", 0) != 0 || !opt.count(a.substr(2)) || i + 1 >= argc) {
-      std::cerr << "effects_bench: bad argument '" << a << "' (see the header of effects_bench.cpp)\n";
-      return 2;
-    }
-    opt[a.substr(2)] = argv[++i];
-  }
-  auto num = [&](const char* k) { return std::stoll(opt.at(k)); };
   using namespace ltxmps::pipeline;
-  TransformerConfig config;
-  config.num_layers = num("layers");
-  config.num_attention_heads = num("heads");
-  config.attention_head_dim = num("head-dim");
-  config.cross_attention_dim = config.inner_dim();
-  config.caption_channels = num("caption-channels");
+  namespace bench = ltxmps::bench;
+  const auto opt = bench::parse_options(
+      argc, argv,
+      {{"device", "cuda"}, {"layers", "48"}, {"heads", "32"}, {"head-dim", "128"}, {"latent-frames", "27"},
+       {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "256"}, {"chunk", "512"}, {"rope", "0"},
+       {"iters", "3"}, {"caption-channels", "4096"}},
+      {{"device", "cpu"}, {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"latent-frames", "3"},
+       {"latent-height", "2"}, {"latent-width", "3"}, {"text-len", "8"}, {"iters", "1"}, {"caption-channels", "16"},
+       {"chunk", "4"}},
+      "effects_bench.cpp");
+  auto num = [&](const char* k) { return bench::option_int(opt, k); };
+  const TransformerConfig config = bench::transformer_config(opt);  // no --channels: in/out 128
   TransformerRuntime runtime;
   runtime.device = c10::Device(opt.at("device"));
   runtime.dtype = at::kBFloat16;
   at::manual_seed(0);
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
-  const auto model = TransformerModel::from_weights(
-      config, runtime, [&](const std::string&, const std::vector<int64_t>& shape) { return at::randn(shape, options).mul_(0.02); });
+  const auto model = bench::random_transformer(config, runtime);
   const int64_t nf = num("latent-frames"), h = num("latent-height"), w = num("latent-width"), L = num("text-len");
   const int64_t N = nf * h * w;
   TransformerInputs in;
@@ -110,6 +95,9 @@ int main(int argc, char** argv) try {
       effects_ms, effects_ms / forward_ms, static_cast<double>(weights) / (1 << 30), forward_peak, effects_peak,
       effects_peak - forward_peak);
   return 0;
+} catch (const ltxmps::bench::BadArgument& e) {
+  std::cerr << "effects_bench: " << e.what() << "\n";
+  return 2;
 } catch (const std::exception& e) {
   std::cerr << "effects_bench: " << e.what() << "\n";
   return 1;

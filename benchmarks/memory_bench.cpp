@@ -14,6 +14,8 @@
 //                [--text-len N] [--batch N] [--warmup N] [--iters N] [--smoke]
 // Built as ltxmps_memory_bench (benchmarks/CMakeLists.txt).
 
+#include "bench_support.hpp"
+
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
@@ -26,7 +28,6 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
-#include <map>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -35,7 +36,7 @@ namespace {
 
 using namespace ltxmps::pipeline;
 
-using Options = std::map<std::string, std::string>;
+using ltxmps::bench::Options;
 
 struct Timing {
   double median_s = 0, min_s = 0;
@@ -66,8 +67,7 @@ Timing time_forward(const TransformerModel& model, const TransformerInputs& in, 
     if (i >= warmup) seconds.push_back(std::chrono::duration<double>(t1 - t0).count());
   }
   std::sort(seconds.begin(), seconds.end());
-  const size_t n = seconds.size();
-  t.median_s = n % 2 ? seconds[n / 2] : 0.5 * (seconds[n / 2 - 1] + seconds[n / 2]);
+  t.median_s = ltxmps::bench::median_of_sorted(seconds);
   t.min_s = seconds.front();
   t.peak_bytes = ltxmps::memory_stats(device).peak_allocated.value_or(-1);
   return t;
@@ -105,56 +105,32 @@ void print(const Options& opt, const TransformerConfig& config, const std::strin
 }
 
 Options parse(int argc, char** argv) {
-  Options opt = {{"device", "cuda"}, {"modes", "resident,streamed,fp8,fp8_streamed"}, {"ahead", "2"},
-                 {"layers", "48"}, {"heads", "32"}, {"head-dim", "128"}, {"caption-channels", "4096"},
-                 {"channels", "128"}, {"latent-frames", "16"}, {"latent-height", "16"}, {"latent-width", "24"},
-                 {"text-len", "128"}, {"batch", "2"}, {"warmup", "2"}, {"iters", "5"}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--smoke") {
-      for (const auto& [k, v] : Options{{"device", "cpu"}, {"layers", "3"}, {"heads", "2"}, {"head-dim", "8"},
-                                        {"caption-channels", "16"}, {"channels", "4"}, {"latent-frames", "2"},
-                                        {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
-                                        {"warmup", "1"}, {"iters", "2"}})
-        opt.insert_or_assign(k, v);
-      continue;
-    }
-    if (a.rfind("--", 0) != 0 || !opt.count(a.substr(2)) || i + 1 >= argc)
-      throw std::invalid_argument("bad argument '" + a + "' (see the header of memory_bench.cpp)");
-    opt[a.substr(2)] = argv[++i];
-  }
-  return opt;
+  return ltxmps::bench::parse_options(
+      argc, argv,
+      {{"device", "cuda"}, {"modes", "resident,streamed,fp8,fp8_streamed"}, {"ahead", "2"}, {"layers", "48"},
+       {"heads", "32"}, {"head-dim", "128"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
+       {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "2"},
+       {"iters", "5"}},
+      {{"device", "cpu"}, {"layers", "3"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"},
+       {"channels", "4"}, {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
+       {"warmup", "1"}, {"iters", "2"}},
+      "memory_bench.cpp");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) try {
   auto opt = parse(argc, argv);
-  auto num = [&](const char* k) { return std::stoll(opt.at(k)); };
+  auto num = [&](const char* k) { return ltxmps::bench::option_int(opt, k); };
   const c10::Device device(opt.at("device"));
   if (const auto* info = ltxmps::cuda_info(ltxmps::current_capabilities(), device)) opt["gpu"] = info->name;
-  TransformerConfig config;
-  config.num_layers = num("layers");
-  config.num_attention_heads = num("heads");
-  config.attention_head_dim = num("head-dim");
-  config.cross_attention_dim = config.inner_dim();
-  config.caption_channels = num("caption-channels");
-  config.in_channels = config.out_channels = num("channels");
+  const TransformerConfig config = ltxmps::bench::transformer_config(opt);
   const auto dtype = device.is_cuda() ? at::kBFloat16 : at::kFloat;
 
-  const int64_t F = num("latent-frames"), H = num("latent-height"), W = num("latent-width");
-  const int64_t S = F * H * W, L = num("text-len"), B = num("batch");
   const auto options = at::TensorOptions().device(device).dtype(dtype);
   at::manual_seed(0);
-  TransformerInputs in;
-  in.hidden_states = at::randn({B, S, config.in_channels}, options);
-  in.encoder_hidden_states = at::randn({B, L, config.caption_channels}, options);
-  in.timestep = at::full({B}, 500.0, options.dtype(at::kFloat));
-  in.encoder_attention_mask = at::ones({B, L}, options.dtype(at::kLong));
-  in.num_frames = F;
-  in.height = H;
-  in.width = W;
-  in.rope_interpolation_scale = {8.0 / 25.0, 32.0, 32.0};
+  const TransformerInputs in = ltxmps::bench::transformer_inputs(opt, config, options);
+  const int64_t S = in.hidden_states.size(1);
 
   const std::string modes = "," + opt.at("modes") + ",";
   const auto wants = [&](const std::string& m) { return modes.find("," + m + ",") != std::string::npos; };
@@ -167,9 +143,7 @@ int main(int argc, char** argv) try {
     runtime.device = device;
     runtime.dtype = dtype;
     runtime.block_linears = linears;
-    auto model = TransformerModel::from_weights(config, runtime, [&](const std::string&, const std::vector<int64_t>& s) {
-      return at::randn(s, options).mul_(0.02);
-    });
+    auto model = ltxmps::bench::random_transformer(config, runtime);
     if (wants(resident_mode)) print(opt, config, resident_mode, time_forward(model, in, device, warmup, iters), S, -1, 0);
     if (!wants(streamed_mode)) continue;
     stream_transformer_blocks(model, device, ahead);

@@ -27,24 +27,10 @@ import time
 
 import diffusers
 import torch
-from diffusers import LTXVideoTransformer3DModel
+
+from bench_support import add_shape_arguments, apply_smoke_shape, build_transformer, transformer_inputs
 
 MODES = ("resident", "layerwise_fp8", "group_offload")
-
-
-def build(args, device, dtype):
-    dim = args.heads * args.head_dim
-    torch.manual_seed(0)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialise the weights directly in the benchmark dtype
-    with device:
-        model = LTXVideoTransformer3DModel(
-            in_channels=args.channels, out_channels=args.channels, num_attention_heads=args.heads,
-            attention_head_dim=args.head_dim, cross_attention_dim=dim, num_layers=args.layers,
-            caption_channels=args.caption_channels,
-        ).eval()
-    torch.set_default_dtype(default_dtype)
-    return model
 
 
 def apply_mode(model, mode, device, dtype):
@@ -84,16 +70,7 @@ def time_forward(model, inputs, device, warmup, iters):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
-    p.add_argument("--layers", type=int, default=48)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--caption-channels", type=int, default=4096)
-    p.add_argument("--channels", type=int, default=128)
-    p.add_argument("--latent-frames", type=int, default=16)
-    p.add_argument("--latent-height", type=int, default=16)
-    p.add_argument("--latent-width", type=int, default=24)
-    p.add_argument("--text-len", type=int, default=128)
-    p.add_argument("--batch", type=int, default=2)
+    add_shape_arguments(p, layers=48, heads=32, head_dim=128)
     p.add_argument("--device", default="cuda")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
@@ -104,26 +81,18 @@ def main():
         if m not in MODES:
             p.error(f"--modes: '{m}' is not one of {', '.join(MODES)}")
     if args.smoke:
-        args.layers, args.heads, args.head_dim, args.caption_channels, args.channels = 2, 2, 8, 16, 4
-        args.latent_frames, args.latent_height, args.latent_width, args.text_len = 2, 4, 4, 8
-        args.warmup, args.iters, args.device = 1, 2, "cpu"
+        apply_smoke_shape(args)
+        args.device = "cpu"
         modes = [m for m in modes if m != "group_offload"]  # needs an accelerator to offload from
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    F, H, W = args.latent_frames, args.latent_height, args.latent_width
-    S, L, B = F * H * W, args.text_len, args.batch
+    S, B = args.latent_frames * args.latent_height * args.latent_width, args.batch
     torch.manual_seed(1)
-    inputs = dict(
-        hidden_states=torch.randn(B, S, args.channels, device=device, dtype=dtype),
-        encoder_hidden_states=torch.randn(B, L, args.caption_channels, device=device, dtype=dtype),
-        timestep=torch.full((B,), 500.0, device=device),
-        encoder_attention_mask=torch.ones(B, L, device=device, dtype=torch.int64),
-        num_frames=F, height=H, width=W, rope_interpolation_scale=(8 / 25, 32.0, 32.0), return_dict=False,
-    )
+    inputs = transformer_inputs(args, device, dtype)
     gib = lambda b: None if b is None else round(b / 2**30, 4)  # noqa: E731
     for mode in modes:
-        model = apply_mode(build(args, device, dtype), mode, device, dtype)
+        model = apply_mode(build_transformer(args, device, dtype), mode, device, dtype)
         times, weights, peak = time_forward(model, inputs, device, args.warmup, args.iters)
         print(json.dumps(dict(
             impl="diffusers", mode=mode, device=str(device),

@@ -1,5 +1,5 @@
-// One LTX-Video text-to-video generation (--job t2v) or object removal (--job remove: the official loop, VAE
-// tiling on) with the C++ pipeline: the counterpart of pipeline_bench.py.
+// One LTX-Video text-to-video generation (--job t2v), object removal (--job remove: the official loop, VAE tiling
+// on) or the two-pass 0.9.7 flow (--job two-pass) with the C++ pipeline: the counterpart of pipeline_bench.py.
 //
 // Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096, in/out 128) and the 0.9.0 VAE
 // config (diffusers' AutoencoderKLLTXVideo() defaults), random weights generated in memory (no file), random
@@ -8,12 +8,29 @@
 // generate() (loop + decode), and the peak CUDA memory. --repeat N runs the job N times in the process and reports
 // the fastest run (the first pays one-time costs: allocator growth, kernel selection, oneDNN primitive creation).
 //
+// --job two-pass: multi_scale() as diffusers' documented 0.9.7-dev example runs it (docs/pipelines.md, "The
+// two-pass flow"): the 0.9.7 VAE config (bench_configs.hpp) and an LTXLatentUpsamplerModel() (mid 512, 4 blocks
+// per stage, spatial), random weights; VAE tiling on and the VAE and upsampler in the model dtype, as the example
+// (enable_tiling(), torch_dtype for every component); 256-token prompt embeddings (LTXConditionPipeline). First
+// pass --steps (default 8) at ⌊size · --first-pass-scale⌋ rounded down to 32, second pass --second-pass-steps
+// (default 10) from --second-pass-strength (default 0.4), which runs int(10 · 0.4) = 4 steps, rescale 0.7, decode
+// timestep 0.05 / noise 0.025. The JSON line adds per-pass sizes, executed steps and seconds; its
+// "seconds_per_step" is the second pass's.
+//
 //   pipeline_bench [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
-//                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove] [--smoke]
+//                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove|two-pass]
+//                  [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
 //                  [--repeat N]
-// --smoke: a 2-layer, 4-head transformer, the same VAE at 64x64x9 and 2 steps (any device; for CI and CPU).
+// --smoke: a 2-layer, 4-head transformer, the same VAE at 64x64x9 and 2 steps (any device; for CI and CPU);
+// two-pass: 96x96x9 (passes 64x64 and 128x128), 2 + int(5 · 0.4) = 2 steps, the 0.9.7 VAE with narrow blocks
+// and an upsampler of width 32 with one block per stage.
 // Built as ltxmps_pipeline_bench (benchmarks/CMakeLists.txt).
 
+#include "bench_configs.hpp"
+#include "bench_support.hpp"
+
+#include "ltxmps_pipeline/latent_upsampler.hpp"
+#include "ltxmps_pipeline/multi_scale.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
 #include "ltxmps_pipeline/removal.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
@@ -22,6 +39,7 @@
 #include "ltxmps/plan.hpp"
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -32,117 +50,263 @@
 #include <string>
 #include <vector>
 
-int main(int argc, char** argv) try {
-  std::map<std::string, std::string> opt = {{"device", "cuda"}, {"precision", "bf16"}, {"height", "512"},
-                                            {"width", "768"},   {"frames", "121"},     {"steps", "30"},
-                                            {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"},
-                                            {"head-dim", "64"}, {"job", "t2v"}, {"repeat", "1"}};
+namespace {
+
+using namespace ltxmps::pipeline;
+using Json = nlohmann::ordered_json;
+
+struct Args {
+  ltxmps::bench::Options opt;
   bool smoke = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--smoke") smoke = true;
-    else if (a.rfind("--", 0) == 0 && opt.count(a.substr(2)) && i + 1 < argc) opt[a.substr(2)] = argv[++i];
-    else {
-      std::cerr << "pipeline_bench: bad argument '" << a << "' (see the header of pipeline_bench.cpp)\n";
-      return 2;
-    }
+  bool two_pass() const { return opt.at("job") == "two-pass"; }
+  int64_t num(const char* key) const { return std::stoll(opt.at(key)); }
+  double real(const char* key) const {  // a number or a fraction such as 2/3
+    const auto& text = opt.at(key);
+    const auto slash = text.find('/');
+    if (slash == std::string::npos) return std::stod(text);
+    return std::stod(text.substr(0, slash)) / std::stod(text.substr(slash + 1));
   }
-  if (smoke) opt.insert_or_assign("layers", "2"), opt.insert_or_assign("height", "64"), opt.insert_or_assign("width", "64"),
-      opt.insert_or_assign("frames", "9"), opt.insert_or_assign("steps", "2");
-  auto num = [&](const char* k) { return std::stoll(opt.at(k)); };
-  using namespace ltxmps::pipeline;
+};
 
-  ltxmps::LoaderSettings settings;
-  settings.device = opt.at("device");
-  const bool removal = opt.at("job") == "remove";
-  settings.vae_tiling = removal;  // the official removal script enables VAE tiling ...
-  settings.vae_float32 = !removal;  // ... and runs the VAE in the model dtype
-  settings.precision = ltxmps::parse_precision(opt.at("precision"));
-  const auto plan = ltxmps::resolve(settings);
-  const c10::Device device = plan.device;
+/// The options, with the job's defaults where none was given. --smoke's sizes depend on the job: its blank
+/// height and width are filled below.
+Args parse_args(int argc, char** argv) {
+  Args a;
+  a.opt = ltxmps::bench::parse_options(
+      argc, argv,
+      {{"device", "cuda"}, {"precision", "bf16"}, {"height", "512"}, {"width", "768"}, {"frames", "121"},
+       {"steps", ""}, {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"}, {"head-dim", "64"}, {"job", "t2v"},
+       {"repeat", "1"}, {"first-pass-scale", "2/3"}, {"second-pass-steps", "10"}, {"second-pass-strength", "0.4"}},
+      {{"layers", "2"}, {"heads", "4"}, {"height", ""}, {"width", ""}, {"frames", "9"}, {"steps", "2"},
+       {"second-pass-steps", "5"}, {"smoke", "1"}},
+      "pipeline_bench.cpp");
+  a.smoke = a.opt.count("smoke") > 0;
+  const auto& job = a.opt.at("job");
+  if (job != "t2v" && job != "remove" && job != "two-pass")
+    throw ltxmps::bench::BadArgument("--job " + job + ": expected t2v, remove or two-pass");
+  if (a.opt.at("steps").empty()) a.opt["steps"] = a.two_pass() ? "8" : "30";
+  for (const char* side : {"height", "width"})
+    if (a.opt.at(side).empty()) a.opt[side] = a.two_pass() ? "96" : "64";
+  return a;
+}
 
-  TransformerConfig tc;  // 2B defaults
-  tc.num_layers = num("layers");
-  tc.num_attention_heads = num("heads");
-  tc.attention_head_dim = num("head-dim");
-  tc.cross_attention_dim = tc.inner_dim();
-  if (smoke) tc.num_attention_heads = 4, tc.cross_attention_dim = tc.inner_dim();
-  const TransformerRuntime tr = transformer_runtime(plan);
-  const auto random_source = [&](at::ScalarType dtype) {
-    return [device, dtype](const std::string&, const std::vector<int64_t>& shape) {
-      int64_t fan_in = 1;  // weights ~ N(0, 1/fan_in); vectors (biases, norms, tables) ~ N(0, 1/64)
-      for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-      if (shape.size() < 2) fan_in = 64;
-      return at::randn(shape, at::TensorOptions().dtype(dtype).device(device))
-          .mul_(1.0 / std::sqrt(static_cast<double>(fan_in)));
-    };
+/// Random weights on `device`: matrices ~ N(0, 1/fan_in), vectors (biases, norms, tables) ~ N(0, 1/64).
+auto random_source(c10::Device device, at::ScalarType dtype) {
+  return [device, dtype](const std::string&, const std::vector<int64_t>& shape) {
+    int64_t fan_in = 1;
+    for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+    if (shape.size() < 2) fan_in = 64;
+    return at::randn(shape, at::TensorOptions().dtype(dtype).device(device))
+        .mul_(1.0 / std::sqrt(static_cast<double>(fan_in)));
   };
-  VaeConfig vc;  // 0.9.0 defaults: compression 32 / 8
+}
+
+VaeConfig vae_config(const Args& a) {
+  if (!a.two_pass()) return VaeConfig{};  // 0.9.0 defaults: compression 32 / 8
+  return a.smoke ? ltxmps::bench::vae_097_smoke_config(128) : ltxmps::bench::vae_097_config();
+}
+
+LtxModel random_model(const Args& a, const ltxmps::ExecutionPlan& plan) {
+  TransformerConfig tc;  // 2B defaults
+  tc.num_layers = a.num("layers");
+  tc.num_attention_heads = a.num("heads");
+  tc.attention_head_dim = a.num("head-dim");
+  tc.cross_attention_dim = tc.inner_dim();
+  const TransformerRuntime tr = transformer_runtime(plan);
+  const VaeConfig vc = vae_config(a);
   const VaeRuntime vr = vae_runtime(plan);
   LtxModel model;
-  model.transformer = TransformerModel::from_weights(tc, tr, random_source(tr.dtype));
-  model.vae = VaeModel::from_weights(vc, vr, random_source(vr.dtype));
+  model.transformer = TransformerModel::from_weights(tc, tr, random_source(tr.device, tr.dtype));
+  model.vae = VaeModel::from_weights(vc, vr, random_source(vr.device, vr.dtype));
   model.random_weights = true;
-  model.vae.latents_mean = at::zeros({vc.latent_channels}, at::TensorOptions().device(device));
-  model.vae.latents_std = at::ones({vc.latent_channels}, at::TensorOptions().device(device));
+  model.vae.latents_mean = at::zeros({vc.latent_channels}, at::TensorOptions().device(vr.device));
+  model.vae.latents_std = at::ones({vc.latent_channels}, at::TensorOptions().device(vr.device));
+  return model;
+}
 
-  GenerateRequest r;
-  r.height = num("height");
-  r.width = num("width");
-  r.num_frames = num("frames");
-  r.num_inference_steps = num("steps");
-  r.guidance_scale = std::stod(opt.at("guidance"));
-  const int64_t text_len = removal ? 256 : 128;  // max_sequence_length of the condition pipeline / LTXPipeline
-  const auto eo = at::TensorOptions().dtype(plan.precision.text_encoder.compute);
-  r.prompt_embeddings = PromptEmbeddings{at::randn({1, text_len, tc.caption_channels}, eo), at::ones({1, text_len}, at::kBool),
-                                         at::randn({1, text_len, tc.caption_channels}, eo), at::ones({1, text_len}, at::kBool)};
+PromptEmbeddings random_prompts(int64_t tokens, int64_t channels, at::ScalarType dtype) {
+  const auto eo = at::TensorOptions().dtype(dtype);
+  const auto mask = at::ones({1, tokens}, at::kBool);
+  return PromptEmbeddings{at::randn({1, tokens, channels}, eo), mask, at::randn({1, tokens, channels}, eo),
+                          mask.clone()};
+}
 
-  std::vector<double> step_end;
-  auto start = std::chrono::steady_clock::now();
-  auto seconds_since = [&](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-  };
-  const auto on_step = step_progress([&](int64_t, int64_t) {
-    ltxmps::synchronize(device);
-    step_end.push_back(seconds_since(start));
-  });
-  ltxmps::reset_peak_memory(device);
-  at::Tensor frames_out;
-  double total = -1, per_step = 0;
-  for (int64_t run = 0; run < std::max<int64_t>(1, num("repeat")); ++run) {
-    step_end.clear();
-    start = std::chrono::steady_clock::now();
-    if (removal) {
-      // Object removal (the official loop): a random clip and a mask over its middle third.
-      RemovalRequest rr;
-      rr.video = at::rand({r.num_frames, 3, r.height, r.width});
-      rr.mask = at::zeros({r.num_frames, 1, r.height, r.width});
-      rr.mask.slice(2, r.height / 3, 2 * r.height / 3).slice(3, r.width / 3, 2 * r.width / 3).fill_(1);
-      rr.num_inference_steps = r.num_inference_steps;
-      rr.guidance_scale = r.guidance_scale;
-      rr.prompt_embeddings = r.prompt_embeddings;
-      frames_out = remove_object(model, rr, plan, ltxmps::null_sink(), on_step).frames.unsqueeze(0);
-    } else {
-      frames_out = generate(model, r, plan, ltxmps::null_sink(), on_step).frames;
-    }
-    ltxmps::synchronize(device);
-    const double run_total = seconds_since(start);
-    double run_step = step_end.empty() ? 0.0 : step_end.front();
-    if (step_end.size() > 1) run_step = (step_end.back() - step_end.front()) / static_cast<double>(step_end.size() - 1);
-    if (total < 0 || run_total < total) total = run_total, per_step = run_step;
+/// Progress events with the time they arrived, the device synchronized first (so a step's time is its kernels').
+struct Timeline {
+  explicit Timeline(c10::Device d) : device(d) {}
+  c10::Device device;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  std::vector<std::pair<Progress, double>> events;
+
+  double now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+  ProgressCallback callback() {
+    return [this](const Progress& p) {
+      if (p.stage != "denoise" && p.stage != "upsample") return;
+      ltxmps::synchronize(device);
+      events.emplace_back(p, now());
+    };
   }
-  const auto stats = ltxmps::memory_stats(device);
-  std::printf(
-      "{\"impl\": \"ltxmps\", \"job\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"size\": [%lld, %lld, %lld], \"steps\": %lld, "
-      "\"guidance\": %g, \"layers\": %lld, \"seconds_per_step\": %.4f, \"total_seconds\": %.3f, "
-      "\"peak_memory_bytes\": %lld, \"frames_shape\": [%lld, %lld, %lld, %lld, %lld]}\n",
-      opt.at("job").c_str(), device.str().c_str(), opt.at("precision").c_str(), static_cast<long long>(r.num_frames),
-      static_cast<long long>(r.height), static_cast<long long>(r.width), static_cast<long long>(r.num_inference_steps),
-      r.guidance_scale, static_cast<long long>(tc.num_layers), per_step, total,
-      static_cast<long long>(stats.peak_allocated.value_or(-1)), static_cast<long long>(frames_out.size(0)),
-      static_cast<long long>(frames_out.size(1)), static_cast<long long>(frames_out.size(2)),
-      static_cast<long long>(frames_out.size(3)), static_cast<long long>(frames_out.size(4)));
+  /// The time of the first `stage` event with `done`; `fallback` if there is none.
+  double time_of(const std::string& stage, int64_t done, double fallback) const {
+    for (const auto& [p, t] : events)
+      if (p.stage == stage && p.done == done) return t;
+    return fallback;
+  }
+  /// Denoising step end times in [t0, t1).
+  std::vector<double> steps(double t0, double t1) const {
+    std::vector<double> out;
+    for (const auto& [p, t] : events)
+      if (p.stage == "denoise" && t >= t0 && t < t1) out.push_back(t);
+    return out;
+  }
+};
+
+/// Mean seconds per step over the steps after the first (the first alone when there is one).
+double per_step(const std::vector<double>& step_end) {
+  if (step_end.empty()) return 0.0;
+  if (step_end.size() == 1) return step_end.front();
+  return (step_end.back() - step_end.front()) / static_cast<double>(step_end.size() - 1);
+}
+
+struct RunResult {
+  double total = -1, seconds_per_step = 0;
+  at::Tensor frames;  ///< [B, F, 3, H, W]
+  Json passes;        ///< two-pass: per-pass fields of the JSON line
+};
+
+/// `x` to `digits` decimals (as Python's round(), so that both JSON lines print alike).
+double rounded(double x, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(x * scale) / scale;
+}
+
+/// One t2v generation or one object removal.
+RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan& plan,
+                     const PromptEmbeddings& prompts) {
+  Timeline timeline{plan.device};
+  RunResult out;
+  if (a.opt.at("job") == "remove") {
+    // Object removal (the official loop): a random clip and a mask over its middle third.
+    RemovalRequest rr;
+    const int64_t f = a.num("frames"), h = a.num("height"), w = a.num("width");
+    rr.video = at::rand({f, 3, h, w});
+    rr.mask = at::zeros({f, 1, h, w});
+    rr.mask.slice(2, h / 3, 2 * h / 3).slice(3, w / 3, 2 * w / 3).fill_(1);
+    rr.num_inference_steps = a.num("steps");
+    rr.guidance_scale = a.real("guidance");
+    rr.prompt_embeddings = prompts;
+    out.frames = remove_object(model, rr, plan, ltxmps::null_sink(), timeline.callback()).frames.unsqueeze(0);
+  } else {
+    GenerateRequest r;
+    r.height = a.num("height"), r.width = a.num("width"), r.num_frames = a.num("frames");
+    r.num_inference_steps = a.num("steps");
+    r.guidance_scale = a.real("guidance");
+    r.prompt_embeddings = prompts;
+    out.frames = generate(model, r, plan, ltxmps::null_sink(), timeline.callback()).frames;
+  }
+  ltxmps::synchronize(plan.device);
+  out.total = timeline.now();
+  out.seconds_per_step = per_step(timeline.steps(0, out.total + 1));
+  return out;
+}
+
+/// One pass's fields: its size, the steps that ran, seconds and seconds per step.
+Json pass_json(int64_t frames, int64_t height, int64_t width, const std::vector<double>& steps, double seconds) {
+  return Json{{"size", {frames, height, width}},
+              {"steps", steps.size()},
+              {"seconds", rounded(seconds, 3)},
+              {"seconds_per_step", rounded(per_step(steps), 4)}};
+}
+
+/// The two-pass flow, split into passes at the "upsample" progress events: the first pass ends where the upsampler
+/// starts; the second pass (its loop, the decode and the final resize) starts where it ends.
+RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const Args& a,
+                       const ltxmps::ExecutionPlan& plan, const PromptEmbeddings& prompts) {
+  MultiScaleRequest r;  // the 0.9.7-dev example's rescale, decode timestep and noise
+  r.height = a.num("height"), r.width = a.num("width"), r.num_frames = a.num("frames");
+  r.num_inference_steps = a.num("steps");
+  r.guidance_scale = a.real("guidance");
+  r.first_pass_scale = a.real("first-pass-scale");
+  r.second_pass_steps = a.num("second-pass-steps");
+  r.second_pass_strength = a.real("second-pass-strength");
+  r.prompt_embeddings = prompts;
+  Timeline timeline{plan.device};
+  const auto result = multi_scale(model, upsampler, r, plan, ltxmps::null_sink(), timeline.callback());
+  ltxmps::synchronize(plan.device);
+  RunResult out;
+  out.total = timeline.now();
+  out.frames = result.resized_frames.defined() ? result.resized_frames : result.frames;
+  const double up_start = timeline.time_of("upsample", 0, out.total);
+  const double up_end = timeline.time_of("upsample", 1, out.total);
+  const auto first_steps = timeline.steps(0, up_start), second_steps = timeline.steps(up_end, out.total + 1);
+  const auto& s = result.sizes;
+  out.seconds_per_step = per_step(second_steps);
+  out.passes = Json{{"first_pass", pass_json(r.num_frames, s.first_height, s.first_width, first_steps, up_start)},
+                    {"upsample_seconds", rounded(up_end - up_start, 3)},
+                    {"second_pass", pass_json(r.num_frames, s.second_height, s.second_width, second_steps,
+                                              out.total - up_end)},
+                    {"decode_seconds", rounded(out.total - (second_steps.empty() ? up_end : second_steps.back()), 3)},
+                    {"first_pass_scale", r.first_pass_scale},
+                    {"second_pass_strength", r.second_pass_strength},
+                    {"vae_tiling", plan.vae.tiling}};
+  return out;
+}
+
+/// The execution plan of the job: removal and two-pass run the VAE in the model dtype with tiling (the official
+/// removal script; the documented two-pass example), t2v in float32 without (ltxmps' default plan).
+ltxmps::ExecutionPlan job_plan(const Args& a) {
+  ltxmps::LoaderSettings settings;
+  settings.device = a.opt.at("device");
+  const bool model_dtype_vae = a.opt.at("job") != "t2v";
+  settings.vae_tiling = model_dtype_vae;
+  settings.vae_float32 = !model_dtype_vae;
+  settings.precision = ltxmps::parse_precision(a.opt.at("precision"));
+  return ltxmps::resolve(settings);
+}
+
+Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResult& best) {
+  Json line{{"impl", "ltxmps"},
+            {"job", a.opt.at("job")},
+            {"device", plan.device.str()},
+            {"precision", a.opt.at("precision")},
+            {"size", {a.num("frames"), a.num("height"), a.num("width")}},
+            {"steps", a.num("steps")},
+            {"guidance", a.real("guidance")},
+            {"layers", a.num("layers")},
+            {"seconds_per_step", rounded(best.seconds_per_step, 4)},
+            {"total_seconds", rounded(best.total, 3)},
+            {"peak_memory_bytes", ltxmps::memory_stats(plan.device).peak_allocated.value_or(-1)},
+            {"frames_shape", best.frames.sizes().vec()}};
+  if (a.two_pass()) line.update(best.passes);
+  return line;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Args a = parse_args(argc, argv);
+  const auto plan = job_plan(a);
+  LtxModel model = random_model(a, plan);
+  const int64_t text_len = a.opt.at("job") == "t2v" ? 128 : 256;  // LTXPipeline's / LTXConditionPipeline's
+  const auto prompts = random_prompts(text_len, model.transformer.config.caption_channels,
+                                      plan.precision.text_encoder.compute);
+  LatentUpsamplerConfig uc;  // LTXLatentUpsamplerModel() = the 0.9.7 spatial upscaler's config
+  if (a.smoke) uc.mid_channels = 32, uc.num_blocks_per_stage = 1;
+  const auto ur = latent_upsampler_runtime(plan);
+  auto upsampler = a.two_pass() ? LatentUpsamplerModel::from_weights(uc, ur, random_source(ur.device, ur.dtype))
+                                : LatentUpsamplerModel{};
+
+  ltxmps::reset_peak_memory(plan.device);
+  RunResult best;
+  for (int64_t run = 0; run < std::max<int64_t>(1, a.num("repeat")); ++run) {
+    auto result = a.two_pass() ? run_two_pass(model, upsampler, a, plan, prompts) : run_single(model, a, plan, prompts);
+    if (best.total < 0 || result.total < best.total) best = std::move(result);
+  }
+  std::printf("%s\n", result_json(a, plan, best).dump().c_str());
   return 0;
+} catch (const ltxmps::bench::BadArgument& e) {
+  std::cerr << "pipeline_bench: " << e.what() << "\n";
+  return 2;
 } catch (const std::exception& e) {
   std::cerr << "pipeline_bench: " << e.what() << "\n";
   return 1;

@@ -15,6 +15,8 @@
 // that dense output: max and mean |fp8 - dense|, each divided by max |dense| (Note [Weight storage]).
 // Built as ltxmps_transformer_bench (benchmarks/CMakeLists.txt).
 
+#include "bench_support.hpp"
+
 #include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
@@ -27,7 +29,6 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -44,39 +45,22 @@ double forward_flops(double layers, double d, double cross, double caption, doub
 }  // namespace
 
 int main(int argc, char** argv) try {
-  std::map<std::string, std::string> opt = {
-      {"device", "cuda"}, {"precision", "bf16"}, {"attention", "sdpa"}, {"layers", "28"}, {"heads", "32"},
-      {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
-      {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
-      {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-matmul", "0"}, {"weight-storage", "compute"},
-      {"fused", "1"}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--smoke") {
-      opt.insert_or_assign("device", "cpu");
-      for (const auto& [k, v] : std::map<std::string, std::string>{
-               {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"}, {"channels", "4"},
-               {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
-               {"warmup", "1"}, {"iters", "2"}})
-        opt.insert_or_assign(k, v);
-      continue;
-    }
-    if (a.rfind("--", 0) != 0 || !opt.count(a.substr(2)) || i + 1 >= argc) {
-      std::cerr << "transformer_bench: bad argument '" << a << "' (see the header of transformer_bench.cpp)\n";
-      return 2;
-    }
-    opt[a.substr(2)] = argv[++i];
-  }
-  auto num = [&](const char* k) { return std::stoll(opt.at(k)); };
-
   using namespace ltxmps::pipeline;
-  TransformerConfig config;
-  config.num_layers = num("layers");
-  config.num_attention_heads = num("heads");
-  config.attention_head_dim = num("head-dim");
-  config.cross_attention_dim = config.inner_dim();
-  config.caption_channels = num("caption-channels");
-  config.in_channels = config.out_channels = num("channels");
+  namespace bench = ltxmps::bench;
+  const auto opt = bench::parse_options(
+      argc, argv,
+      {{"device", "cuda"}, {"precision", "bf16"}, {"attention", "sdpa"}, {"layers", "28"}, {"heads", "32"},
+       {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
+       {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
+       {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-matmul", "0"}, {"weight-storage", "compute"},
+       {"fused", "1"}},
+      {{"device", "cpu"}, {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"},
+       {"channels", "4"}, {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
+       {"warmup", "1"}, {"iters", "2"}},
+      "transformer_bench.cpp");
+  auto num = [&](const char* k) { return bench::option_int(opt, k); };
+
+  const TransformerConfig config = bench::transformer_config(opt);
   TransformerRuntime runtime;
   runtime.device = c10::Device(opt.at("device"));
   runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
@@ -85,22 +69,9 @@ int main(int argc, char** argv) try {
 
   at::manual_seed(0);
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
-  auto model = TransformerModel::from_weights(
-      config, runtime, [&](const std::string&, const std::vector<int64_t>& shape) {
-        return at::randn(shape, options).mul_(0.02);
-      });
-
-  const int64_t F = num("latent-frames"), H = num("latent-height"), W = num("latent-width");
-  const int64_t S = F * H * W, L = num("text-len"), B = num("batch");
-  TransformerInputs in;
-  in.hidden_states = at::randn({B, S, config.in_channels}, options);
-  in.encoder_hidden_states = at::randn({B, L, config.caption_channels}, options);
-  in.timestep = at::full({B}, 500.0, options.dtype(at::kFloat));
-  in.encoder_attention_mask = at::ones({B, L}, options.dtype(at::kLong));
-  in.num_frames = F;
-  in.height = H;
-  in.width = W;
-  in.rope_interpolation_scale = {8.0 / 25.0, 32.0, 32.0};
+  auto model = bench::random_transformer(config, runtime);
+  const TransformerInputs in = bench::transformer_inputs(opt, config, options);
+  const int64_t S = in.hidden_states.size(1), L = num("text-len"), B = num("batch");
 
   LinearMode fp8 = LinearMode::dense;
   if (opt.at("fp8-matmul") == "1") fp8 = LinearMode::fp8_matmul;
@@ -134,7 +105,7 @@ int main(int argc, char** argv) try {
                           diff.max().item<double>() / scale, ", \"fp8_err_mean_scaled\": ",
                           diff.mean().item<double>() / scale);
   }
-  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const double median = bench::median_of_sorted(ms);
   const double flops = forward_flops(config.num_layers, config.inner_dim(), config.cross_attention_dim,
                                      config.caption_channels, config.in_channels, config.out_channels, S, L, B);
   const double tflops = flops / (median * 1e-3) / 1e12;
@@ -149,6 +120,9 @@ int main(int argc, char** argv) try {
       static_cast<long long>(L), static_cast<long long>(B), median, ms.front(), static_cast<long long>(iters),
       flops / 1e9, tflops, tflops / std::stod(opt.at("peak-tflops")), fp8_fields.c_str());
   return 0;
+} catch (const ltxmps::bench::BadArgument& e) {
+  std::cerr << "transformer_bench: " << e.what() << "\n";
+  return 2;
 } catch (const std::exception& e) {
   std::cerr << "transformer_bench: " << e.what() << "\n";
   return 1;

@@ -19,7 +19,8 @@ import statistics
 import time
 
 import torch
-from diffusers import LTXVideoTransformer3DModel
+
+from bench_support import add_shape_arguments, apply_smoke_shape, build_transformer, transformer_inputs
 
 
 def forward_flops(layers, dim, cross_dim, caption, in_ch, out_ch, tokens, text, batch):
@@ -39,16 +40,7 @@ def forward_flops(layers, dim, cross_dim, caption, in_ch, out_ch, tokens, text, 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=28)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--caption-channels", type=int, default=4096)
-    p.add_argument("--channels", type=int, default=128)
-    p.add_argument("--latent-frames", type=int, default=16)
-    p.add_argument("--latent-height", type=int, default=16)
-    p.add_argument("--latent-width", type=int, default=24)
-    p.add_argument("--text-len", type=int, default=128)
-    p.add_argument("--batch", type=int, default=2)
+    add_shape_arguments(p, layers=28, heads=32, head_dim=64)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--device", default="cuda")
     p.add_argument("--warmup", type=int, default=3)
@@ -59,35 +51,16 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny config on --device (default cpu) for a quick check")
     args = p.parse_args()
     if args.smoke:
-        args.layers, args.heads, args.head_dim, args.caption_channels, args.channels = 2, 2, 8, 16, 4
-        args.latent_frames, args.latent_height, args.latent_width, args.text_len = 2, 4, 4, 8
-        args.warmup, args.iters = 1, 2
+        apply_smoke_shape(args)
         if args.device == "cuda" and not torch.cuda.is_available():
             args.device = "cpu"
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     device = torch.device(args.device)
     dim = args.heads * args.head_dim
-    torch.manual_seed(0)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialise the weights directly in the benchmark dtype
-    with device:
-        model = LTXVideoTransformer3DModel(
-            in_channels=args.channels, out_channels=args.channels, num_attention_heads=args.heads,
-            attention_head_dim=args.head_dim, cross_attention_dim=dim, num_layers=args.layers,
-            caption_channels=args.caption_channels,
-        ).eval()
-    torch.set_default_dtype(default_dtype)
-
-    F, H, W = args.latent_frames, args.latent_height, args.latent_width
-    S, L, B = F * H * W, args.text_len, args.batch
-    inputs = dict(
-        hidden_states=torch.randn(B, S, args.channels, device=device, dtype=dtype),
-        encoder_hidden_states=torch.randn(B, L, args.caption_channels, device=device, dtype=dtype),
-        timestep=torch.full((B,), 500.0, device=device),
-        encoder_attention_mask=torch.ones(B, L, device=device, dtype=torch.int64),
-        num_frames=F, height=H, width=W, rope_interpolation_scale=(8 / 25, 32.0, 32.0), return_dict=False,
-    )
+    model = build_transformer(args, device, dtype)
+    inputs = transformer_inputs(args, device, dtype)
+    S, L, B = args.latent_frames * args.latent_height * args.latent_width, args.text_len, args.batch
 
     def sync():
         if device.type == "cuda":

@@ -9,6 +9,8 @@
 //             [--latent-width N] [--warmup N] [--iters N] [--tiling] [--framewise] [--smoke]
 // Built as ltxmps_vae_bench (benchmarks/CMakeLists.txt).
 
+#include "bench_configs.hpp"
+
 #include "ltxmps_pipeline/vae.hpp"
 
 #include "ltxmps/memory.hpp"
@@ -42,28 +44,9 @@ int main(int argc, char** argv) try {
     }
   }
   using namespace ltxmps::pipeline;
-  // The 0.9.7 (= 0.9.5) config of diffusers' convert_ltx_to_diffusers.py.
-  VaeConfig config;
-  config.block_out_channels = {128, 256, 512, 1024, 2048};
-  config.down_block_types.assign(4, "LTXVideo095DownBlock3D");
-  config.decoder_block_out_channels = {256, 512, 1024};
-  config.layers_per_block = {4, 6, 6, 2, 2};
-  config.decoder_layers_per_block = {5, 5, 5, 5};
-  config.spatio_temporal_scaling = {true, true, true, true};
-  config.decoder_spatio_temporal_scaling = {true, true, true};
-  config.decoder_inject_noise = {false, false, false, false};
-  config.downsample_type = {"spatial", "temporal", "spatiotemporal", "spatiotemporal"};
-  config.upsample_residual = {true, true, true};
-  config.upsample_factor = {2, 2, 2};
-  config.timestep_conditioning = true;
-  config.spatial_compression_ratio = 32;
-  config.temporal_compression_ratio = 8;
-  if (smoke) {  // the same structure, small (vae_bench.py's CONFIG_SMOKE)
-    config.latent_channels = 8;
-    config.block_out_channels = {8, 16, 32, 64, 128};
-    config.decoder_block_out_channels = {16, 32, 64};
-    config.layers_per_block = {1, 1, 1, 1, 1};
-    config.decoder_layers_per_block = {1, 1, 1, 1};
+  // The 0.9.7 config; --smoke: the same structure, small (vae_bench.py's CONFIG_SMOKE).
+  const VaeConfig config = smoke ? ltxmps::bench::vae_097_smoke_config(8) : ltxmps::bench::vae_097_config();
+  if (smoke) {
     opt["device"] = "cpu";
     opt["latent-frames"] = "3";
     opt["latent-height"] = "2";

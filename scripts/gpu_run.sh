@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
-# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh [tests|bench|removal|memory|speed|all]
+# (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh MODE [MODE ...]
+# MODE: tests | bench | removal | memory | speed | kernels | profile | workflow | seed | all (default all); several modes share one build.
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
+#   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
+#            the 13B FP8 weight storage against resident, the 2B text-to-video end to end.
+#   profile: nsys kernel summaries of the 2B forward (unfused, fused, FP8, diffusers) into $OUT/kernel_profile.md.
+#   kernels: the kernel and FP8 suites (CPU and GPU) only.
+#   seed:    the whole seed job (13B + T5-XXL + 0.9.7 VAE from files written by the bench) under an 8 GiB budget:
+#            peak device memory per phase, host memory while loading; the T5 streaming suites.
+#   workflow: the 0.9.7 two-pass flow at the 13B shape (C++ and diffusers) and the VAE decode modes.
 #   memory:  the memory-budget and streaming suites and the weight-mode benchmarks at the 13B shape (ltxmps and
 #            diffusers), plotted into $OUT/memory.png, building only their targets.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-what=${1:-all}
+what=" ${*:-all} "
+has() { [[ "$what" == *" $1 "* ]]; }
 OUT=${OUT:-/tmp/ltxmps-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -27,23 +36,29 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH=
   -DLTXMPS_BUILD_DOCS=OFF > "$OUT/configure.log" 2>&1 || { tail -50 "$OUT/configure.log"; exit 1; }
 # Keep going past a failing target so that the suites that did build still run; the failure is reported.
 targets=()
-[ "$what" = removal ] && targets=(--target ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests
-                                  ltxmps_effects_bench ltxmps_pipeline_bench)
-[ "$what" = speed ] && targets=(--target ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_gpu_kernels_tests
-                                ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_transformer_bench ltxmps_pipeline_bench ltxmps_cli)
-[ "$what" = memory ] && targets=(--target ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests
-                                 ltxmps_memory_bench ltxmps_headers_cxx17 ltxmps_headers_cxx20)
+add() { targets+=("$@"); }
+has removal && add ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests ltxmps_effects_bench ltxmps_pipeline_bench
+has speed && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests ltxmps_transformer_bench \
+                 ltxmps_pipeline_bench ltxmps_memory_bench ltxmps_cli
+has kernels && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests
+has profile && add ltxmps_transformer_bench
+has seed && add ltxmps_seed_job_bench ltxmps_gpu_model_tests ltxmps_t5_streaming_tests
+has workflow && add ltxmps_pipeline_bench ltxmps_vae_bench ltxmps_t5_bench
+has memory && add ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests ltxmps_memory_bench \
+                  ltxmps_headers_cxx17 ltxmps_headers_cxx20
+# tests, bench and all build everything.
+if has tests || has bench || has all; then targets=(); elif [ ${#targets[@]} -gt 0 ]; then targets=(--target "${targets[@]}"); fi
 if cmake --build build-gpu -j "$(nproc)" "${targets[@]}" -- -k 0 > "$OUT/build.log" 2>&1; then echo "build ok"; else
   echo "BUILD FAILED (some targets)"; grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; fi
 
 status=0
-if [ "$what" = tests ] || [ "$what" = all ]; then
+if has tests || has all; then
   ctest --test-dir build-gpu --output-on-failure --timeout 600 > "$OUT/ctest.log" 2>&1 || status=1
   grep -E "tests passed|Passed|Failed|Skipped|\*\*\*" "$OUT/ctest.log" | tail -40
   build-gpu/tests/ltxmps_gpu_tests --success --reporter compact > "$OUT/gpu_tests.log" 2>&1 || status=1
   tail -3 "$OUT/gpu_tests.log"
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
+if has bench || has all; then
   build-gpu/benchmarks/ltxmps_bench_policy --benchmark_format=json --benchmark_out="$OUT/bench_policy.json" \
     --benchmark_out_format=json 2>&1 | grep -E "^BM_|Run on|CPU" | head -20
   for cfg in "2b" "13b"; do
@@ -60,30 +75,60 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
   done
 fi
-if [ "$what" = speed ]; then
-  for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_gpu_model_tests ltxmps_gpu_tests; do
+if has speed || has kernels; then
+  for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_fp8_tests ltxmps_gpu_fp8_tests; do
     build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
     echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
   done
+fi
+if has speed; then
   build-gpu/reference_pipeline/ltxmps plan --device cuda --precision bf16 > "$OUT/plan.txt" 2>&1; grep -A12 -i "kernels" "$OUT/plan.txt" | head -14
   for cfg in 2b 13b; do
     args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
-    for mode in "--fused 0" "--fused 1" "--fused 1 --fp8-matmul 1"; do
+    for mode in "--fused 1" "--fused 1 --fp8-matmul 1"; do
       echo "== transformer $cfg C++ $mode"; build-gpu/benchmarks/ltxmps_transformer_bench $args $mode | tee -a "$OUT/speed_bench.jsonl"
     done
     echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$OUT/speed_bench.jsonl"
   done
   echo "== transformer 2b diffusers torch.compile"; timeout 150 python3 benchmarks/transformer_bench.py --compile | tee -a "$OUT/speed_bench.jsonl"
+  echo "== 13B weight storage: resident bf16 vs FP8 (dequantized per layer)"
+  build-gpu/benchmarks/ltxmps_memory_bench --modes resident,fp8 | tee -a "$OUT/speed_bench.jsonl"
   echo "== pipeline t2v 2B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/speed_bench.jsonl"
   echo "== pipeline t2v 2B diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/speed_bench.jsonl"
 fi
-if [ "$what" = removal ]; then
+if has workflow; then
+  large="--layers 48 --heads 32 --head-dim 128 --height 512 --width 768 --frames 121"
+  two="--job two-pass $large --steps 8 --second-pass-steps 10 --second-pass-strength 0.4 --guidance 3 --repeat 2"
+  echo "== two-pass 13B 768x512x121, 8 + 4 steps C++"; build-gpu/benchmarks/ltxmps_pipeline_bench $two | tee -a "$OUT/two_pass_bench.jsonl"
+  echo "== two-pass diffusers"; python3 benchmarks/pipeline_bench.py $two | tee -a "$OUT/two_pass_bench.jsonl"
+  for args in "" "--tiling" "--tiling --framewise"; do
+    echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
+    echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
+  done
+  echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
+  echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
+fi
+if has profile; then
+  # Where the 2B forward's GPU time goes, before (ATen references) and after (fused kernels), beside diffusers:
+  # nsys kernel summaries of 2 warm-up + 8 timed forwards each, tabulated by benchmarks/kernel_profile.py.
+  prof() { local name=$1; shift; nsys profile -t cuda --force-overwrite true -o "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 &&
+           nsys stats -r cuda_gpu_kern_sum -f csv "$OUT/$name.nsys-rep" > "$OUT/$name.csv" 2>>"$OUT/$name.log" &&
+           rm -f "$OUT/$name.sqlite" || echo "profile $name failed: $(tail -3 "$OUT/$name.log")"; }
+  prof fwd2b_unfused build-gpu/benchmarks/ltxmps_transformer_bench --fused 0 --warmup 2 --iters 8
+  prof fwd2b_fused build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --warmup 2 --iters 8
+  prof fwd2b_fp8 build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1 --warmup 2 --iters 8
+  prof fwd2b_diffusers python3 benchmarks/transformer_bench.py --warmup 2 --iters 8
+  # The FP8 run adds one dense reference forward before quantizing (transformer_bench.cpp's header).
+  python3 benchmarks/kernel_profile.py "ltxmps unfused=$OUT/fwd2b_unfused.csv:10" "ltxmps fused=$OUT/fwd2b_fused.csv:10" \
+    "ltxmps fp8=$OUT/fwd2b_fp8.csv:11" "diffusers=$OUT/fwd2b_diffusers.csv:10" | tee "$OUT/kernel_profile.md" | head -12
+fi
+if has removal; then
   for suite in ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests; do
     build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
     echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
   done
 fi
-if [ "$what" = removal ] || [ "$what" = bench ] || [ "$what" = all ]; then
+if has removal || has bench || has all; then
   large="--layers 48 --heads 32 --head-dim 128"
   echo "== effects pass 13B 512x768x209 C++"; build-gpu/benchmarks/ltxmps_effects_bench | tee -a "$OUT/effects_bench.jsonl"
   echo "== effects pass C++ with RoPE"; build-gpu/benchmarks/ltxmps_effects_bench --rope 1 --iters 1 | tee -a "$OUT/effects_bench.jsonl"
@@ -91,7 +136,16 @@ if [ "$what" = removal ] || [ "$what" = bench ] || [ "$what" = all ]; then
   echo "== removal 13B 512x768x121 C++"; build-gpu/benchmarks/ltxmps_pipeline_bench --job remove $large --steps ${REMOVAL_STEPS:-30} | tee -a "$OUT/removal_bench.jsonl"
   echo "== removal diffusers LTXConditionPipeline"; python3 benchmarks/pipeline_bench.py --job remove $large --steps ${REMOVAL_STEPS:-30} | tee -a "$OUT/removal_bench.jsonl"
 fi
-if [ "$what" = memory ]; then
+if has seed; then
+  for suite in ltxmps_t5_streaming_tests ltxmps_gpu_model_tests; do
+    build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
+    echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
+  done
+  df -h "${TMPDIR:-/tmp}" | tail -1; free -g | sed -n 2p
+  echo "== seed job: 13B + T5-XXL + 0.9.7 VAE, 512x768x121, --max-gpu-memory 8GiB"
+  build-gpu/benchmarks/ltxmps_seed_job_bench --jobs ${SEED_JOBS:-generate,remove} | tee -a "$OUT/seed_job.jsonl" || status=1
+fi
+if has memory; then
   for suite in ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests; do
     build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
     echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
@@ -102,4 +156,5 @@ if [ "$what" = memory ]; then
   python3 benchmarks/memory_bench.py | tee -a "$OUT/memory_bench.jsonl" || status=1
   python3 benchmarks/plot_memory.py "$OUT/memory_bench.jsonl" --out "$OUT/memory.png" || status=1
 fi
+echo "gpu_run.sh: ${SECONDS} s"
 exit $status

@@ -36,19 +36,27 @@ namespace ltxmps {
 // while FP8 changes them, and because the copies hide under the compute: 26 GB at 54.5 GB/s of pinned
 // host-to-device bandwidth is 0.48 s against about 0.73 s of GEMMs per forward of 6144 tokens at batch 2. FP8
 // is picked automatically only where streaming is off or unavailable, or does not fit even with one buffer.
-// Under model-level CPU offload (cpu_offload) each stage holds only its own component (Note [CPU offload]); the
-// budget does not switch offload on by itself (the pipeline's stages follow the plan's offload decision, which is
-// fixed before the sizes are known), but when nothing fits without it and something would with it, the plan
-// says so.
+// Model-level CPU offload (cpu_offload: each stage holds only its own component, Note [CPU offload]) and
+// streaming T5's blocks are the two placements that cost time once per run instead of on every step, so they
+// come before the options that slow every forward: the options are grouped in tiers (resident or streamed ahead;
+// streamed without a copy ahead; FP8; FP8 and streamed ahead; FP8 streamed without a copy ahead) and each tier is
+// tried as the settings place the components, then under model-level offload, then under offload with T5
+// streamed. So the budget switches offload on by itself (CUDA and XPU, where the accelerator has its own memory;
+// never on MPS or the CPU) when that is what makes a faster or exact option fit, and says so in the plan; the
+// stages follow the plan's offload decision, which plan_weights() updates. A T5 that does not fit beside its own
+// activations (T5-XXL is 9.5 GB in bf16) is streamed (CUDA): its blocks stay in pinned host memory and each is
+// copied to the device just before it runs (Note [Streamed T5] in the pipeline's t5_streaming.hpp). When nothing
+// fits at all, the option with the smallest peak is kept and the plan warns.
 // Explicit requests (stream_weights on/off, weight_storage compute/fp8) narrow the options; they are never
 // overridden. On MPS the memory is unified: the GPU already reads the weights where they lie, so streaming
 // would copy them within the same RAM, and MPS has no float8 dtype; both requests are refused there, and the
 // plan says why. On the CPU the weights stay in host memory.
 //
-// The phases counted (the pipeline's order): text encoding (the text encoder, its activations and, without
-// offload, every other component's device weights, which are loaded at the start), the denoising loop (the
-// transformer's device weights and activations, the VAE, the text encoder where it is kept), the VAE decode.
-// A streamed transformer's ring stays allocated in every phase.
+// The phases counted (the pipeline's order): text encoding (the text encoder's device weights, whole or its
+// non-block weights and one block when streamed, its activations and, without offload, every other component's
+// device weights, which are loaded at the start), the denoising loop (the transformer's device weights and
+// activations, the VAE, the text encoder where it is kept), the VAE decode. A streamed transformer's ring is on the
+// device from its first forward on; under offload it leaves with the transformer, so only the loop holds it.
 
 /// @brief Blocks copied ahead of the running one when the budget allows it (Note [Weight budget]).
 constexpr int64_t kDefaultBlocksAhead = 2;
@@ -175,6 +183,9 @@ struct TransformerSizes {
 struct WeightSizes {
   TransformerSizes transformer;           ///< the denoiser
   int64_t text_encoder = 0;               ///< T5's weights; 0 when none is loaded (prompt cache)
+  int64_t text_encoder_blocks = 0;        ///< T5's encoder blocks; 0: its blocks are not streamed
+  int64_t text_encoder_blocks_bytes = 0;  ///< all of T5's blocks
+  int64_t text_encoder_block_bytes = 0;   ///< T5's largest block (the first: it holds the position bias)
   int64_t vae = 0;                        ///< the VAE's weights
   int64_t text_encoder_activations = 0;   ///< peak activations of text encoding
   int64_t transformer_activations = 0;    ///< peak activations of one transformer forward in the loop
@@ -193,6 +204,7 @@ struct ComponentWeightPlan {
 struct TransformerWeightPlan : ComponentWeightPlan {
   int64_t blocks_ahead = 0;  ///< streamed: blocks whose copies are in flight while one runs
   int64_t ring_blocks = 0;   ///< streamed: device block buffers (blocks_ahead + 1, at most the block count)
+  int64_t ring_bytes = 0;    ///< streamed: device bytes of the ring (in every phase without offload, the loop's with it)
 };
 
 /// @brief Every component's weight decision under the memory budget (plan_weights() in plan.hpp fills it).
@@ -201,9 +213,11 @@ struct WeightPlan {
   int64_t budget = 0;         ///< device memory budget in bytes; 0: unknown (everything resident)
   std::string budget_source;  ///< where the budget comes from
   TransformerWeightPlan transformer;  ///< the denoiser
-  ComponentWeightPlan text_encoder;   ///< T5 (resident or offloaded; device_bytes 0 when none is loaded)
+  ComponentWeightPlan text_encoder;   ///< T5 (resident, offloaded or streamed; device_bytes 0 when none is loaded)
   ComponentWeightPlan vae;            ///< the VAE
-  bool offload = false;       ///< model-level CPU offload is on (the plan's cpu_offload decision)
+  bool offload = false;       ///< model-level CPU offload is on (requested, or switched on by the budget)
+  bool offload_by_budget = false;  ///< the budget switched model-level CPU offload on (Note [Weight budget])
+  Diagnostic offload_reason;       ///< why, when offload_by_budget (rule "weights.offload.enabled")
   int64_t peak_bytes = 0;     ///< the planned peak on the device
   std::string peak_phase;     ///< the phase of that peak
   bool fits = true;           ///< false when even the smallest option exceeds the budget
@@ -279,23 +293,64 @@ inline int64_t transformer_device_bytes(const TransformerSizes& t, const WeightC
   return all - t.blocks * block + ring_blocks(t, c.ahead) * block;
 }
 
+// Where the components other than the transformer's weights are placed (Note [Weight budget]).
+struct Placement {
+  bool offload = false;              // model-level CPU offload
+  bool stream_text_encoder = false;  // T5's blocks streamed (only under offload)
+};
+
+inline int64_t text_encoder_device_bytes(const WeightSizes& s, bool streamed) {
+  return streamed ? s.text_encoder - s.text_encoder_blocks_bytes + s.text_encoder_block_bytes : s.text_encoder;
+}
+
+inline int64_t ring_bytes(const TransformerSizes& t, const WeightCandidate& c) {
+  return is_streamed(c.mode) ? ring_blocks(t, c.ahead) * (is_fp8(c.mode) ? t.fp8_block_bytes : t.block_bytes) : 0;
+}
+
 // The device's peak over the pipeline's phases (Note [Weight budget]).
-inline WeightPhases weight_phases(const WeightSizes& s, const WeightCandidate& c, bool offload) {
+inline WeightPhases weight_phases(const WeightSizes& s, const WeightCandidate& c, const Placement& where) {
   const auto& t = s.transformer;
+  const bool offload = where.offload;
   const int64_t tdev = transformer_device_bytes(t, c);
-  const int64_t ring =
-      is_streamed(c.mode) ? ring_blocks(t, c.ahead) * (is_fp8(c.mode) ? t.fp8_block_bytes : t.block_bytes) : 0;
-  const int64_t kept_t5 = s.keep_text_encoder ? s.text_encoder : 0;
+  const int64_t t5 = text_encoder_device_bytes(s, where.stream_text_encoder);
+  const int64_t kept_t5 = s.keep_text_encoder ? t5 : 0;
   WeightPhases p;
   auto phase = [&](const char* name, int64_t bytes) {
     if (bytes > p.peak) p.peak = bytes, p.phase = name;
   };
   if (s.text_encoder > 0)
-    phase("text encoder", s.text_encoder + s.text_encoder_activations + (offload ? ring : tdev + s.vae));
+    phase("text encoder", t5 + s.text_encoder_activations + (offload ? 0 : tdev + s.vae));
   phase("transformer loop", tdev + s.transformer_activations + (offload ? 0 : s.vae + kept_t5));
-  phase("vae decode", s.vae + s.vae_activations + (offload ? ring : tdev + kept_t5));
+  phase("vae decode", s.vae + s.vae_activations + (offload ? 0 : tdev + kept_t5));
   return p;
 }
+
+// The placements tried, in order: as the settings say, then under model-level offload (where the accelerator has
+// its own memory), then with T5's blocks streamed (CUDA) under it.
+inline std::vector<Placement> placements(const LoaderSettings& settings, const c10::Device& device,
+                                         const WeightSizes& s, bool offload_enabled) {
+  const bool can_offload = offload_enabled || device.is_cuda() || device.is_xpu();
+  const bool can_stream_t5 = device.is_cuda() && settings.stream_weights != StreamWeights::off &&
+                             s.text_encoder > 0 && s.text_encoder_blocks > 0;
+  std::vector<Placement> out{{offload_enabled, false}};
+  if (!offload_enabled && can_offload) out.push_back({true, false});
+  if (can_offload && can_stream_t5) out.push_back({true, true});
+  return out;
+}
+
+// The cost tier of a transformer option (Note [Weight budget]): 0 resident or streamed ahead, 1 streamed without a
+// copy ahead, 2 FP8, 3 FP8 and streamed ahead, 4 FP8 streamed without a copy ahead.
+inline int tier(const WeightCandidate& c) {
+  switch (c.mode) {
+    case WeightMode::resident: return 0;
+    case WeightMode::streamed: return c.ahead > 0 ? 0 : 1;
+    case WeightMode::fp8: return 2;
+    case WeightMode::fp8_streamed: return c.ahead > 0 ? 3 : 4;
+    case WeightMode::offloaded: break;
+  }
+  return 0;
+}
+constexpr int kTiers = 5;
 
 inline std::vector<WeightCandidate> weight_candidates(const LoaderSettings& settings, const c10::Device& device,
                                                       const TransformerSizes& t) {
@@ -343,6 +398,7 @@ inline std::string describe_action(const TransformerSizes& t, const WeightCandid
 inline void check_sizes(const WeightSizes& s) {
   const auto& t = s.transformer;
   for (int64_t v : {t.bytes, t.block_bytes, t.blocks, t.fp8_bytes, t.fp8_block_bytes, s.text_encoder, s.vae,
+                    s.text_encoder_blocks, s.text_encoder_blocks_bytes, s.text_encoder_block_bytes,
                     s.text_encoder_activations, s.transformer_activations, s.vae_activations})
     LTXMPS_CHECK(v >= 0, "plan_weights: a component size is negative (", v, " bytes)");
   LTXMPS_CHECK(t.blocks == 0 || t.block_bytes <= t.bytes / t.blocks, "plan_weights: ", t.blocks, " blocks of ",
@@ -350,17 +406,28 @@ inline void check_sizes(const WeightSizes& s) {
   LTXMPS_CHECK(t.fp8_bytes == 0 || t.blocks == 0 || t.fp8_block_bytes <= t.fp8_bytes / t.blocks, "plan_weights: ",
                t.blocks, " FP8 blocks of ", t.fp8_block_bytes, " bytes exceed the transformer's ", t.fp8_bytes,
                " FP8 bytes");
+  LTXMPS_CHECK(s.text_encoder_blocks_bytes <= s.text_encoder && s.text_encoder_block_bytes <= s.text_encoder_blocks_bytes,
+               "plan_weights: the text encoder's blocks (", s.text_encoder_blocks_bytes, " bytes, the largest ",
+               s.text_encoder_block_bytes, ") exceed its ", s.text_encoder, " bytes");
 }
 
-// Why the chosen transformer option (Note [Weight budget]); `first` is the first option the settings allow.
+// "the rest stays resident" under the settings' placement; else how the budget placed the other components.
+inline std::string describe_placement(const Placement& where, bool offload_enabled) {
+  if (where.offload == offload_enabled && !where.stream_text_encoder) return "";
+  return where.stream_text_encoder ? " (with model-level CPU offload and the text encoder streamed)"
+                                   : " (with model-level CPU offload)";
+}
+
+// Why the chosen transformer option (Note [Weight budget]); `first` is the first option the settings allow, placed
+// as the settings say.
 inline Diagnostic transformer_reason(const LoaderSettings& settings, const WeightSizes& s, const MemoryBudget& budget,
                                      const WeightCandidate& chosen, const WeightCandidate& first,
                                      const WeightPhases& first_phases, const WeightPhases& phases, bool fits,
-                                     bool fits_offloaded, int64_t device_bytes) {
+                                     const std::string& placement, int64_t device_bytes) {
   const auto& t = s.transformer;
   const std::string what = "transformer " + describe_bytes(t.bytes) + " " + t.dtype;
   const std::string action = describe_action(t, chosen, device_bytes);
-  const std::string peak = describe_bytes(phases.peak) + " at peak (" + phases.phase + ")";
+  const std::string peak = describe_bytes(phases.peak) + " at peak (" + phases.phase + ")" + placement;
   const std::string within = describe_bytes(budget.bytes) + " budget (" + budget.source + ")";
   std::string requested;
   if (settings.stream_weights == StreamWeights::on) requested += "stream_weights=on";
@@ -377,9 +444,7 @@ inline Diagnostic transformer_reason(const LoaderSettings& settings, const Weigh
   if (!fits) {
     d.severity = Severity::warning;
     d.rule = "weights.over_budget";
-    d.message = what + ": even " + action + " needs " + peak + " > " + within +
-                ": the run may stop out of memory; " +
-                (fits_offloaded ? "it fits with model-level CPU offload (cpu_offload), or " : "") +
+    d.message = what + ": even " + action + " needs " + peak + " > " + within + ": the run may stop out of memory; " +
                 (std::string(phases.phase) == "text encoder" && s.text_encoder > 0
                      ? "encode the prompt once into a prompt cache so that no text encoder is loaded, or "
                      : "") +
@@ -395,7 +460,7 @@ inline Diagnostic transformer_reason(const LoaderSettings& settings, const Weigh
     case WeightMode::fp8_streamed: d.rule = "weights.transformer.fp8_streamed"; break;
     case WeightMode::offloaded: d.rule = "weights.transformer.offloaded"; break;
   }
-  if (chosen.mode == first.mode && chosen.ahead == first.ahead) {
+  if (chosen.mode == first.mode && chosen.ahead == first.ahead && first_phases.peak <= budget.bytes) {
     d.message = what + ": " + action + (requested.empty() ? "" : " as requested (" + requested + ")") + "; " + peak +
                 " within the " + within;
     return d;
@@ -406,56 +471,9 @@ inline Diagnostic transformer_reason(const LoaderSettings& settings, const Weigh
   return d;
 }
 
-}  // namespace detail
-
-/// @brief Decides where each component's weights live (Note [Weight budget]). `offload_enabled`: the plan's
-///        model-level CPU offload.
-inline WeightPlan decide_weights(const LoaderSettings& settings, const c10::Device& device, const WeightSizes& sizes,
-                                 const MemoryBudget& budget, bool offload_enabled) {
-  detail::check_sizes(sizes);
-  const auto& t = sizes.transformer;
-  const auto candidates = detail::weight_candidates(settings, device, t);
-  struct Choice {
-    detail::WeightCandidate candidate;
-    detail::WeightPhases phases;
-  };
-  Choice chosen{candidates.front(), detail::weight_phases(sizes, candidates.front(), offload_enabled)};
-  const auto first = chosen;
-  bool fits = true, fits_offloaded = false;
-  if (budget.bytes > 0) {
-    bool found = false;
-    Choice smallest = chosen;
-    for (const auto& c : candidates) {
-      const auto phases = detail::weight_phases(sizes, c, offload_enabled);
-      if (phases.peak < smallest.phases.peak) smallest = Choice{c, phases};
-      if (phases.peak <= budget.bytes) {
-        chosen = Choice{c, phases};
-        found = true;
-        break;
-      }
-    }
-    if (!found) {
-      chosen = smallest, fits = false;
-      if (!offload_enabled && (device.is_cuda() || device.is_xpu()))
-        for (const auto& c : candidates) fits_offloaded = fits_offloaded || detail::weight_phases(sizes, c, true).peak <= budget.bytes;
-    }
-  }
-
-  WeightPlan w;
-  w.planned = true;
-  w.budget = budget.bytes;
-  w.budget_source = budget.source;
-  w.offload = offload_enabled;
-  w.fits = fits;
-  w.peak_bytes = chosen.phases.peak;
-  w.peak_phase = chosen.phases.phase;
-  const auto& c = chosen.candidate;
-  w.transformer.mode = c.mode == WeightMode::resident && w.offload ? WeightMode::offloaded : c.mode;
-  w.transformer.device_bytes = detail::transformer_device_bytes(t, c);
-  w.transformer.blocks_ahead = is_streamed(c.mode) ? std::min(c.ahead, std::max<int64_t>(t.blocks - 1, 0)) : 0;
-  w.transformer.ring_blocks = is_streamed(c.mode) ? detail::ring_blocks(t, c.ahead) : 0;
-  w.transformer.reason = detail::transformer_reason(settings, sizes, budget, c, first.candidate, first.phases,
-                                                    chosen.phases, fits, fits_offloaded, w.transformer.device_bytes);
+// The text encoder's and the VAE's decisions (Note [Weight budget]).
+inline void component_reasons(WeightPlan& w, const WeightSizes& s, const c10::Device& device, const Placement& where,
+                              const WeightPhases& t5_whole) {
   auto component = [&](ComponentWeightPlan& p, int64_t bytes, const char* topic, const char* name, const char* when) {
     p.device_bytes = bytes;
     p.mode = w.offload && bytes > 0 ? WeightMode::offloaded : WeightMode::resident;
@@ -469,12 +487,99 @@ inline WeightPlan decide_weights(const LoaderSettings& settings, const c10::Devi
       p.reason.message = std::string(name) + " " + describe_bytes(bytes) + " resident on " + device.str();
     }
   };
-  component(w.vae, sizes.vae, "weights.vae", "VAE", "while it encodes or decodes");
-  component(w.text_encoder, sizes.text_encoder, "weights.text_encoder", "text encoder", "while it encodes the prompts");
-  if (sizes.text_encoder == 0) {
+  component(w.vae, s.vae, "weights.vae", "VAE", "while it encodes or decodes");
+  component(w.text_encoder, s.text_encoder, "weights.text_encoder", "text encoder", "while it encodes the prompts");
+  if (s.text_encoder == 0) {
     w.text_encoder.reason.rule = "weights.text_encoder.none";
     w.text_encoder.reason.message = "no text encoder is loaded (prompt embeddings from a cache)";
+  } else if (where.stream_text_encoder) {
+    auto& p = w.text_encoder;
+    p.mode = WeightMode::streamed;
+    p.device_bytes = text_encoder_device_bytes(s, true);
+    p.reason.rule = "weights.text_encoder.streamed";
+    p.reason.message = "text encoder " + describe_bytes(s.text_encoder) + " needs " + describe_bytes(t5_whole.peak) +
+                       " at peak (" + t5_whole.phase + ") on the device even under model-level CPU offload > " +
+                       describe_bytes(w.budget) + " budget (" + w.budget_source + "): its " +
+                       std::to_string(s.text_encoder_blocks) + " blocks stay in pinned host memory and each is copied to " +
+                       device.str() + " just before it runs (largest block " +
+                       describe_bytes(s.text_encoder_block_bytes) + ", " + describe_bytes(p.device_bytes) +
+                       " on the device)";
   }
+}
+
+// Why the budget switched model-level CPU offload on: the chosen option's peak without it, and with it.
+inline Diagnostic offload_reason(const WeightSizes& s, const c10::Device& device, const MemoryBudget& budget,
+                                 const WeightPhases& without, const WeightPhases& with, bool fits) {
+  return Diagnostic{Severity::info, "offload", "weights.offload.enabled",
+                    "model-level CPU offload switched on by the memory budget: without it the chosen option needs " +
+                        describe_bytes(without.peak) + " at peak (" + without.phase + ") > " +
+                        describe_bytes(budget.bytes) + " budget (" + budget.source + "); with it the transformer (" +
+                        describe_bytes(s.transformer.bytes) + "), the text encoder (" +
+                        describe_bytes(s.text_encoder) + ") and the VAE (" + describe_bytes(s.vae) + ") are on " +
+                        device.str() + " only while they run, " + describe_bytes(with.peak) + " at peak (" +
+                        with.phase + ")" + (fits ? "" : ", still over the budget")};
+}
+
+}  // namespace detail
+
+/// @brief Decides where each component's weights live (Note [Weight budget]). `offload_enabled`: the plan's
+///        model-level CPU offload as resolved from the settings; the result's `offload` may switch it on.
+inline WeightPlan decide_weights(const LoaderSettings& settings, const c10::Device& device, const WeightSizes& sizes,
+                                 const MemoryBudget& budget, bool offload_enabled) {
+  detail::check_sizes(sizes);
+  const auto& t = sizes.transformer;
+  const auto candidates = detail::weight_candidates(settings, device, t);
+  const auto placements = detail::placements(settings, device, sizes, offload_enabled);
+  struct Choice {
+    detail::WeightCandidate candidate;
+    detail::Placement where;
+    detail::WeightPhases phases;
+  };
+  const Choice first{candidates.front(), placements.front(),
+                     detail::weight_phases(sizes, candidates.front(), placements.front())};
+  Choice chosen = first;
+  Choice smallest = first;
+  bool fits = true, found = budget.bytes == 0;
+  for (int tier = 0; tier < detail::kTiers && !found; ++tier)
+    for (const auto& where : placements) {
+      for (const auto& c : candidates) {
+        if (detail::tier(c) != tier) continue;
+        const Choice option{c, where, detail::weight_phases(sizes, c, where)};
+        if (option.phases.peak < smallest.phases.peak) smallest = option;
+        if (option.phases.peak <= budget.bytes) {
+          chosen = option, found = true;
+          break;
+        }
+      }
+      if (found) break;
+    }
+  if (!found) chosen = smallest, fits = false;
+
+  WeightPlan w;
+  w.planned = true;
+  w.budget = budget.bytes;
+  w.budget_source = budget.source;
+  w.offload = chosen.where.offload;
+  w.offload_by_budget = w.offload && !offload_enabled;
+  w.fits = fits;
+  w.peak_bytes = chosen.phases.peak;
+  w.peak_phase = chosen.phases.phase;
+  const auto& c = chosen.candidate;
+  w.transformer.mode = c.mode == WeightMode::resident && w.offload ? WeightMode::offloaded : c.mode;
+  w.transformer.device_bytes = detail::transformer_device_bytes(t, c);
+  w.transformer.blocks_ahead = is_streamed(c.mode) ? std::min(c.ahead, std::max<int64_t>(t.blocks - 1, 0)) : 0;
+  w.transformer.ring_blocks = is_streamed(c.mode) ? detail::ring_blocks(t, c.ahead) : 0;
+  w.transformer.ring_bytes = detail::ring_bytes(t, c);
+  w.transformer.reason = detail::transformer_reason(settings, sizes, budget, c, first.candidate, first.phases,
+                                                    chosen.phases, fits,
+                                                    detail::describe_placement(chosen.where, offload_enabled),
+                                                    w.transformer.device_bytes);
+  if (w.offload_by_budget)
+    w.offload_reason = detail::offload_reason(sizes, device, budget,
+                                              detail::weight_phases(sizes, c, detail::Placement{offload_enabled, false}),
+                                              chosen.phases, fits);
+  detail::component_reasons(w, sizes, device, chosen.where,
+                            detail::weight_phases(sizes, c, detail::Placement{chosen.where.offload, false}));
   return w;
 }
 

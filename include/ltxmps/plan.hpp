@@ -150,19 +150,32 @@ inline ExecutionPlan resolve(const LoaderSettings& settings, const Capabilities&
 /// @brief Resolves `settings` on this machine (cached capabilities).
 inline ExecutionPlan resolve(const LoaderSettings& settings) { return resolve(settings, current_capabilities()); }
 
+/// @brief Puts a weight plan (decide_weights(), or one kept from an earlier plan_weights() of the same plan) into
+///        `plan`, with its offload: where the budget switched model-level CPU offload on, the plan's offload decision
+///        becomes that (home the CPU, execution the plan's device), so every stage's offload scope follows it.
+inline void apply_weight_plan(ExecutionPlan& plan, const WeightPlan& weights) {
+  plan.weights = weights;
+  if (!weights.offload_by_budget || plan.offload.enabled) return;
+  plan.offload = decide_offload(true, plan.device);
+  LTXMPS_CHECK(plan.offload.enabled, "apply_weight_plan: the weight plan switches model-level CPU offload on, which ",
+               plan.device, " does not take (Note [CPU offload])");
+  plan.offload.reason = weights.offload_reason;
+}
+
 /// @brief The second step of planning, once the component sizes are known (the model folder's configs have been
 ///        read): decides where each component's weights live under the memory budget (Note [Weight budget]) and
-///        appends the reasons; the rest of the plan is left as it is. Throws ltxmps::Error when the plan's weights
-///        were planned already.
+///        appends the reasons; model-level CPU offload is switched on where the budget says so (apply_weight_plan()),
+///        the rest of the plan is left as it is. Throws ltxmps::Error when the plan's weights were planned already.
 inline void plan_weights(ExecutionPlan& plan, const WeightSizes& sizes) {
   LTXMPS_CHECK(!plan.weights.planned, "plan_weights: the plan's weights were planned already");
   const auto budget = memory_budget(plan.settings, plan.device, plan.machine);
-  plan.weights = decide_weights(plan.settings, plan.device, sizes, budget, plan.offload.enabled);
+  apply_weight_plan(plan, decide_weights(plan.settings, plan.device, sizes, budget, plan.offload.enabled));
   if (plan.device.is_mps())
     plan.diagnostics.push_back(
         Diagnostic{Severity::info, "weights", "weights.mps.unified",
                    "MPS: the memory is unified, so the weights stay where the GPU reads them; streaming them from host "
                    "memory would copy within the same RAM, and MPS has no float8 dtype for FP8 storage"});
+  if (plan.weights.offload_by_budget) plan.diagnostics.push_back(plan.weights.offload_reason);
   plan.diagnostics.push_back(plan.weights.transformer.reason);
   plan.diagnostics.push_back(plan.weights.text_encoder.reason);
   plan.diagnostics.push_back(plan.weights.vae.reason);
@@ -209,7 +222,7 @@ inline std::string to_text(const ExecutionPlan& plan) {
   os << "  latents     : " << dtype_name(plan.precision.latents) << "\n";
   os << "attention: " << to_string(plan.attention.kernel) << "\n";
   os << "offload:   " << (plan.offload.enabled ? "model-level, home " + plan.offload.home.str() : std::string("off"))
-     << "\n";
+     << (plan.weights.offload_by_budget ? " (switched on by the memory budget)" : "") << "\n";
   os << "noise:     " << dtype_name(plan.noise.draw_dtype) << " on a " << plan.noise.generator_device
      << " generator, moved to " << plan.device << "\n";
   os << "memory:    " << (plan.memory.release_after_heavy_ops ? "release after heavy stages" : "no cache to release")
@@ -277,6 +290,7 @@ inline std::string json_weights(const WeightPlan& w) {
   return "{\"budget\": " + std::to_string(w.budget) + ", \"budget_source\": " + json_string(w.budget_source) +
          ", \"peak_bytes\": " + std::to_string(w.peak_bytes) + ", \"peak_phase\": " + json_string(w.peak_phase) +
          ", \"fits\": " + json_bool(w.fits) + ", \"offload\": " + json_bool(w.offload) +
+         ", \"offload_by_budget\": " + json_bool(w.offload_by_budget) +
          ", \"transformer\": " + component(w.transformer) + ", \"blocks_ahead\": " +
          std::to_string(w.transformer.blocks_ahead) + ", \"ring_blocks\": " + std::to_string(w.transformer.ring_blocks) +
          "}, \"text_encoder\": " + component(w.text_encoder) + "}, \"vae\": " + component(w.vae) + "}}";

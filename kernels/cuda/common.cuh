@@ -1,6 +1,6 @@
 #pragma once
-// Building blocks of the row kernels: vector loads, rounding to the tensor dtype, block reductions, the launch
-// shape and the dtype / vector-width dispatch.
+// Building blocks of the row kernels: vector loads, rounding to the tensor dtype, block reductions (sum, NaN-
+// propagating maximum), the launch shape and the dtype / vector-width dispatch.
 
 #include "cuda_launch.hpp"
 
@@ -48,28 +48,50 @@ __device__ __forceinline__ const T* row_of(const Rows& r, int64_t b, int64_t t) 
   return static_cast<const T*>(r.data) + b * r.batch_stride + t * r.token_stride;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+/// a + b: the row sums of the norms.
+struct SumOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+
+/// The larger of a and b, NaN when either is NaN (ATen's max reductions propagate NaN; fmaxf would drop it).
+struct NanMaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return (a != a || a > b) ? a : b; }
+};
+
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
-/// Sums each of the K values over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the
-/// totals. Safe to call repeatedly in one kernel.
-template <int K>
-__device__ __forceinline__ void block_sum(float (&v)[K]) {
+__device__ __forceinline__ float warp_sum(float v) {
+  return warp_reduce(v, SumOp{});
+}
+
+/// Reduces each of the K values over the block with `op`, whose identity must be 0 (a sum, or a maximum of
+/// magnitudes); blockDim.x a multiple of 32, at most 1024. Every thread gets the results. Safe to call repeatedly
+/// in one kernel.
+template <int K, typename Op>
+__device__ __forceinline__ void block_reduce(float (&v)[K], Op op) {
   __shared__ float partial[K][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
 #pragma unroll
-  for (int i = 0; i < K; ++i) v[i] = warp_sum(v[i]);
+  for (int i = 0; i < K; ++i) v[i] = warp_reduce(v[i], op);
   if (lane == 0) {
 #pragma unroll
     for (int i = 0; i < K; ++i) partial[i][warp] = v[i];
   }
   __syncthreads();
 #pragma unroll
-  for (int i = 0; i < K; ++i) v[i] = warp_sum(lane < warps ? partial[i][lane] : 0.f);
+  for (int i = 0; i < K; ++i) v[i] = warp_reduce(lane < warps ? partial[i][lane] : 0.f, op);
   __syncthreads();
+}
+
+/// Sums each of the K values over the block (block_reduce with a sum).
+template <int K>
+__device__ __forceinline__ void block_sum(float (&v)[K]) {
+  block_reduce(v, SumOp{});
 }
 
 /// One block per row: enough warps that each thread handles about one vector of the row, at most 1024 threads.
@@ -79,8 +101,9 @@ inline unsigned row_block_threads(int64_t dim, int vec) {
   return static_cast<unsigned>(32 * (warps < 1 ? 1 : (warps > 32 ? 32 : warps)));
 }
 
-/// Calls f(T{}, std::integral_constant<int, VEC>{}) for the launch's dtype and vector width.
-template <typename F>
+/// Calls f(T{}, std::integral_constant<int, VEC>{}) for the launch's dtype and vector width (1, 2, 4, 8, and 16
+/// when MAX_VEC allows it: only the kernels that instantiate it pay for its compilation).
+template <int MAX_VEC = 8, typename F>
 void dispatch_dtype_vec(c10::ScalarType dtype, int vec, const F& f) {
   auto with_vec = [&](auto zero) {
     using T = decltype(zero);
@@ -89,8 +112,15 @@ void dispatch_dtype_vec(c10::ScalarType dtype, int vec, const F& f) {
       case 2: f(T{}, std::integral_constant<int, 2>{}); return;
       case 4: f(T{}, std::integral_constant<int, 4>{}); return;
       case 8: f(T{}, std::integral_constant<int, 8>{}); return;
-      default: TORCH_CHECK(false, "ltxmps_kernels: vector width ", vec, " is not 1, 2, 4 or 8");
+      case 16:
+        if constexpr (MAX_VEC >= 16) {
+          f(T{}, std::integral_constant<int, 16>{});
+          return;
+        }
+        break;
+      default: break;
     }
+    TORCH_CHECK(false, "ltxmps_kernels: vector width ", vec, " is not 1, 2, 4, 8", MAX_VEC >= 16 ? " or 16" : "");
   };
   switch (dtype) {
     case c10::ScalarType::Float: with_vec(float{}); return;

@@ -56,8 +56,33 @@ struct QkNormRopeLaunch {
   void* k_out = nullptr;  ///< contiguous, when k is given
 };
 
+/// FP8 row quantization: row r of x [rows, cols] starts at x + r·row_stride (elements of dtype, last dimension
+/// contiguous); its e4m3 codes go to q + r·cols, its float32 scale to scale[r].
+struct QuantizeFp8Launch {
+  c10::ScalarType dtype = c10::ScalarType::Float;  ///< of x
+  int device_index = 0;
+  int64_t rows = 0, cols = 0, row_stride = 0;
+  int vec = 1;  ///< elements per vector access: 1, 2, 4 or 8, dividing cols and row_stride
+  const void* x = nullptr;
+  void* q = nullptr;       ///< contiguous [rows, cols] float8_e4m3fn
+  float* scale = nullptr;  ///< [rows]
+};
+
+/// FP8 row dequantization: out[r, c] = code(q + r·row_stride + c) · scale[r], rounded to dtype.
+struct DequantizeFp8Launch {
+  c10::ScalarType dtype = c10::ScalarType::Float;  ///< of out
+  int device_index = 0;
+  int64_t rows = 0, cols = 0, row_stride = 0;
+  int vec = 1;  ///< codes per vector access: 1, 2, 4, 8 or 16, dividing cols and row_stride
+  const void* q = nullptr;
+  const float* scale = nullptr;  ///< contiguous [rows]
+  void* out = nullptr;           ///< contiguous [rows, cols]
+};
+
 void launch_norm_modulate(const NormModulateLaunch& launch);
 void launch_gated_residual(const GatedResidualLaunch& launch);
 void launch_qk_norm_rope(const QkNormRopeLaunch& launch);
+void launch_quantize_fp8(const QuantizeFp8Launch& launch);
+void launch_dequantize_fp8(const DequantizeFp8Launch& launch);
 
 }  // namespace ltxmps::kernels::cuda

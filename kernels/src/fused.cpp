@@ -12,7 +12,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <climits>
+#include <cmath>
 #include <initializer_list>
 #include <optional>
 
@@ -86,6 +88,34 @@ std::pair<at::Tensor, at::Tensor> qk_rms_norm_rope_reference(const at::Tensor& q
 
 at::Tensor linear_gelu_tanh_reference(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   return at::gelu(at::linear(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt), "tanh");
+}
+
+// Note [FP8 row quantization]
+// The formulas of quantize_fp8_rows_reference, which the kernel repeats operation for operation:
+//  - amax = max |x| over the row, in the input's dtype: one of the values, so exact, and then exact in float32.
+//    A NaN anywhere in the row makes it NaN (ATen's max reductions propagate NaN), an infinity makes it inf.
+//  - scale = max(amax · float(1/448), FLT_MIN) in float32: amax · float(1/448), not amax / 448, because CUDA
+//    divides by a scalar through its reciprocal, so this is the form that gives the same scales (and then the same
+//    codes) on the CPU and on CUDA. It is within one float32 rounding of amax / 448, so |row / scale| stays
+//    <= 448·(1 + 2^-22). The floor keeps a row of zeros finite (its codes are zeros); clamp_min keeps a NaN.
+//  - q = row / scale: one division whose output tensor is float8, computed in float32 (the common dtype) and
+//    rounded once on the store (no float32 copy of the row). The divisor is a tensor, so CUDA divides truly (the
+//    reciprocal form is only for a CPU scalar divisor); a value a few float32 roundings above 448 rounds to 448,
+//    so finite inputs need no saturation.
+// Non-finite rows: inf gives scale = inf, finite elements code ±0 and the infinite ones NaN (inf / inf); NaN
+// gives scale = NaN and NaN codes. Such a row is lost either way; the kernel reproduces it rather than hiding it.
+std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_reference(const at::Tensor& rows) {
+  auto amax = at::linalg_vector_norm(rows, INFINITY, {1}, /*keepdim=*/true).to(at::kFloat);
+  auto scale = amax.mul_(1.0 / kFp8E4m3Max).clamp_min_(FLT_MIN);
+  auto q = at::empty(rows.sizes(), rows.options().dtype(at::kFloat8_e4m3fn));
+  at::div_out(q, rows, scale);
+  return {std::move(q), scale.squeeze(1)};
+}
+
+// float8 -> bf16/fp16/fp32 is exact; the in-place product is computed in float32 (the scale's dtype) and rounded
+// once to `dtype`.
+at::Tensor dequantize_fp8_rows_reference(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype) {
+  return q.to(dtype).mul_(scale.unsqueeze(1));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -347,6 +377,65 @@ at::Tensor linear_gelu_tanh(const at::Tensor& x, const at::Tensor& weight, const
   return linear_gelu_tanh_reference(x, weight, bias);
 }
 
+namespace {
+
+// A 2-D CUDA tensor the FP8 kernels address row by row: its last dimension contiguous, at most INT_MAX rows.
+bool fp8_rows_candidate(const at::Tensor& t) {
+  return built_with_cuda() && t.defined() && t.is_cuda() && t.layout() == at::kStrided && t.dim() == 2 &&
+         t.numel() > 0 && t.size(0) <= INT_MAX;
+}
+
+// `t` itself when its rows are read in place (unit column stride), otherwise a contiguous copy.
+at::Tensor with_contiguous_rows(const at::Tensor& t) {
+  return t.size(1) == 1 || t.stride(1) == 1 ? t : t.contiguous();
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> quantize_fp8_rows(const at::Tensor& rows) {
+  if (!fp8_rows_candidate(rows) || !kernel_dtype(rows.scalar_type())) return quantize_fp8_rows_reference(rows);
+  const auto x = with_contiguous_rows(rows);
+  auto q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn).memory_format(at::MemoryFormat::Contiguous));
+  auto scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
+  cuda::QuantizeFp8Launch l;
+  l.dtype = x.scalar_type();
+  l.device_index = device_index(x);
+  l.rows = x.size(0);
+  l.cols = x.size(1);
+  l.row_stride = x.size(0) == 1 ? 0 : x.stride(0);
+  l.x = x.data_ptr();
+  l.q = q.data_ptr();
+  l.scale = scale.data_ptr<float>();
+  const size_t e = x.element_size();
+  l.vec = vector_width(l.cols, e, {{cuda::Rows{l.x, 0, l.row_stride}, e}, operand(l.q, 1)});
+  cuda::launch_quantize_fp8(l);
+  ++fused_call_count;
+  return {std::move(q), std::move(scale)};
+}
+
+at::Tensor dequantize_fp8_rows(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype) {
+  const bool take = fp8_rows_candidate(q) && q.scalar_type() == at::kFloat8_e4m3fn && kernel_dtype(dtype) &&
+                    scale.defined() && scale.scalar_type() == at::kFloat && scale.device() == q.device() &&
+                    scale.dim() == 1 && scale.size(0) == q.size(0);
+  if (!take) return dequantize_fp8_rows_reference(q, scale, dtype);
+  const auto codes = with_contiguous_rows(q);
+  const auto s = scale.contiguous();
+  auto out = at::empty(codes.sizes(), codes.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
+  cuda::DequantizeFp8Launch l;
+  l.dtype = dtype;
+  l.device_index = device_index(codes);
+  l.rows = codes.size(0);
+  l.cols = codes.size(1);
+  l.row_stride = codes.size(0) == 1 ? 0 : codes.stride(0);
+  l.q = codes.data_ptr();
+  l.scale = s.data_ptr<float>();
+  l.out = out.data_ptr();
+  l.vec = vector_width(l.cols, 1, {{cuda::Rows{l.q, 0, l.row_stride}, 1}, operand(l.out, c10::elementSize(dtype))});
+  cuda::launch_dequantize_fp8(l);
+  ++fused_call_count;
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Report
 
@@ -416,6 +505,8 @@ std::vector<Diagnostic> kernel_report(const c10::Device& device, at::ScalarType 
       {"gated_residual", "x + y * gate of the self-attention and feed-forward"},
       {"qk_rms_norm_rope", "query / key RMSNorm across heads and the interleaved RoPE, q and k together"},
       {"layer_norm_modulate", "output LayerNorm and its scale / shift"},
+      {"quantize_fp8_rows", "FP8 row quantization: amax, scale and e4m3 codes in one read of the row"},
+      {"dequantize_fp8_rows", "FP8 storage's weight dequantization: codes times row scale, one pass"},
   };
   std::vector<Diagnostic> out;
   for (const auto& e : kEntries) {

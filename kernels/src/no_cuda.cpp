@@ -16,5 +16,7 @@ namespace {
 void launch_norm_modulate(const NormModulateLaunch&) { not_built("launch_norm_modulate"); }
 void launch_gated_residual(const GatedResidualLaunch&) { not_built("launch_gated_residual"); }
 void launch_qk_norm_rope(const QkNormRopeLaunch&) { not_built("launch_qk_norm_rope"); }
+void launch_quantize_fp8(const QuantizeFp8Launch&) { not_built("launch_quantize_fp8"); }
+void launch_dequantize_fp8(const DequantizeFp8Launch&) { not_built("launch_dequantize_fp8"); }
 
 }  // namespace ltxmps::kernels::cuda

@@ -64,12 +64,19 @@ ltxmps::ExecutionPlan resolve_plan(const RuntimeOptions& o, ltxmps::LoaderSettin
                                    const ltxmps::Capabilities& caps) {
   const auto choice = requested_device(o);
   settings.device = choice.text;
-  ltxmps::ExecutionPlan plan;
+  const std::string named = choice.source + (choice.source == "--device" ? " " : "=") + choice.text;
   try {
     ltxmps::DeviceRequest::parse(choice.text);
+  } catch (const ltxmps::Error& e) {
+    throw UsageError(named + ": " + e.what());
+  }
+  // A refusal from the planner can come from any setting (precision, weight storage, streaming); its message
+  // names the setting, and the device is context, not the culprit.
+  ltxmps::ExecutionPlan plan;
+  try {
     plan = ltxmps::resolve(settings, caps);
   } catch (const ltxmps::Error& e) {
-    throw UsageError(choice.source + (choice.source == "--device" ? " " : "=") + choice.text + ": " + e.what());
+    throw UsageError(std::string("cannot plan the run on ") + named + ": " + e.what());
   }
   if (choice.source != "--device")
     for (auto& d : plan.diagnostics)

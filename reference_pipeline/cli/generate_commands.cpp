@@ -304,16 +304,17 @@ int run_multi_scale(const GenerateOptions& o, const GenerateSetup& setup, const 
                      "one pass: leave out --upscaler)");
   const auto request = multi_scale_request(o, g);
   const auto up_config = upscaler_config(o.upscaler);
+  // Checked before any weight loads; the sizes line itself comes from multi_scale()'s pipeline.multi_scale_sizes
+  // diagnostic, which the sink prints.
   const auto sizes = request.check(setup.info.vae, setup.info.transformer, up_config);
-  log.line("two-pass flow: " + sizes.describe(request.first_pass_scale));
   MemoryRequest need;
   need.batch = 1, need.frames = request.num_frames, need.height = sizes.second_height, need.width = sizes.second_width;
   need.text_tokens = 256, need.guidance = request.guidance_scale > 1.0, need.encode_text = !request.prompt_embeddings;
   need.encode_frames = request.image ? 1 : 0;
-  check_memory(setup.info, setup.plan, o.flags, need, "generate (second pass)", log);
-  auto model = load_model(setup.info, setup.plan, o.flags,
-                          "the video will be noise-like, not a picture of the prompt", log, setup.load);
-  auto upsampler = load_latent_upsampler(o.upscaler, latent_upsampler_runtime(setup.plan));
+  const auto plan = check_memory(setup.info, setup.plan, o.flags, need, "generate (second pass)", log);
+  auto model = load_model(setup.info, plan, o.flags, "the video will be noise-like, not a picture of the prompt", log,
+                          setup.load);
+  auto upsampler = load_latent_upsampler(o.upscaler, latent_upsampler_runtime(plan));
   log.line(c10::str("latent upsampler ", o.upscaler, ": ", up_config.in_channels, " channels, x",
                     up_config.spatial_factor(), " spatially"));
   const auto steps = [](const std::optional<std::vector<double>>& t, int64_t n) {
@@ -326,7 +327,7 @@ int run_multi_scale(const GenerateOptions& o, const GenerateSetup& setup, const 
                     request.second_pass_strength, "; guidance ", request.guidance_scale, ", seed ", request.seed));
   log_guidance(request.guidance_scale, o.distilled, log);
   (void)input;
-  const auto result = multi_scale(model, upsampler, request, setup.plan, log.sink(), log.progress_callback());
+  const auto result = multi_scale(model, upsampler, request, plan, log.sink(), log.progress_callback());
   log.end_bar();
   const auto& frames = result.resized_frames.defined() ? result.resized_frames : result.frames;
   VideoWriteOptions write;
@@ -358,16 +359,16 @@ int run_generate(const GenerateOptions& o) {
   need.text_tokens = request.max_sequence_length.value_or(256), need.guidance = request.guidance_scale > 1.0;
   need.encode_text = !request.prompt_embeddings;
   need.encode_frames = request.video ? request.num_frames : (request.image ? 1 : 0);
-  check_memory(setup.info, setup.plan, o.flags, need, "generate", log);
-  auto model = load_model(setup.info, setup.plan, o.flags,
-                          "the video will be noise-like, not a picture of the prompt", log, setup.load);
+  const auto plan = check_memory(setup.info, setup.plan, o.flags, need, "generate", log);
+  auto model = load_model(setup.info, plan, o.flags, "the video will be noise-like, not a picture of the prompt", log,
+                          setup.load);
   request.kind = choose_pipeline(model, request.image.has_value(), request.video.has_value());
   if (request.kind == PipelineKind::condition && request.image) {
     request.conditions.push_back({request.image->unsqueeze(0), 0, 1.0});
     request.image.reset();
   }
   log_pipeline(o, request, log);
-  const auto result = generate(model, request, setup.plan, log.sink(), log.progress_callback());
+  const auto result = generate(model, request, plan, log.sink(), log.progress_callback());
   log.end_bar();
 
   VideoWriteOptions write;

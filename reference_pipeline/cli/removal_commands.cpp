@@ -149,14 +149,14 @@ int run_effects_mask(const EffectsOptions& o) {
   check_given_outputs({{"--output", o.job.output, OutputKind::video}, {"--save-scores", o.save_scores}}, job_inputs(o.job));
   EffectsMaskOptions parsed;
   parse_effects_options(o, parsed);
-  const auto plan = job_plan(o.job.flags, log);
+  const auto job_settings = job_plan(o.job.flags, log);
   const auto info = inspect_model(o.job.model_dir);
   const auto [video, mask] = read_inputs(o.job, info.rules, log);
   MemoryRequest need;
   need.batch = 1, need.frames = video.size(0), need.height = video.size(2), need.width = video.size(3);
   need.text_tokens = 256, need.guidance = false, need.denoise = false, need.decode = false;
   need.encode_frames = video.size(0), need.effects_query_chunk = parsed.query_chunk;
-  check_memory(info, plan, o.job.flags, need, "effects-mask", log);
+  const auto plan = check_memory(info, job_settings, o.job.flags, need, "effects-mask", log);
   auto model = load_model(info, plan, o.job.flags, "the mask shows the pipeline working, not real effects", log);
   const auto result = compute_effects_mask(model, effects_request(o, video, mask), plan, log.sink(),
                                            log.progress_callback());
@@ -207,7 +207,7 @@ int run_remove(const RemoveOptions& o) {
                 job_inputs(job));
   EffectsMaskOptions parsed;
   parse_effects_options(o.effects, parsed);
-  const auto plan = job_plan(job.flags, log);
+  const auto job_settings = job_plan(job.flags, log);
   const auto info = inspect_model(job.model_dir);
   const auto [video, mask] = read_inputs(job, info.rules, log);
   MemoryRequest need;
@@ -215,7 +215,7 @@ int run_remove(const RemoveOptions& o) {
   need.text_tokens = 256, need.guidance = o.guidance_scale > 1.0, need.release_text_encoder = false;
   need.encode_frames = video.size(0);  // the video, then the mask (one at a time)
   if (o.effects_mode == "auto") need.effects_query_chunk = parsed.query_chunk;
-  check_memory(info, plan, job.flags, need, "remove", log);
+  const auto plan = check_memory(info, job_settings, job.flags, need, "remove", log);
   auto loaded_model = load_model(info, plan, job.flags, "the result shows the pipeline working, not a real inpainting",
                                  log);
   RemovalResult result;

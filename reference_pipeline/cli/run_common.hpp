@@ -313,7 +313,7 @@ inline ltxmps::ExecutionPlan plan_weights_for(const ModelInfo& info, const ltxmp
                                               const ltxmps::pipeline::MemoryRequest& request, Log& log) {
   auto planned = plan;
   if (info.weights) {
-    planned.weights = *info.weights;
+    ltxmps::apply_weight_plan(planned, *info.weights);
     return planned;
   }
   ltxmps::pipeline::plan_model_weights(planned, info.transformer, info.vae, info.text_encoder, request);
@@ -323,23 +323,27 @@ inline ltxmps::ExecutionPlan plan_weights_for(const ModelInfo& info, const ltxmp
 }
 
 /// Plans the weights for the request, then refuses a request that cannot fit the device (or the host under offload
-/// or streaming), with the estimate and the limit, before any model loads; warns when it comes close.
-inline void check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& job, const PlanFlags& flags,
-                         const ltxmps::pipeline::MemoryRequest& request, const std::string& what, Log& log) {
+/// or streaming), with the estimate and the limit, before any model loads; warns when it comes close. Returns the
+/// plan the job runs with: its weights placed and, where the budget switched it on, model-level CPU offload.
+[[nodiscard]] inline ltxmps::ExecutionPlan check_memory(const ModelInfo& info, const ltxmps::ExecutionPlan& job,
+                                                        const PlanFlags& flags,
+                                                        const ltxmps::pipeline::MemoryRequest& request,
+                                                        const std::string& what, Log& log) {
   using namespace ltxmps::pipeline;
   if (flags.skip_memory_check) {
     // The weights are still placed (an explicit --stream-weights or --weight-storage must hold), but against the
     // default request's activations: the user asked for this request not to be estimated at all.
-    plan_weights_for(info, job, MemoryRequest{}, log);
+    auto plan = plan_weights_for(info, job, MemoryRequest{}, log);
     log.line("--skip-memory-check: the request's memory is not estimated (weights placed for the default request)");
-    return;
+    return plan;
   }
-  const auto plan = plan_weights_for(info, job, request, log);
+  auto plan = plan_weights_for(info, job, request, log);
   const auto estimate = estimate_request_memory(info.transformer, info.vae, info.text_encoder, plan, request);
   check_request_fits(estimate, plan,
                      c10::str(what, " of ", request.frames, " frames of ", request.width, "x", request.height));
   if (const auto limit = available_memory(plan))
     if (const auto warning = memory_warning(estimate, *limit)) log.diagnostic(*warning);
+  return plan;
 }
 
 /// Loads the inspected folder (weights checked for NaN/Inf unless --skip-weight-check), or builds the embedded
@@ -349,7 +353,7 @@ inline ltxmps::pipeline::LtxModel load_model(const ModelInfo& info, const ltxmps
                                              const ltxmps::pipeline::LoadOptions& load = {}) {
   using namespace ltxmps::pipeline;
   auto plan = job;  // the weights where check_memory() planned them
-  if (info.weights) plan.weights = *info.weights;
+  if (info.weights) ltxmps::apply_weight_plan(plan, *info.weights);
   if (!info.folder) {
     log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
     log.line("the embedded default's weights are RANDOM: " + what);

@@ -4,6 +4,7 @@
 #include "ltxmps_pipeline/embedded_default.hpp"
 
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/t5_streaming.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
 #include "ltxmps/error.hpp"
@@ -103,6 +104,8 @@ LtxModel make_embedded_default_model(const ltxmps::ExecutionPlan& plan) {
   model.text_encoder = T5EncoderModel::from_weights(
       EmbeddedDefault::text_encoder_config(), t5_runtime(plan),
       [&](const std::string& name, const std::vector<int64_t>& shape, at::ScalarType) { return draw(name, shape); });
+  if (plan.weights.planned && plan.weights.text_encoder.mode == ltxmps::WeightMode::streamed)
+    stream_t5_blocks(*model.text_encoder, execution_device(plan));
   model.transformer = TransformerModel::from_weights(EmbeddedDefault::transformer_config(), transformer_runtime(plan), draw);
   if (const auto ahead = streamed_blocks_ahead(plan))
     stream_transformer_blocks(model.transformer, execution_device(plan), *ahead);

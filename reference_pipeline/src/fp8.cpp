@@ -3,9 +3,10 @@
 
 #include "ltxmps_pipeline/fp8.hpp"
 
+#include "ltxmps_kernels/fused.hpp"
+
 #include "ltxmps/error.hpp"
 
-#include <cfloat>
 #include <cmath>
 #include <map>
 
@@ -18,23 +19,12 @@ Fp8Rows quantize_fp8_rowwise(const at::Tensor& rows) {
   LTXMPS_CHECK(!rows.device().is_mps(), "quantize_fp8_rowwise: MPS has no float8 dtype; keep the weights in the "
                                         "compute dtype there (weight_storage=compute)");
   LTXMPS_CHECK(rows.size(1) > 0, "quantize_fp8_rowwise: rows of width 0, got ", rows.sizes());
-  // max |x| is one of the values, exact in the input's dtype; the scale is computed in float32.
-  auto amax = at::linalg_vector_norm(rows, INFINITY, {1}, /*keepdim=*/true).to(at::kFloat);
-  // amax · float(1/448), not amax / 448: CUDA divides by a scalar through its reciprocal, so this is the form
-  // that gives the same scales (and then the same codes) on the CPU and on CUDA. It is within one float32 rounding
-  // of amax / 448, so |row / scale| stays <= 448·(1 + 2^-22).
-  auto scale = amax.mul_(1.0 / kFp8E4m3Max).clamp_min_(FLT_MIN);
-  // One kernel: rows / scale in float32 (the common dtype), rounded once on the store to float8; a value a few
-  // float32 roundings above 448 rounds to 448, so finite inputs need no saturation.
-  auto q = at::empty(rows.sizes(), rows.options().dtype(at::kFloat8_e4m3fn));
-  at::div_out(q, rows, scale);
-  return {q, scale.squeeze(1)};
+  auto [q, scale] = kernels::quantize_fp8_rows(rows);  // Note [FP8 row quantization] in ltxmps_kernels
+  return {std::move(q), std::move(scale)};
 }
 
 at::Tensor dequantize_fp8_rowwise(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype) {
-  // float8 -> bf16/fp16/fp32 is exact; the in-place product is computed in float32 (the scale's dtype) and
-  // rounded once to `dtype`.
-  return q.to(dtype).mul_(scale.unsqueeze(1));
+  return kernels::dequantize_fp8_rows(q, scale, dtype);
 }
 
 bool fp8_matmul_supported(int64_t in_features, int64_t out_features) noexcept {

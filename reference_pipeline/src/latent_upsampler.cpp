@@ -146,9 +146,12 @@ at::Tensor group_norm(const LatentUpsamplerLayer& l, const at::Tensor& x) {
 }
 
 at::Tensor res_block(const LatentUpsamplerResBlockWeights& b, const at::Tensor& x) {
-  auto h = at::silu(group_norm(b.norm1, conv(b.conv1, x)));
+  // SiLU in place on fresh results (Note [VAE activation lifetimes] in vae.cpp).
+  at::Tensor h = group_norm(b.norm1, conv(b.conv1, x));
+  at::silu_(h);
   h = group_norm(b.norm2, conv(b.conv2, h));
-  return at::silu(h + x);
+  h.add_(x);
+  return at::silu_(h);
 }
 
 // PixelShuffleND with factors 2: `axes` trailing axes (1: time; 2: H, W; 3: time, H, W) grow twice, taking
@@ -180,7 +183,8 @@ at::Tensor LatentUpsamplerModel::forward(const at::Tensor& latents) const {
   const int64_t batch = latents.size(0);
   auto h = latents.to(runtime.device, runtime.dtype);
   if (c.dims == 2) h = frames_to_batch(h);
-  h = at::silu(group_norm(initial_norm, conv(initial_conv, h)));
+  h = group_norm(initial_norm, conv(initial_conv, h));
+  at::silu_(h);
   for (const auto& b : res_blocks) h = res_block(b, h);
   if (c.dims == 2) {
     h = pixel_shuffle_nd(conv(upsampler_0, h), 2);

@@ -7,6 +7,7 @@
 #include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/t5_streaming.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
 #include "ltxmps/error.hpp"
@@ -85,7 +86,11 @@ LtxModel load_ltx_model(const LtxFolder& folder, const ltxmps::ExecutionPlan& pl
   model.vae.tiling.use_slicing = plan.vae.slicing;
   if (options.load_text_encoder) {
     model.tokenizer = T5Tokenizer::load(root / "tokenizer");
-    model.text_encoder = load_t5_encoder(root / "text_encoder", t5_runtime(plan), options.variant);
+    if (plan.weights.planned && plan.weights.text_encoder.mode == ltxmps::WeightMode::streamed)
+      model.text_encoder = load_streamed_t5_encoder(root / "text_encoder", t5_runtime(plan), execution_device(plan),
+                                                    options.variant);
+    else
+      model.text_encoder = load_t5_encoder(root / "text_encoder", t5_runtime(plan), options.variant);
   }
   sink(ltxmps::Diagnostic{ltxmps::Severity::info, "pipeline", "pipeline.loaded",
                           c10::str("loaded ", folder.pipeline_class, " from ", root.string(), " on ",

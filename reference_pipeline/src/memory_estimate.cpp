@@ -33,7 +33,8 @@
 //    every tensor and its dtype, T5's float32 `wo` included, is counted) and its bytes summed. Without CPU
 //    offload every component stays resident on the device (the text encoder until it is released after
 //    encoding, or for the whole run with removal, which keeps it); with offload a phase holds only its own
-//    component on the device and the host holds all of them (`host_bytes`).
+//    component on the device (a streamed transformer's ring leaves with it) and the host holds all of them (`host_bytes`).
+//    A streamed transformer or T5 counts what the weight plan puts on the device (Note [Weight budget]).
 //  - text encoder: T5 over 2·batch (CFG: the negative prompts) × L tokens: hidden states, the feed-forward's
 //    d_ff hidden (three of them for a gated activation), counted in float32 (the `wo` input is upcast), and
 //    the [rows, heads, L, L] position bias, mask and scores.
@@ -323,23 +324,31 @@ MemoryEstimate estimate_request_memory(const TransformerConfig& transformer, con
   // (Note [Weight budget]).
   const bool streamed = plan.weights.planned && ltxmps::is_streamed(plan.weights.transformer.mode);
   const int64_t transformer_device = streamed ? plan.weights.transformer.device_bytes : w.transformer;
+  // Its ring is part of transformer_device (under offload it leaves the device with the transformer: Note
+  // [Streamed weights]); a streamed T5 holds one block there at a time.
+  const bool t5_streamed = plan.weights.planned && plan.weights.text_encoder.mode == ltxmps::WeightMode::streamed;
+  const int64_t t5_device = t5_streamed ? plan.weights.text_encoder.device_bytes : w.text_encoder;
   MemoryEstimate est;
   est.weights_bytes = c.add({w.transformer, w.vae, w.text_encoder}, "the weights");
   est.advice = advice(plan);
   bool t5_resident = encode_text;
-  auto resident = [&](int64_t own) {
-    return offload ? own : c.add({transformer_device, w.vae, t5_resident ? w.text_encoder : 0}, "the weights");
+  // Without offload every component stays on the device; with it a phase holds its own component only.
+  auto on_device = [&](int64_t own) {
+    if (offload) return own;
+    return c.add({transformer_device, w.vae, t5_resident ? t5_device : 0}, "the weights");
   };
   if (encode_text) {
-    est.phases.push_back({"text encoder", resident(w.text_encoder), text_encoder_activations(*text_encoder, plan, r, c)});
+    est.phases.push_back({"text encoder", on_device(t5_device), text_encoder_activations(*text_encoder, plan, r, c)});
     t5_resident = !r.release_text_encoder;
   }
-  if (r.encode_frames > 0) est.phases.push_back({"vae encode", resident(w.vae), encode_activations(vae, plan, r, c)});
+  if (r.encode_frames > 0) est.phases.push_back({"vae encode", on_device(w.vae), encode_activations(vae, plan, r, c)});
   if (r.effects_query_chunk)
-    est.phases.push_back({"effects pass", resident(transformer_device), effects_activations(transformer, plan, r, l, c)});
+    est.phases.push_back(
+        {"effects pass", on_device(transformer_device), effects_activations(transformer, plan, r, l, c)});
   if (r.denoise)
-    est.phases.push_back({"transformer loop", resident(transformer_device), loop_activations(transformer, plan, r, l, c)});
-  if (r.decode) est.phases.push_back({"vae decode", resident(w.vae), decode_activations(vae, plan, r, l, c)});
+    est.phases.push_back(
+        {"transformer loop", on_device(transformer_device), loop_activations(transformer, plan, r, l, c)});
+  if (r.decode) est.phases.push_back({"vae decode", on_device(w.vae), decode_activations(vae, plan, r, l, c)});
   for (const auto& p : est.phases) {
     const int64_t total = c.add({p.weights_bytes, p.activation_bytes}, "a phase's memory");
     if (total > est.peak_bytes) est.peak_bytes = total, est.peak_phase = p.name;

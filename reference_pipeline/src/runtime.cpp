@@ -7,8 +7,11 @@
 
 #include "ltxmps_pipeline/runtime.hpp"
 
+#include "ltxmps_pipeline/weight_streaming.hpp"
+
 #include <optional>
 #include <unordered_set>
+#include <vector>
 
 namespace ltxmps::pipeline {
 
@@ -112,17 +115,33 @@ void for_each_tensor(TransformerBlockWeights& b, const TensorVisitor& f) {
   f(b.scale_shift_table);
 }
 
-void move_model(TransformerModel& model, const c10::Device& device) {
-  std::unordered_set<const c10::TensorImpl*> streamed;
-  if (model.streamer)
-    for (auto& b : model.transformer_blocks)
+namespace {
+
+// Moves every weight of `model` but those of `blocks` when `streamed` (they stay in host memory for the streamer).
+template <typename Model, typename Block>
+void move_all_but_streamed(Model& model, std::vector<Block>& blocks, bool streamed, const c10::Device& device) {
+  std::unordered_set<const c10::TensorImpl*> in_blocks;
+  if (streamed)
+    for (auto& b : blocks)
       for_each_tensor(b, [&](at::Tensor& t) {
-        if (t.defined()) streamed.insert(t.unsafeGetTensorImpl());
+        if (t.defined()) in_blocks.insert(t.unsafeGetTensorImpl());
       });
   for_each_tensor(model, [&](at::Tensor& t) {
-    if (t.defined() && streamed.count(t.unsafeGetTensorImpl()) == 0) t = t.to(device);
+    if (t.defined() && in_blocks.count(t.unsafeGetTensorImpl()) == 0) t = t.to(device);
   });
   model.runtime.device = device;
+}
+
+}  // namespace
+
+void move_model(TransformerModel& model, const c10::Device& device) {
+  move_all_but_streamed(model, model.transformer_blocks, model.streamer != nullptr, device);
+  // Off its device (model-level offload) a streamed transformer needs no ring: the other phases get its memory.
+  if (model.streamer != nullptr && device != model.streamer->device()) model.streamer->park();
+}
+
+void move_model(T5EncoderModel& model, const c10::Device& device) {
+  move_all_but_streamed(model, model.block, model.streamed_blocks, device);
 }
 
 void for_each_tensor(VaeModel& m, const TensorVisitor& f) {
@@ -155,10 +174,13 @@ void for_each_tensor(VaeModel& m, const TensorVisitor& f) {
 void for_each_tensor(T5EncoderModel& m, const TensorVisitor& f) {
   f(m.shared);
   f(m.final_layer_norm);
-  for (auto& b : m.block)
-    for (auto* t : {&b.layer_0_layer_norm_weight, &b.q, &b.k, &b.v, &b.o, &b.relative_attention_bias,
-                    &b.layer_1_layer_norm_weight, &b.wi, &b.wi_0, &b.wi_1, &b.wo})
-      f(*t);
+  for (auto& b : m.block) for_each_tensor(b, f);
+}
+
+void for_each_tensor(T5BlockWeights& b, const TensorVisitor& f) {
+  for (auto* t : {&b.layer_0_layer_norm_weight, &b.q, &b.k, &b.v, &b.o, &b.relative_attention_bias,
+                  &b.layer_1_layer_norm_weight, &b.wi, &b.wi_0, &b.wi_1, &b.wo})
+    f(*t);
 }
 
 void for_each_tensor(LatentUpsamplerModel& m, const TensorVisitor& f) {

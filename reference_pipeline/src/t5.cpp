@@ -3,6 +3,7 @@
 #include "ltxmps_pipeline/t5.hpp"
 
 #include "ltxmps_pipeline/checkpoint.hpp"
+#include "ltxmps_pipeline/t5_streaming.hpp"
 
 #include "ltxmps/error.hpp"
 #include "ltxmps/memory.hpp"
@@ -294,13 +295,18 @@ at::Tensor T5EncoderModel::forward(const at::Tensor& input_ids, const std::optio
   const auto relative = positions.unsqueeze(0) - positions.unsqueeze(1);  // key - query
   const auto buckets = relative_position_bucket(relative, config.relative_attention_num_buckets,
                                                 config.relative_attention_max_distance);
-  const auto position_bias = at::embedding(block.front().relative_attention_bias, buckets).permute({2, 0, 1}).unsqueeze(0);
+  // A streamed encoder's bias is in host memory with block 0 (a few KiB).
+  const auto position_bias =
+      at::embedding(block.front().relative_attention_bias.to(runtime.device), buckets).permute({2, 0, 1}).unsqueeze(0);
 
   ltxmps::AttentionOptions attention = runtime.attention;
   attention.scale = 1.0;
   const int64_t H = config.num_heads, dk = config.d_kv;
   at::Tensor bias;  // the mask-combined bias depends on the key dtype only, computed once
-  for (const auto& w : block) {
+  for (const auto& host : block) {
+    // Note [Streamed T5]: a streamed block's device copy lives until the end of this iteration.
+    const auto streamed = streamed_blocks ? copy_t5_block(host, runtime.device) : T5BlockWeights{};
+    const auto& w = streamed_blocks ? streamed : host;
     // T5LayerSelfAttention
     const auto normed = t5_layer_norm(h, w.layer_0_layer_norm_weight, config.layer_norm_epsilon);
     auto q = at::linear(normed, w.q).view({B, L, H, dk}).transpose(1, 2);
@@ -321,12 +327,14 @@ at::Tensor T5EncoderModel::forward(const at::Tensor& input_ids, const std::optio
 // Loading
 
 T5EncoderModel load_t5_encoder(const std::filesystem::path& model_dir, const T5Runtime& runtime,
-                               std::optional<std::string> variant) {
+                               std::optional<std::string> variant, bool pinned_memory) {
+  LTXMPS_CHECK(!pinned_memory || runtime.device.is_cpu(), "load_t5_encoder: pinned_memory loads into host memory, but "
+               "the runtime device is ", runtime.device);
   LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "text encoder folder ", model_dir.string(),
                " does not exist or is not a folder");
   const auto config = T5Config::from_file(model_dir / "config.json");
   const auto store = WeightStore::open_component(model_dir, std::move(variant), std::string("model"));
-  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
+  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype).pinned_memory(pinned_memory));
   // Note [T5 tied embeddings]
   // `shared.weight` and `encoder.embed_tokens.weight` are one tied parameter (T5EncoderModel
   // `_tied_weights_keys`); save_pretrained writes one of them, older checkpoints both. The shared one is

@@ -284,11 +284,15 @@ at::Tensor resnet_forward(const VaeResnetWeights& r, const at::Tensor& inputs, c
     shift_2 = parts[2];
     scale_2 = parts[3];
   }
-  h = conv3d(r.conv1, at::silu(h));
+  // Note [VAE activation lifetimes]
+  // SiLU in place: `conv3d(conv1, at::silu(h))` would keep the normalized h alive beside its SiLU during the
+  // convolution (diffusers' `hidden_states = self.nonlinearity(hidden_states)` frees it first). h is always a
+  // fresh tensor here, never `inputs`, so the in-place form holds one full-size activation less than either.
+  h = conv3d(r.conv1, at::silu_(h));
   if (r.per_channel_scale1.defined()) h = inject_noise(h, r.per_channel_scale1, generator);
   h = channel_rms_norm(h);
   if (shift_2.defined()) h = h * (1 + scale_2) + shift_2;
-  h = conv3d(r.conv2, at::silu(h));  // dropout is the identity in eval mode
+  h = conv3d(r.conv2, at::silu_(h));  // dropout is the identity in eval mode
   if (r.per_channel_scale2.defined()) h = inject_noise(h, r.per_channel_scale2, generator);
   at::Tensor shortcut = inputs;
   if (r.norm3_weight.defined()) {
@@ -435,7 +439,8 @@ at::Tensor VaeModel::encoder_forward(const at::Tensor& video) const {
     check_finite(runtime, h, "encode", "encoder.down_blocks." + std::to_string(i));
   }
   for (const auto& r : encoder.mid_block.resnets) h = resnet_forward(r, h, {}, nullptr);
-  h = conv3d(encoder.conv_out, at::silu(channel_rms_norm(h)));
+  h = channel_rms_norm(h);
+  h = conv3d(encoder.conv_out, at::silu_(h));  // Note [VAE activation lifetimes]
   check_finite(runtime, h, "encode", "encoder.conv_out");
   // The last channel is the single log-variance channel; it is repeated to latent_channels channels.
   const auto last = h.narrow(1, h.size(1) - 1, 1).repeat({1, h.size(1) - 2, 1, 1, 1});
@@ -474,7 +479,7 @@ at::Tensor VaeModel::decoder_forward(const at::Tensor& latents, const at::Tensor
                      decoder.scale_shift_table.unsqueeze(0).unsqueeze(-1).unsqueeze(-1).unsqueeze(-1);
     h = h * (1 + mod.select(1, 1)) + mod.select(1, 0);
   }
-  h = conv3d(decoder.conv_out, at::silu(h));
+  h = conv3d(decoder.conv_out, at::silu_(h));  // Note [VAE activation lifetimes]
   check_finite(runtime, h, "decode", "conv_out");
   // Unpatchify with the encoder's channel convention (c, pt, pw, ph).
   const int64_t p = config.patch_size, pt = config.patch_size_t;

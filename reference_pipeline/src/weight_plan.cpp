@@ -3,6 +3,7 @@
 #include "ltxmps_pipeline/weight_plan.hpp"
 
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/t5_streaming.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
 #include <ATen/ATen.h>
@@ -73,6 +74,12 @@ ltxmps::WeightSizes weight_sizes(const TransformerConfig& transformer, const Vae
         *text_encoder, er,
         [](const std::string&, const std::vector<int64_t>& shape, at::ScalarType dtype) { return meta_tensor(shape, dtype); });
     s.text_encoder = model_bytes(em);
+    s.text_encoder_blocks = static_cast<int64_t>(em.block.size());
+    for (auto& b : em.block) {
+      const int64_t bytes = t5_block_bytes(b);
+      s.text_encoder_blocks_bytes += bytes;
+      s.text_encoder_block_bytes = std::max(s.text_encoder_block_bytes, bytes);
+    }
   }
   // The activations do not depend on where the weights live: estimate them with the weights unplanned.
   auto unplanned = plan;

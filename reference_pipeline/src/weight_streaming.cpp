@@ -8,6 +8,7 @@
 #include "ltxmps/error.hpp"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #if defined(LTXMPS_WITH_CUDA)
 #include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -83,19 +84,17 @@ BlockStreamer::BlockStreamer(const std::vector<TransformerBlockWeights>& host_bl
     }
   }
   const auto ring = static_cast<size_t>(std::min<int64_t>(options.blocks_ahead + 1, block_count()));
-  for (size_t s = 0; s < ring; ++s) {
-    TransformerBlockWeights slot = host_blocks.front();
-    for_each_tensor(slot, [&](at::Tensor& t) {
-      if (t.defined()) t = at::empty(t.sizes(), t.options().device(device_).pinned_memory(false));
-    });
-    slots_.push_back(std::move(slot));
-  }
+  slots_.assign(ring, host_blocks.front());
   // Pointers into the slots are taken once the vector no longer moves its elements.
   for (auto& slot : slots_) {
     std::vector<at::Tensor*> pointers;
     for_each_tensor(slot, [&](at::Tensor& t) { pointers.push_back(&t); });
     slot_tensors_.push_back(std::move(pointers));
   }
+  // The ring is allocated by the first pass, not here: under model-level offload the text encoder runs before
+  // the transformer and gets that memory (Note [Streamed weights]).
+  for (auto& pointers : slot_tensors_)
+    for (auto* t : pointers) *t = at::Tensor();
   slot_block_.assign(ring, -1);
 #if defined(LTXMPS_WITH_CUDA)
   if (device_.is_cuda()) cuda_ = std::make_unique<CudaState>(device_.index(), ring);
@@ -115,8 +114,34 @@ BlockStreamer::~BlockStreamer() {
 #endif
 }
 
+void BlockStreamer::allocate_ring() {
+  // Normal tensors even when the first pass runs under InferenceMode: a pass outside it copies into them too.
+  const c10::InferenceMode normal_tensors(/*enabled=*/false);
+  const auto& shape = host_.front();
+  for (auto& pointers : slot_tensors_)
+    for (size_t k = 0; k < pointers.size(); ++k)
+      *pointers[k] = shape[k].defined() ? at::empty(shape[k].sizes(), shape[k].options().device(device_).pinned_memory(false))
+                                        : at::Tensor();
+  slot_block_.assign(slots_.size(), -1);
+  ring_allocated_ = true;
+}
+
+void BlockStreamer::park() {
+  const std::lock_guard<std::mutex> lock(pass_mutex_);
+  if (!ring_allocated_) return;
+#if defined(LTXMPS_WITH_CUDA)
+  // Copies still in flight write into the ring (see the destructor).
+  if (cuda_) cuda_->copy.synchronize();
+#endif
+  for (auto& pointers : slot_tensors_)
+    for (auto* t : pointers) *t = at::Tensor();
+  slot_block_.assign(slots_.size(), -1);
+  ring_allocated_ = false;
+}
+
 void BlockStreamer::for_each_block(const std::function<void(int64_t, const TransformerBlockWeights&)>& run) {
   const std::lock_guard<std::mutex> lock(pass_mutex_);
+  if (!ring_allocated_) allocate_ring();
   begin_pass();
   for (int64_t i = 0; i < block_count(); ++i) {
     run(i, acquire(i));
@@ -169,7 +194,7 @@ const TransformerBlockWeights& BlockStreamer::acquire(int64_t block) {
 }
 
 void BlockStreamer::release(int64_t block) {
-  const auto slot = static_cast<size_t>(block % ring_blocks());
+  [[maybe_unused]] const auto slot = static_cast<size_t>(block % ring_blocks());
   const int64_t next = block + ring_blocks();
 #if defined(LTXMPS_WITH_CUDA)
   if (cuda_) {

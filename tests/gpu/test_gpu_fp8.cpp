@@ -12,6 +12,8 @@
 #include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
+#include "pipeline/tiny_models.hpp"
+
 #include <ltxmps/ltxmps.hpp>
 
 #include <cmath>
@@ -26,39 +28,16 @@ const c10::Device kCuda("cuda:0");
 const c10::Device kCpu("cpu");
 constexpr double kRelative = 1.0 / 16.0;  // e4m3: half a step of 3 mantissa bits
 
-at::Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape) {
-  auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
-  auto t = ltxmps::randn(shape, g);
-  if (shape.size() == 1) {
-    const bool bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
-    return bias ? t.mul_(0.05) : t.mul_(0.05).add_(1.0);
-  }
-  return t.mul_(1.0 / std::sqrt(static_cast<double>(shape.at(1))));
-}
-
 TransformerConfig config_with_head_dim(int64_t head_dim) {
-  TransformerConfig c;
-  c.in_channels = 16;
-  c.out_channels = 16;
-  c.num_attention_heads = 4;
-  c.attention_head_dim = head_dim;
-  c.cross_attention_dim = c.inner_dim();
-  c.num_layers = 2;
-  c.caption_channels = 64;
-  return c;
+  return ltxmps_test::tiny_transformer_config(/*channels=*/16, /*heads=*/4, head_dim, /*layers=*/2,
+                                              /*caption_channels=*/64);
 }
 
+// 256 tokens: M = 512 rows per linear.
 TransformerInputs inputs() {
-  auto g = ltxmps::make_cpu_generator(11);
-  TransformerInputs in;
-  in.hidden_states = ltxmps::randn({2, 4 * 8 * 8, 16}, g);  // 256 tokens: M = 512 rows per linear
-  in.encoder_hidden_states = ltxmps::randn({2, 16, 64}, g);
+  auto in = ltxmps_test::tiny_transformer_inputs(config_with_head_dim(16), /*seed=*/11, /*batch=*/2, {4, 8, 8},
+                                                 /*text_len=*/16, /*masked=*/4);
   in.timestep = at::tensor({500.0f, 20.0f});
-  in.encoder_attention_mask = at::ones({2, 16});
-  in.encoder_attention_mask->narrow(1, 12, 4).zero_();
-  in.num_frames = 4;
-  in.height = 8;
-  in.width = 8;
   in.rope_interpolation_scale = std::array<double, 3>{8.0 / 25.0, 32.0, 32.0};
   return in;
 }
@@ -66,7 +45,7 @@ TransformerInputs inputs() {
 at::Tensor forward(const TransformerConfig& config, LinearMode mode, const c10::Device& device, at::ScalarType dtype) {
   TransformerRuntime runtime{device, dtype, {}};
   runtime.block_linears = mode;
-  return TransformerModel::from_weights(config, runtime, random_weight).forward(inputs()).to(kCpu, at::kDouble);
+  return ltxmps_test::tiny_transformer(config, runtime).forward(inputs()).to(kCpu, at::kDouble);
 }
 
 struct Errors {
@@ -149,7 +128,7 @@ TEST_CASE("FP8 matmul on CUDA falls back to FP8 storage for sizes that are not m
   const auto config = config_with_head_dim(10);  // D = 40
   TransformerRuntime runtime{kCuda, at::kBFloat16, {}};
   runtime.block_linears = LinearMode::fp8_matmul;
-  const auto model = TransformerModel::from_weights(config, runtime, random_weight);
+  const auto model = ltxmps_test::tiny_transformer(config, runtime);
   CHECK(model.transformer_blocks[0].attn1.to_q.mode == LinearMode::fp8_storage);
   CHECK(model.transformer_blocks[0].ff_net_2.mode == LinearMode::fp8_storage);
   const auto diagnostics = fp8_diagnostics(model);

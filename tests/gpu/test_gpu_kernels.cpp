@@ -1,15 +1,18 @@
 // ltxmps_kernels on CUDA: every fused kernel against its ATen reference on the same device (float32, bfloat16,
-// float16; odd sizes that force narrower vector accesses; strided, broadcast and misaligned operands), the fallback
-// for what a kernel does not take, the SDPA layout, and a whole transformer forward with against without the
-// fused kernels. Without CUDA, or in a build without the CUDA kernels, the suite reports SKIPPED (exit code 77).
+// float16; odd sizes that force narrower vector accesses; strided, broadcast and misaligned operands; the FP8 row
+// kernels bit for bit, non-finite rows included), the fallback for what a kernel does not take, the SDPA layout,
+// and a whole transformer forward with against without the fused kernels. Without CUDA, or in a build without the
+// CUDA kernels, the suite reports SKIPPED (exit code 77).
 #define CATCH_CONFIG_RUNNER  // Catch2 v2: this file provides main() (v3 ignores the macro)
 #include "catch_compat.hpp"
 #if LTXMPS_CATCH_V3
 #include <catch2/catch_session.hpp>
 #endif
+#include "kernels/fp8_test_rows.hpp"
 
 #include "ltxmps_kernels/fused.hpp"
 
+#include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
 #include <ltxmps/ltxmps.hpp>
@@ -220,6 +223,121 @@ TEST_CASE("linear_gelu_tanh: the cuBLASLt epilogue against linear then GELU", "[
     const auto a = agreement(out, ref);
     INFO("ulps " << a.ulps << ", relative " << a.relative);
     CHECK(a.relative <= (dtype == at::kFloat ? 1e-5 : std::ldexp(2.0, -mantissa_bits(dtype))));
+  }
+}
+
+namespace {
+
+// Note [FP8 kernel checks]
+// The FP8 kernels do the reference's float32 operations on the same values (Note [FP8 row quantization] in
+// fused.cpp), so codes, scales and dequantized values must be its bits, compared as integers. The one exception is
+// which NaN a NaN carries: where the reference and the kernel both give NaN, any NaN matches (a row holding a NaN
+// is lost either way; its payload is the hardware's, not the formula's). Infinities are compared bit for bit.
+bool same_bits(const at::Tensor& a, const at::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  REQUIRE(a.scalar_type() == b.scalar_type());
+  const auto x = a.to(at::kCPU).contiguous(), y = b.to(at::kCPU).contiguous();
+  const auto bits = [](const at::Tensor& t) {
+    if (t.element_size() == 1) return t.view(at::kByte).to(at::kInt);
+    if (t.element_size() == 2) return t.view(at::kShort).to(at::kInt);
+    return t.view(at::kInt);
+  };
+  const auto both_nan = x.to(at::kFloat).isnan().logical_and(y.to(at::kFloat).isnan());
+  return bits(x).eq(bits(y)).logical_or(both_nan).all().item<bool>();
+}
+
+at::Tensor fp8_input(int64_t M, int64_t K, at::ScalarType dtype, uint64_t seed) {
+  return ltxmps_test::fp8_test_rows(M, K, seed).to(kCuda, dtype);
+}
+
+// The kernel's quantization of `x` against the reference's, bit for bit, and that the kernel ran.
+void check_quantize(const at::Tensor& x) {
+  std::pair<at::Tensor, at::Tensor> fused;
+  CHECK(fused_calls_in([&] { fused = kernels::quantize_fp8_rows(x); }) == 1);
+  const auto ref = kernels::quantize_fp8_rows_reference(x);
+  REQUIRE((fused.first.is_contiguous() && fused.first.device() == x.device()));
+  CHECK(same_bits(fused.first, ref.first));
+  CHECK(same_bits(fused.second, ref.second));
+}
+
+void check_dequantize(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype) {
+  at::Tensor out;
+  CHECK(fused_calls_in([&] { out = kernels::dequantize_fp8_rows(q, scale, dtype); }) == 1);
+  REQUIRE(out.is_contiguous());
+  CHECK(same_bits(out, kernels::dequantize_fp8_rows_reference(q, scale, dtype)));
+}
+
+// 1, 7, 2047: one element per access; 4096, 16384: 16-byte vectors; 16385: one element per access and more of
+// them per thread than the kernel keeps in registers (the second read of the row).
+const int64_t kFp8Cols[] = {1, 7, 2047, 4096, 16384, 16385};
+const int64_t kFp8Rows[] = {1, 2, 37, 300};
+
+}  // namespace
+
+TEST_CASE("quantize_fp8_rows: the kernel's codes and scales are the reference's bits", "[gpu][kernels][fp8]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t K : kFp8Cols)
+      for (const int64_t M : kFp8Rows) {
+        INFO("dtype " << dtype << ", M " << M << ", K " << K);
+        check_quantize(fp8_input(M, K, dtype, 30 + K + M));
+      }
+}
+
+TEST_CASE("quantize_fp8_rows: strided, transposed and misaligned rows; infinities and NaN", "[gpu][kernels][fp8]") {
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const int64_t M = 37, K = 512;
+    const auto wide = fp8_input(M, K + 8, dtype, 50);
+    check_quantize(wide.narrow(1, 8, K));  // rows read in place, 16-byte aligned
+    check_quantize(wide.narrow(1, 1, K));  // rows read in place, one element per access
+    check_quantize(fp8_input(K, M, dtype, 51).t());  // a contiguous copy first
+    // Non-finite rows: +inf, -inf (scale inf, finite elements code ±0, the infinite ones NaN), NaN (scale and
+    // codes NaN), next to a finite row.
+    auto special = fp8_input(4, K, at::kFloat, 52);
+    special[0][3] = INFINITY;
+    special[1][K - 1] = -INFINITY;
+    special[2][100] = NAN;
+    check_quantize(special.to(dtype));
+    const auto [q, scale] = kernels::quantize_fp8_rows(special.to(dtype));
+    CHECK(std::isinf(scale[0].item<float>()));
+    CHECK(std::isnan(scale[2].item<float>()));
+    CHECK(std::isfinite(scale[3].item<float>()));
+  }
+  // The pipeline's entry points run the kernels (FP8 matmul's activations, FP8 storage's weights).
+  const auto x = fp8_input(64, 256, at::kBFloat16, 53);
+  ltxmps::pipeline::Fp8Rows rows;
+  CHECK(fused_calls_in([&] { rows = ltxmps::pipeline::quantize_fp8_rowwise(x); }) == 1);
+  CHECK(fused_calls_in([&] { ltxmps::pipeline::dequantize_fp8_rowwise(rows.q, rows.scale, at::kBFloat16); }) == 1);
+  // What the kernels do not take runs the reference: float64 rows, a float64 result.
+  const auto x64 = x.to(at::kDouble);
+  std::pair<at::Tensor, at::Tensor> ref;
+  CHECK(fused_calls_in([&] { ref = kernels::quantize_fp8_rows(x64); }) == 0);
+  CHECK(same_bits(ref.first, kernels::quantize_fp8_rows_reference(x64).first));
+  CHECK(fused_calls_in([&] { kernels::dequantize_fp8_rows(rows.q, rows.scale, at::kDouble); }) == 0);
+}
+
+TEST_CASE("dequantize_fp8_rows: the kernel's values are the reference's bits", "[gpu][kernels][fp8]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t K : kFp8Cols)
+      for (const int64_t N : kFp8Rows) {
+        INFO("dtype " << dtype << ", N " << N << ", K " << K);
+        auto g = ltxmps::make_cpu_generator(60 + K + N);
+        // Every code, NaN codes included; scales over many binades (float16 results overflow at the top).
+        const auto q = at::randint(256, {N, K}, g, at::TensorOptions().dtype(at::kByte)).view(at::kFloat8_e4m3fn);
+        const auto scale = at::pow(2.0, ltxmps::randn({N}, g).mul_(10)).to(at::kFloat);
+        check_dequantize(q.to(kCuda), scale.to(kCuda), dtype);
+      }
+  // Codes read in place (a column window, 16 or 1 per access), transposed codes (a contiguous copy first), a
+  // strided scale.
+  const int64_t N = 37, K = 512;
+  const auto stored = kernels::quantize_fp8_rows(fp8_input(N, K + 16, at::kBFloat16, 61));
+  const auto scales = at::stack({stored.second, stored.second.mul(3)}, 1);
+  const auto transposed = kernels::quantize_fp8_rows(fp8_input(K, N, at::kBFloat16, 62)).first.t();
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    check_dequantize(stored.first.narrow(1, 16, K), stored.second, dtype);
+    check_dequantize(stored.first.narrow(1, 1, K), scales.select(1, 1), dtype);
+    check_dequantize(transposed, at::rand({N}, transposed.options().dtype(at::kFloat)).add_(0.5), dtype);
   }
 }
 

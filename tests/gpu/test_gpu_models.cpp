@@ -7,7 +7,9 @@
 #include <catch2/catch_session.hpp>
 #endif
 
+#include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/t5.hpp"
+#include "ltxmps_pipeline/t5_streaming.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 #include "ltxmps_pipeline/vae.hpp"
 
@@ -117,21 +119,33 @@ TEST_CASE("VAE on CUDA: fp32 encode/decode and tiled decode equal the CPU", "[gp
   CHECK(scaled_error(gpu.decode(cpu_post.mean.to(kCuda)), cpu_tiled.decode(cpu_post.mean)) <= 1e-4);
 }
 
-TEST_CASE("T5 on CUDA: fp32 equals the CPU; bf16 within half-precision error; fp16 keeps wo in fp32", "[gpu][t5]") {
-  NoTF32 no_tf32;
+namespace {
+
+// A small gated T5 (64 token ids, 4 heads) of `layers` blocks of width `d_model`.
+T5Config small_t5(int64_t d_model, int64_t d_ff, int64_t layers) {
   T5Config config;
   config.vocab_size = 64;
-  config.d_model = 32;
-  config.d_kv = 8;
+  config.d_model = d_model;
+  config.d_kv = d_model / 4;
   config.num_heads = 4;
-  config.d_ff = 48;
-  config.num_layers = 2;
+  config.d_ff = d_ff;
+  config.num_layers = layers;
   config.feed_forward_proj = "gated-gelu";
   config.dense_act_fn = "gelu_new";
   config.is_gated_act = true;
-  auto source = [](const std::string& name, const std::vector<int64_t>& shape, at::ScalarType dtype) {
-    return random_weight(name, shape).to(dtype);
-  };
+  return config;
+}
+
+at::Tensor t5_source(const std::string& name, const std::vector<int64_t>& shape, at::ScalarType dtype) {
+  return random_weight(name, shape).to(dtype);
+}
+
+}  // namespace
+
+TEST_CASE("T5 on CUDA: fp32 equals the CPU; bf16 within half-precision error; fp16 keeps wo in fp32", "[gpu][t5]") {
+  NoTF32 no_tf32;
+  const auto config = small_t5(32, 48, 2);
+  const auto source = t5_source;
   const auto ids = at::randint(0, 64, {2, 40}, at::TensorOptions().dtype(at::kLong));
   auto mask = at::ones({2, 40});
   mask.narrow(1, 30, 10).zero_();
@@ -148,6 +162,24 @@ TEST_CASE("T5 on CUDA: fp32 equals the CPU; bf16 within half-precision error; fp
   CHECK(scaled_error(fp16_model.forward(ids, mask), reference) <= 1e-2);
   fp16_model.release();
   CHECK_FALSE(fp16_model.loaded());
+}
+
+TEST_CASE("T5 streamed from pinned host memory equals the resident encoder on CUDA bit for bit", "[gpu][t5]") {
+  const auto config = small_t5(64, 96, 3);
+  const auto source = t5_source;
+  const auto ids = at::randint(0, 64, {2, 40}, at::TensorOptions().dtype(at::kLong));
+  auto mask = at::ones({2, 40});
+  mask.narrow(1, 30, 10).zero_();
+  const auto resident = T5EncoderModel::from_weights(config, {kCuda, at::kBFloat16, {}, {}}, source);
+  // Offloaded and streamed, as the 8 GiB plan runs it: home on the CPU, blocks pinned, moved in for the run.
+  auto streamed = T5EncoderModel::from_weights(config, {kCpu, at::kBFloat16, {}, {}}, source);
+  stream_t5_blocks(streamed, kCuda);
+  CHECK(streamed.block[1].wi_0.is_pinned());
+  move_model(streamed, kCuda);
+  CHECK(streamed.shared.is_cuda());
+  CHECK(streamed.block[1].wi_0.is_cpu());
+  CHECK(at::equal(streamed.forward(ids, mask), resident.forward(ids, mask)));
+  CHECK(at::equal(streamed.forward(ids), resident.forward(ids)));
 }
 
 int main(int argc, char* argv[]) {

@@ -175,6 +175,9 @@ TEST_CASE("device memory holds the ring, not the blocks; peak bounded by the rin
   const int64_t activations = ltxmps::memory_stats(kCuda).peak_allocated.value_or(-1) - start;
 
   stream_transformer_blocks(model, kCuda, 1);
+  CHECK_FALSE(model.streamer->ring_allocated());  // the first pass allocates the ring
+  CHECK(at::equal(model.forward(in), reference));
+  CHECK(model.streamer->ring_allocated());
   ltxmps::release_memory(kCuda);
   const int64_t streamed = allocated() - before - static_cast<int64_t>(reference.nbytes());
   INFO("resident " << resident << " B, streamed " << streamed << " B, block " << block << " B, activations "
@@ -189,6 +192,15 @@ TEST_CASE("device memory holds the ring, not the blocks; peak bounded by the rin
   const int64_t streamed_peak = ltxmps::memory_stats(kCuda).peak_allocated.value_or(-1) - streamed_start;
   // The same activations as the resident forward (1 MiB for the allocator's rounding of small tensors).
   CHECK(streamed_peak <= activations + (int64_t{1} << 20));
+
+  // Model-level offload: off the device the ring is freed with the rest; back on it, the next pass refills it.
+  const int64_t on_device = allocated();
+  move_model(model, c10::Device(c10::kCPU));
+  CHECK_FALSE(model.streamer->ring_allocated());
+  ltxmps::release_memory(kCuda);
+  CHECK(on_device - allocated() >= 2 * block);
+  move_model(model, kCuda);
+  CHECK(at::equal(model.forward(in), reference));
 }
 
 TEST_CASE("a checkpoint loads straight into pinned host memory and streams", "[gpu][streaming]") {

@@ -4,6 +4,7 @@
 // their references bit for bit off CUDA, and so does a whole transformer forward with and without the fused
 // kernels.
 #include "catch_compat.hpp"
+#include "kernels/fp8_test_rows.hpp"
 
 #include "ltxmps_kernels/fused.hpp"
 
@@ -13,6 +14,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cfloat>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -293,10 +295,107 @@ TEST_CASE("linear_gelu_tanh_reference is the projection and the tanh GELU", "[ke
   CHECK(at::equal(kernels::linear_gelu_tanh(x, w, b), out));
 }
 
+namespace {
+
+at::Tensor fp8_rows(int64_t M, int64_t K, at::ScalarType dtype, uint64_t seed) {
+  return ltxmps_test::fp8_test_rows(M, K, seed).to(dtype);
+}
+
+// e4m3 code bits of a float, as ATen converts (round to nearest even).
+uint8_t e4m3(float v) {
+  return c10::Float8_e4m3fn(v).x;
+}
+
+}  // namespace
+
+TEST_CASE("quantize_fp8_rows_reference: amax scale, clamp and e4m3 codes, element by element", "[kernels][fp8]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t K : {1, 7, 33, 64}) {
+      INFO("dtype " << dtype << ", K " << K);
+      const int64_t M = 9;
+      const auto x = fp8_rows(M, K, dtype, 30 + K);
+      const auto [q, scale] = kernels::quantize_fp8_rows_reference(x);
+      REQUIRE(q.scalar_type() == at::kFloat8_e4m3fn);
+      REQUIRE(scale.scalar_type() == at::kFloat);
+      REQUIRE((q.sizes() == x.sizes() && scale.sizes() == at::IntArrayRef{M}));
+      const auto fx = x.to(at::kFloat).contiguous();
+      const auto codes = q.view(at::kByte).contiguous();
+      for (int64_t r = 0; r < M; ++r) {
+        const float* row = fx.data_ptr<float>() + r * K;
+        float amax = 0.f;
+        for (int64_t c = 0; c < K; ++c) amax = std::max(amax, std::abs(row[c]));
+        const float expected_scale = std::max(amax * static_cast<float>(1.0 / kernels::kFp8E4m3Max), FLT_MIN);
+        CHECK(scale[r].item<float>() == expected_scale);
+        int64_t wrong = 0;
+        for (int64_t c = 0; c < K; ++c) wrong += codes.data_ptr<uint8_t>()[r * K + c] != e4m3(row[c] / expected_scale);
+        CHECK(wrong == 0);
+      }
+      CHECK(scale[0].item<float>() == FLT_MIN);
+      CHECK(q[0].to(at::kFloat).abs().max().item<float>() == 0.0f);
+      // Off CUDA the entry point is the reference, bit for bit; so for a strided view.
+      const auto [q2, scale2] = kernels::quantize_fp8_rows(x);
+      CHECK((at::equal(q2.view(at::kByte), codes) && at::equal(scale2, scale)));
+      const auto strided = at::cat({x, x}, 1).narrow(1, K, K);
+      CHECK(at::equal(kernels::quantize_fp8_rows(strided).first.view(at::kByte), codes));
+    }
+}
+
+TEST_CASE("quantize_fp8_rows: codes round-trip within e4m3 precision; non-finite rows", "[kernels][fp8]") {
+  const auto x = fp8_rows(64, 96, at::kFloat, 40);
+  const auto [q, scale] = kernels::quantize_fp8_rows(x);
+  const auto back = kernels::dequantize_fp8_rows(q, scale, at::kFloat).to(at::kDouble);
+  const auto dx = x.to(at::kDouble);
+  // Half a step of e4m3's 3 mantissa bits for normal codes, half the subnormal step 2^-9 (times the scale) below;
+  // in float64, where the float32 subnormals of the clamped row stay exact.
+  const auto bound = dx.abs() * (1.0 / 16) * (1 + 1e-6) + scale.to(at::kDouble).unsqueeze(1) * std::ldexp(1.0, -10);
+  CHECK(((back - dx).abs() <= bound).all().item<bool>());
+  // Each row's largest element lands on ±448 and comes back within the two float32 roundings of the scale (rows 0
+  // and 1 are the zero and the clamped row).
+  const auto at_max = x.abs().argmax(1, /*keepdim=*/true).narrow(0, 2, 62);
+  CHECK(q.narrow(0, 2, 62).to(at::kFloat).gather(1, at_max).abs().eq(448).all().item<bool>());
+  const auto largest = dx.narrow(0, 2, 62).gather(1, at_max);
+  CHECK(((back.narrow(0, 2, 62).gather(1, at_max) - largest).abs() <= largest.abs() * std::ldexp(1.0, -22))
+            .all()
+            .item<bool>());
+  // An infinity makes the row's scale inf: finite elements code ±0 and the infinite one NaN (inf / inf; the NaN's
+  // sign is the division's, which differs between the CPU and CUDA). A NaN makes scale and codes NaN.
+  auto special = at::ones({2, 5});
+  special[0][2] = INFINITY;
+  special[1][3] = NAN;
+  const auto [qs, ss] = kernels::quantize_fp8_rows(special);
+  CHECK(std::isinf(ss[0].item<float>()));
+  CHECK(std::isnan(ss[1].item<float>()));
+  const auto codes = qs.view(at::kByte).to(at::kInt);
+  CHECK(at::equal(codes[0].bitwise_and(0x7f), at::tensor({0, 0, 0x7f, 0, 0}, at::kInt)));  // NaN: 0x7f, 0xff
+  CHECK(codes[1].bitwise_and(0x7f).eq(0x7f).all().item<bool>());
+}
+
+TEST_CASE("dequantize_fp8_rows_reference: code times row scale, one rounding to the dtype", "[kernels][fp8]") {
+  auto g = ltxmps::make_cpu_generator(41);
+  for (const auto dtype : kDtypes)
+    for (const int64_t K : {1, 7, 256}) {
+      INFO("dtype " << dtype << ", K " << K);
+      const int64_t N = 5;
+      // Every finite code (NaN codes 0x7f / 0xff excluded), scales over many binades.
+      auto bytes = at::arange(N * K, at::kInt).remainder(254).to(at::kByte);
+      bytes = bytes + bytes.ge(0x7f).to(at::kByte);  // 0..126, 128..254
+      const auto q = bytes.view({N, K}).view(at::kFloat8_e4m3fn);
+      const auto scale = at::pow(2.0, ltxmps::randn({N}, g).mul_(20)).to(at::kFloat);
+      const auto out = kernels::dequantize_fp8_rows_reference(q, scale, dtype);
+      REQUIRE((out.scalar_type() == dtype && out.sizes() == q.sizes()));
+      const auto fq = q.to(at::kFloat).contiguous();
+      auto expected = at::empty({N, K});
+      for (int64_t i = 0; i < N * K; ++i)
+        expected.data_ptr<float>()[i] = round_to(fq.data_ptr<float>()[i] * scale[i / K].item<float>(), dtype);
+      CHECK(at::equal(out.to(at::kFloat), expected));
+      CHECK(at::equal(kernels::dequantize_fp8_rows(q, scale, dtype), out));
+    }
+}
+
 TEST_CASE("kernel_report explains the choice per kernel; the CPU runs the references", "[kernels]") {
   const auto calls = kernels::fused_calls();
   const auto report = kernels::kernel_report(c10::Device("cpu"), at::kBFloat16);
-  REQUIRE(report.size() == 7);
+  REQUIRE(report.size() == 9);
   for (size_t i = 0; i + 1 < report.size(); ++i) {
     CHECK(report[i].topic == "kernels");
     CHECK(report[i].rule == "kernels.reference");

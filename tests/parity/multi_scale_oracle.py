@@ -32,10 +32,10 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pipeline_oracle  # noqa: E402  (build_transformer, save_pipeline)
 import t5_oracle  # noqa: E402
+import upsampler_oracle  # noqa: E402  (build_upsampler)
 import vae_oracle  # noqa: E402
 
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXConditionPipeline, LTXLatentUpsamplePipeline  # noqa: E402
-from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
@@ -43,17 +43,6 @@ diffusers_logging.set_verbosity_error()
 
 LATENT_BOUND = 1e-4   # max|C++ - diffusers| / max(1, max|reference|), fp32
 FRAME_LEVELS = 2      # decoded frames: at most 2 of 255 levels apart
-
-
-def build_upsampler(seed):
-    torch.manual_seed(seed)
-    model = LTXLatentUpsamplerModel(in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3,
-                                    spatial_upsample=True, temporal_upsample=False).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.2 * torch.randn_like(p))
-    return model
 
 
 def main():
@@ -76,7 +65,9 @@ def main():
         scheduler=FlowMatchEulerDiscreteScheduler())
     pipe.set_progress_bar_config(disable=True)
     pipeline_oracle.save_pipeline(pipe, os.path.join(root, "cond"), tok_dir)
-    upsampler = build_upsampler(seed=34)
+    upsampler = upsampler_oracle.build_upsampler(
+        dict(in_channels=8, mid_channels=32, num_blocks_per_stage=1, dims=3, spatial_upsample=True,
+             temporal_upsample=False), seed=34)
     upsampler.save_pretrained(os.path.join(root, "upsampler"))
     pipe_upsample = LTXLatentUpsamplePipeline(vae=pipe.vae, latent_upsampler=upsampler)
     pipe_upsample.set_progress_bar_config(disable=True)

@@ -1,6 +1,7 @@
 #pragma once
 // Helpers shared by the parity suites: where the oracle's files are, the CPU fp32 plan every case runs with, the
-// oracle's tensors, and the error measure every bound uses.
+// oracle's tensors and cases, the error measure every bound uses, and shell commands for the CLI cases.
+#include "ltxmps_pipeline/json_file.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 
 #include "ltxmps/plan.hpp"
@@ -9,10 +10,14 @@
 #include "catch_compat.hpp"
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <map>
 #include <string>
 
@@ -47,5 +52,51 @@ inline double scaled_error(const at::Tensor& out, const at::Tensor& ref) {
   const double scale = std::max(1.0, r.abs().max().item<double>());
   return (out.to(at::kFloat) - r).abs().max().item<double>() / scale;
 }
+
+/// The cases one oracle script wrote: `cases.json` (a list of objects, each with a "name") in the suite's folder and
+/// the tensor files the cases name, relative to that folder.
+struct OracleCases {
+  std::string suite;  ///< the folder under $LTXMPS_TEST_DATA, also the label of the printed errors
+
+  std::filesystem::path dir() const { return parity_data_dir(suite); }
+
+  /// The case called `name`; FAILs when the oracle wrote none (a stale or partial fixture).
+  nlohmann::json find_case(const std::string& name) const {
+    for (const auto& c : ltxmps::pipeline::read_json_file(dir() / "cases.json"))
+      if (c.at("name") == name) return c;
+    FAIL("no oracle case " << name);
+    return {};
+  }
+
+  /// The tensors of the file that case `c` names under `key`.
+  std::map<std::string, at::Tensor> tensors(const nlohmann::json& c, const char* key) const {
+    return read_tensors(dir() / c.at(key).get<std::string>());
+  }
+
+  /// Prints the scaled error of `what` in case `name` (so that a passing run still shows the margin) and checks it
+  /// against `bound`.
+  void check_output(const std::string& name, const std::string& what, const at::Tensor& out, const at::Tensor& ref,
+                    double bound) const {
+    const double err = scaled_error(out, ref);
+    std::cout << suite << " parity " << name << " " << what << ": max abs error / max(1, max|ref|) = " << err
+              << " (bound " << bound << ")\n";
+    CHECK(err <= bound);
+  }
+};
+
+/// The exit status of a shell command; REQUIREs that it exited rather than died of a signal.
+inline int exit_code(const std::string& command) {
+  const int rc = std::system(command.c_str());
+  REQUIRE(WIFEXITED(rc));
+  return WEXITSTATUS(rc);
+}
+
+/// `p` in double quotes, for a shell command line.
+inline std::string quoted(const std::filesystem::path& p) { return "\"" + p.string() + "\""; }
+
+#ifdef LTXMPS_CLI_PATH
+/// The shell command line that runs the built `ltxmps` binary (LTXMPS_CLI_PATH, set by CMake) with `args`.
+inline std::string cli(const std::string& args) { return std::string("\"") + LTXMPS_CLI_PATH + "\" " + args; }
+#endif
 
 }  // namespace ltxmps_test

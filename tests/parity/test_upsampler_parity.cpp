@@ -20,11 +20,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <map>
 #include <string>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -32,26 +30,9 @@ using namespace ltxmps::pipeline;
 
 namespace {
 
-fs::path data_dir() { return ltxmps_test::parity_data_dir("upsampler"); }
+const ltxmps_test::OracleCases oracle{"upsampler"};
 
-nlohmann::json find_case(const std::string& name) {
-  for (const auto& c : read_json_file(data_dir() / "cases.json"))
-    if (c.at("name") == name) return c;
-  FAIL("no oracle case " << name);
-  return {};
-}
-
-std::map<std::string, at::Tensor> tensors(const nlohmann::json& c, const char* key) {
-  return ltxmps_test::read_tensors(data_dir() / c.at(key).get<std::string>());
-}
-
-void check_output(const std::string& name, const std::string& what, const at::Tensor& out, const at::Tensor& ref,
-                  double bound) {
-  const double err = ltxmps_test::scaled_error(out, ref);
-  std::cout << "upsampler parity " << name << " " << what << ": max abs error / max(1, max|ref|) = " << err
-            << " (bound " << bound << ")\n";
-  CHECK(err <= bound);
-}
+fs::path data_dir() { return oracle.dir(); }
 
 LatentUpsamplerModel load_upsampler(const std::string& name) { return load_latent_upsampler(data_dir() / name, {}); }
 
@@ -63,11 +44,11 @@ LtxModel vae_model(const std::string& name) {
 
 void check_forward_case(const std::string& name) {
   INFO(name);
-  const auto c = find_case(name);
+  const auto c = oracle.find_case(name);
   const auto upsampler = load_upsampler(c.at("upsampler").get<std::string>());
-  const auto out = upsampler.forward(tensors(c, "inputs").at("latents"));
+  const auto out = upsampler.forward(oracle.tensors(c, "inputs").at("latents"));
   CHECK(out.scalar_type() == at::kFloat);
-  check_output(name, "output", out, tensors(c, "reference").at("output"), c.at("bound").get<double>());
+  oracle.check_output(name, "output", out, oracle.tensors(c, "reference").at("output"), c.at("bound").get<double>());
 }
 
 LatentUpsampleRequest request_of(const nlohmann::json& c, const std::map<std::string, at::Tensor>& in) {
@@ -85,25 +66,25 @@ LatentUpsampleRequest request_of(const nlohmann::json& c, const std::map<std::st
 
 void check_pipeline_case(const std::string& name) {
   INFO(name);
-  const auto c = find_case(name);
+  const auto c = oracle.find_case(name);
   auto model = vae_model(c.at("vae").get<std::string>());
   auto upsampler = load_upsampler(c.at("upsampler").get<std::string>());
-  const auto in = tensors(c, "inputs");
-  const auto ref = tensors(c, "reference");
+  const auto in = oracle.tensors(c, "inputs");
+  const auto ref = oracle.tensors(c, "reference");
   const double bound = c.at("bound").get<double>();
   const auto request = request_of(c, in);
   const auto result = latent_upsample(model, upsampler, request, ltxmps_test::cpu_fp32_plan());
   if (request.output_latents) {
     CHECK_FALSE(result.frames.defined());
-    check_output(name, "latents", result.latents, ref.at("latents"), bound);
+    oracle.check_output(name, "latents", result.latents, ref.at("latents"), bound);
     if (request.latents) {
       // The agreed entry point of the two-pass flow gives the same normalized latents.
       const auto direct = upsample_latents(upsampler, model.vae, *request.latents, request.options);
       CHECK(direct.scalar_type() == at::kFloat);
-      check_output(name, "upsample_latents", direct, ref.at("latents"), bound);
+      oracle.check_output(name, "upsample_latents", direct, ref.at("latents"), bound);
     }
   } else {
-    check_output(name, "frames", result.frames, ref.at("frames"), bound);
+    oracle.check_output(name, "frames", result.frames, ref.at("frames"), bound);
   }
 }
 
@@ -330,19 +311,9 @@ TEST_CASE("upsampler: AdaIN and tone mapping on their own", "[upsampler]") {
 }
 
 #ifdef LTXMPS_CLI_PATH
-namespace {
-
-std::string cli(const std::string& args) { return std::string("\"") + LTXMPS_CLI_PATH + "\" " + args; }
-
-int exit_code(const std::string& command) {
-  const int rc = std::system(command.c_str());
-  REQUIRE(WIFEXITED(rc));
-  return WEXITSTATUS(rc);
-}
-
-std::string quoted(const fs::path& p) { return "\"" + p.string() + "\""; }
-
-}  // namespace
+using ltxmps_test::cli;
+using ltxmps_test::exit_code;
+using ltxmps_test::quoted;
 
 TEST_CASE("ltxmps upsample CLI matches diffusers", "[parity][upsampler][cli]") {
   const auto tmp = fs::temp_directory_path() / ("ltxmps_upsample_cli_" + std::to_string(::getpid()));
@@ -351,7 +322,7 @@ TEST_CASE("ltxmps upsample CLI matches diffusers", "[parity][upsampler][cli]") {
   const auto common = " --device cpu --precision fp32 2>/dev/null";
   {
     // Normalized latents in and out, the single file, both filters.
-    const auto c = find_case("pipeline_adain_tone_map");
+    const auto c = oracle.find_case("pipeline_adain_tone_map");
     const auto out = tmp / "latents.safetensors";
     const auto command = cli("upsample --model " + quoted(data_dir() / "vae095") + " --upscaler " +
                              quoted(data_dir() / "both3d") + " --latents " +
@@ -362,14 +333,14 @@ TEST_CASE("ltxmps upsample CLI matches diffusers", "[parity][upsampler][cli]") {
     REQUIRE(exit_code(command) == 0);
     const auto file = SafetensorsFile::open(out);
     CHECK(file.metadata().at("latents") == "normalized");
-    check_output("CLI pipeline_adain_tone_map", "latents", file.load("latents"), tensors(c, "reference").at("latents"),
-                 1e-4);
+    oracle.check_output("CLI pipeline_adain_tone_map", "latents", file.load("latents"),
+                        oracle.tensors(c, "reference").at("latents"), 1e-4);
   }
   {
     // Raw latents (as generate --save-latents writes them, no metadata) are normalized first.
-    const auto c = find_case("pipeline_latents");
+    const auto c = oracle.find_case("pipeline_latents");
     const auto vae = load_vae(data_dir() / "vae095", {});
-    const auto raw = vae.denormalize_latents(tensors(c, "inputs").at("latents"));
+    const auto raw = vae.denormalize_latents(oracle.tensors(c, "inputs").at("latents"));
     const auto in = tmp / "raw.safetensors";
     save_safetensors(in, {{"latents", raw}});
     const auto out = tmp / "from_raw.safetensors";
@@ -378,12 +349,12 @@ TEST_CASE("ltxmps upsample CLI matches diffusers", "[parity][upsampler][cli]") {
                              quoted(in) + " --output " + quoted(out) + common);
     INFO(command);
     REQUIRE(exit_code(command) == 0);
-    check_output("CLI pipeline_latents (raw input)", "latents", SafetensorsFile::open(out).load("latents"),
-                 tensors(c, "reference").at("latents"), 1e-4);
+    oracle.check_output("CLI pipeline_latents (raw input)", "latents", SafetensorsFile::open(out).load("latents"),
+                        oracle.tensors(c, "reference").at("latents"), 1e-4);
   }
   {
     // Frames out as PNG: 8-bit rounding bounds the difference by half a level (plus the float32 bound).
-    const auto c = find_case("pipeline_frames_095");
+    const auto c = oracle.find_case("pipeline_frames_095");
     const auto out = tmp / "frames";
     const auto command = cli("upsample --model-dir " + quoted(data_dir() / "vae095") + " --upscaler " +
                              quoted(data_dir() / "spatial3d") + " --latents " +
@@ -393,12 +364,12 @@ TEST_CASE("ltxmps upsample CLI matches diffusers", "[parity][upsampler][cli]") {
     INFO(command);
     REQUIRE(exit_code(command) == 0);
     const auto frames = read_video(out);
-    const auto ref = tensors(c, "reference").at("frames")[0];
+    const auto ref = oracle.tensors(c, "reference").at("frames")[0];
     REQUIRE(frames.sizes() == ref.sizes());
     CHECK((frames - ref).abs().max().item<double>() <= 0.5 / 255 + 1e-4);
   }
   // Usage errors exit 2, an upsampler of another VAE 1.
-  const auto latents = quoted(data_dir() / find_case("pipeline_latents").at("inputs").get<std::string>());
+  const auto latents = quoted(data_dir() / oracle.find_case("pipeline_latents").at("inputs").get<std::string>());
   const auto base = "upsample --model-dir " + quoted(data_dir() / "vae095") + " --output " +
                     quoted(tmp / "x.safetensors") + " --latents " + latents;
   CHECK(exit_code(cli(base + " --upscaler " + quoted(data_dir() / "spatial3d") + " --tone-map-compression-ratio 1.5" +

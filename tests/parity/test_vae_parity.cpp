@@ -18,14 +18,11 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iostream>
 #include <map>
 #include <string>
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -33,14 +30,9 @@ using namespace ltxmps::pipeline;
 
 namespace {
 
-fs::path data_dir() { return ltxmps_test::parity_data_dir("vae"); }
+const ltxmps_test::OracleCases oracle{"vae"};
 
-nlohmann::json find_case(const std::string& name) {
-  for (const auto& c : read_json_file(data_dir() / "cases.json"))
-    if (c.at("name") == name) return c;
-  FAIL("no oracle case " << name);
-  return {};
-}
+fs::path data_dir() { return oracle.dir(); }
 
 VaeTiling tiling_of(const nlohmann::json& c) {
   const auto& t = c.at("tiling");
@@ -64,37 +56,20 @@ VaeModel load_case_model(const nlohmann::json& c) {
   return model;
 }
 
-std::map<std::string, at::Tensor> tensors(const nlohmann::json& c, const char* key) {
-  std::map<std::string, at::Tensor> out;
-  for (auto& [name, t] : load_all(data_dir() / c.at(key).get<std::string>())) out.emplace(name, t);
-  return out;
-}
-
-// max|out - ref| / max(1, max|ref|): the bound is relative to the output's scale.
-using ltxmps_test::scaled_error;
-
-void check_output(const std::string& name, const std::string& what, const at::Tensor& out, const at::Tensor& ref,
-                  double bound) {
-  const double err = scaled_error(out, ref);
-  std::cout << "vae parity " << name << " " << what << ": max abs error / max(1, max|ref|) = " << err << " (bound "
-            << bound << ")\n";
-  CHECK(err <= bound);
-}
-
 void check_case(const std::string& name) {
   INFO(name);
-  const auto c = find_case(name);
+  const auto c = oracle.find_case(name);
   const auto model = load_case_model(c);
-  auto in = tensors(c, "inputs");
-  auto ref = tensors(c, "reference");
+  auto in = oracle.tensors(c, "inputs");
+  auto ref = oracle.tensors(c, "reference");
   const double bound = c.at("bound").get<double>();
   if (c.at("op") == "encode") {
     const auto posterior = model.encode(in.at("sample"));
-    check_output(name, "mean", posterior.mean, ref.at("mean"), bound);
-    check_output(name, "logvar", posterior.logvar, ref.at("logvar"), bound);
+    oracle.check_output(name, "mean", posterior.mean, ref.at("mean"), bound);
+    oracle.check_output(name, "logvar", posterior.logvar, ref.at("logvar"), bound);
     if (!c.at("sample_seed").is_null()) {
       auto gen = ltxmps::make_cpu_generator(c.at("sample_seed").get<uint64_t>());
-      check_output(name, "posterior sample", posterior.sample(gen), ref.at("posterior_sample"), bound);
+      oracle.check_output(name, "posterior sample", posterior.sample(gen), ref.at("posterior_sample"), bound);
     }
   } else {
     std::optional<at::Tensor> temb;
@@ -103,7 +78,7 @@ void check_case(const std::string& name) {
     if (!c.at("noise_seed").is_null()) gen = ltxmps::make_cpu_generator(c.at("noise_seed").get<uint64_t>());
     const auto sample = model.decode(in.at("latents"), temb, gen ? &*gen : nullptr);
     CHECK(sample.scalar_type() == at::kFloat);
-    check_output(name, "sample", sample, ref.at("sample"), bound);
+    oracle.check_output(name, "sample", sample, ref.at("sample"), bound);
   }
 }
 
@@ -295,23 +270,14 @@ TEST_CASE("vae: config.json and strict loading errors", "[vae]") {
 }
 
 #ifdef LTXMPS_CLI_PATH
-namespace {
-
-std::string cli(const std::string& args) { return std::string("\"") + LTXMPS_CLI_PATH + "\" " + args; }
-
-int exit_code(const std::string& command) {
-  const int rc = std::system(command.c_str());
-  REQUIRE(WIFEXITED(rc));
-  return WEXITSTATUS(rc);
-}
-
-}  // namespace
+using ltxmps_test::cli;
+using ltxmps_test::exit_code;
 
 TEST_CASE("ltxmps forward vae-encode / vae-decode CLI match diffusers", "[parity][vae][cli]") {
   const auto tmp = fs::temp_directory_path() / ("ltxmps_vae_cli_" + std::to_string(::getpid()));
   fs::create_directories(tmp);
   {
-    const auto c = find_case("095_decode_tiled");
+    const auto c = oracle.find_case("095_decode_tiled");
     const auto out = tmp / "decode.safetensors";
     const auto command = cli("forward vae-decode --model-dir \"" + (data_dir() / "095").string() + "\" --inputs \"" +
                              (data_dir() / c.at("inputs").get<std::string>()).string() + "\" --output \"" +
@@ -320,11 +286,11 @@ TEST_CASE("ltxmps forward vae-encode / vae-decode CLI match diffusers", "[parity
                              "--arg tile_sample_stride_width=16");
     INFO(command);
     REQUIRE(exit_code(command) == 0);
-    check_output("CLI 095_decode_tiled", "sample", SafetensorsFile::open(out).load("sample"),
-                 tensors(c, "reference").at("sample"), 1e-4);
+    oracle.check_output("CLI 095_decode_tiled", "sample", SafetensorsFile::open(out).load("sample"),
+                        oracle.tensors(c, "reference").at("sample"), 1e-4);
   }
   {
-    const auto c = find_case("090_encode_framewise");
+    const auto c = oracle.find_case("090_encode_framewise");
     const auto out = tmp / "encode.safetensors";
     const auto command = cli("forward vae-encode --model-dir \"" + (data_dir() / "090").string() + "\" --inputs \"" +
                              (data_dir() / c.at("inputs").get<std::string>()).string() + "\" --output \"" +
@@ -335,13 +301,13 @@ TEST_CASE("ltxmps forward vae-encode / vae-decode CLI match diffusers", "[parity
     INFO(command);
     REQUIRE(exit_code(command) == 0);
     const auto file = SafetensorsFile::open(out);
-    const auto ref = tensors(c, "reference");
-    check_output("CLI 090_encode_framewise", "mean", file.load("mean"), ref.at("mean"), 1e-4);
-    check_output("CLI 090_encode_framewise", "logvar", file.load("logvar"), ref.at("logvar"), 1e-4);
+    const auto ref = oracle.tensors(c, "reference");
+    oracle.check_output("CLI 090_encode_framewise", "mean", file.load("mean"), ref.at("mean"), 1e-4);
+    oracle.check_output("CLI 090_encode_framewise", "logvar", file.load("logvar"), ref.at("logvar"), 1e-4);
   }
   {
     // A missing input tensor is an error naming it (exit 1); a bad --arg is a usage error (exit 2).
-    const auto c = find_case("090_encode");
+    const auto c = oracle.find_case("090_encode");
     const auto inputs = (data_dir() / c.at("inputs").get<std::string>()).string();
     CHECK(exit_code(cli("forward vae-decode --model-dir \"" + (data_dir() / "090").string() + "\" --inputs \"" +
                         inputs + "\" --output \"" + (tmp / "x.safetensors").string() + "\" 2>/dev/null")) == 1);

@@ -1,6 +1,7 @@
 // The `ltxmps` binary end to end (its path comes from CMake as LTXMPS_CLI_PATH): `plan`, `generate` with the
-// embedded default (PNG folder and MP4, deterministic per seed, image- and video-to-video, --fit), exit codes
-// (2 for usage errors naming the argument, 1 for other errors) and no partial outputs.
+// embedded default (PNG folder and MP4, deterministic per seed, image- and video-to-video, --fit, the two-pass flow
+// with --upscaler), exit codes (2 for usage errors naming the argument, 1 for other errors) and no partial outputs.
+#include "ltxmps_pipeline/latent_upsampler.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
@@ -109,6 +110,14 @@ TEST_CASE("ltxmps plan prints this or a simulated machine's plan", "[cli]") {
   const auto bad = run_ltxmps({"plan", "--simulate", "tpu"});
   CHECK(bad.code == 2);
   CHECK_THAT(bad.err, Contains("--simulate"));
+
+  // A planner refusal names the setting it refuses; the device is context, not the culprit.
+  const auto fp8_cpu = run_ltxmps({"plan", "--device", "cpu", "--fp8-matmul"});
+  CHECK(fp8_cpu.code == 2);
+  CHECK_THAT(fp8_cpu.err, ContainsAll({"cannot plan the run on --device cpu: fp8_matmul (--fp8-matmul) needs"}));
+  const auto bad_device = run_ltxmps({"plan", "--device", "cuda:x"});
+  CHECK(bad_device.code == 2);
+  CHECK_THAT(bad_device.err, ContainsAll({"--device", "cuda:x", "must be a number"}));
 }
 
 TEST_CASE("ltxmps plan --simulate with memory: the 13B model's weights per machine", "[cli]") {
@@ -233,6 +242,45 @@ TEST_CASE("ltxmps generate conditions on images and videos and fits them", "[cli
   INFO(trimmed.err);
   REQUIRE(trimmed.code == 0);
   CHECK(read_video(dir / "v").sizes() == at::IntArrayRef({9, 3, 64, 64}));
+  CHECK_FALSE(has_partial(dir));
+}
+
+// A random LTXLatentUpsamplerModel folder (config.json + weights) for the embedded default's 8 latent channels.
+static void write_upsampler_folder(const fs::path& dir) {
+  fs::create_directories(dir);
+  LatentUpsamplerConfig config;
+  config.in_channels = 8, config.mid_channels = 32, config.num_blocks_per_stage = 1;
+  std::ofstream(dir / "config.json") << nlohmann::json{{"_class_name", "LTXLatentUpsamplerModel"},
+                                                       {"in_channels", config.in_channels},
+                                                       {"mid_channels", config.mid_channels},
+                                                       {"num_blocks_per_stage", config.num_blocks_per_stage},
+                                                       {"dims", config.dims},
+                                                       {"spatial_upsample", true},
+                                                       {"temporal_upsample", false}}
+                                           .dump();
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  auto g = at::detail::createCPUGenerator(5);
+  (void)LatentUpsamplerModel::from_weights(config, {}, [&](const std::string& name, const std::vector<int64_t>& shape) {
+    tensors.emplace_back(name, at::randn(shape, g).mul_(0.1));
+    return tensors.back().second;
+  });
+  save_safetensors(dir / "diffusion_pytorch_model.safetensors", tensors);
+}
+
+TEST_CASE("ltxmps generate --upscaler: the two passes, their sizes said once", "[cli][multi_scale]") {
+  const auto dir = fresh_dir("two_pass");
+  write_upsampler_folder(dir / "upsampler");
+  const auto r = run_ltxmps({"generate", "--upscaler", "upsampler", "--height", "96", "--width", "96", "--steps", "1",
+                             "--second-pass-steps", "3", "--guidance-scale", "1", "--output", "out"},
+                            dir);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(read_video(dir / "out").sizes() == at::IntArrayRef({9, 3, 96, 96}));
+  // The library's pipeline.multi_scale_sizes diagnostic is the only sizes line (the CLI prints its sink).
+  const std::string sizes = "first pass 64x64 (96x96 x 0.666667), second pass 128x128";
+  CHECK_THAT(r.err, Contains("pipeline: " + sizes));
+  const auto first = r.err.find(sizes);
+  CHECK((first != std::string::npos && r.err.find(sizes, first + 1) == std::string::npos));
   CHECK_FALSE(has_partial(dir));
 }
 

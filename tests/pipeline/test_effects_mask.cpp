@@ -8,6 +8,8 @@
 #include "ltxmps_pipeline/effects_mask.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
+#include "tiny_models.hpp"
+
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -28,46 +30,17 @@ namespace effects_mask_test {
 constexpr int64_t kFrames = 3, kHeight = 4, kWidth = 5, kTokens = kFrames * kHeight * kWidth;
 
 TransformerConfig tiny_config() {
-  TransformerConfig c;
-  c.in_channels = 8;
-  c.out_channels = 8;
-  c.num_attention_heads = 4;
-  c.attention_head_dim = 8;
-  c.cross_attention_dim = 32;
-  c.num_layers = 2;
-  c.caption_channels = 32;
-  return c;
+  return ltxmps_test::tiny_transformer_config(/*channels=*/8, /*heads=*/4, /*head_dim=*/8, /*layers=*/2,
+                                              /*caption_channels=*/32);
 }
 
-// Deterministic weights by name, scaled by 1/sqrt(fan_in); 1-D tensors (norm weights, biases) near 1 and near 0.
-at::Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape) {
-  auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
-  auto t = ltxmps::randn(shape, g);
-  if (shape.size() == 1) {
-    const bool bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
-    return bias ? t.mul_(0.05) : t.mul_(0.05).add_(1.0);
-  }
-  int64_t fan_in = 1;
-  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-  return t.mul_(1.0 / std::sqrt(static_cast<double>(fan_in)));
-}
-
-TransformerModel tiny_model() {
-  return TransformerModel::from_weights(tiny_config(), TransformerRuntime{}, random_weight);
-}
+TransformerModel tiny_model() { return ltxmps_test::tiny_transformer(tiny_config()); }
 
 // One clip (batch 1) on the integer (f, y, x) RoPE grid, one timestep for all tokens as the effects pass.
 TransformerInputs tiny_inputs() {
-  auto g = ltxmps::make_cpu_generator(7);
-  TransformerInputs in;
-  in.hidden_states = ltxmps::randn({1, kTokens, 8}, g);
-  in.encoder_hidden_states = ltxmps::randn({1, 6, 32}, g);
+  auto in = ltxmps_test::tiny_transformer_inputs(tiny_config(), /*seed=*/7, /*batch=*/1, {kFrames, kHeight, kWidth},
+                                                 /*text_len=*/6, /*masked=*/2);
   in.timestep = at::tensor({500.0f});
-  in.encoder_attention_mask = at::ones({1, 6});
-  in.encoder_attention_mask->narrow(1, 4, 2).zero_();
-  in.num_frames = kFrames;
-  in.height = kHeight;
-  in.width = kWidth;
   return in;
 }
 

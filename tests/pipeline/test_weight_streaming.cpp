@@ -10,8 +10,9 @@
 #include "ltxmps_pipeline/weight_plan.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
+#include "tiny_models.hpp"
+
 #include <ltxmps/plan.hpp>
-#include <ltxmps/random.hpp>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -30,6 +31,7 @@
 
 using namespace ltxmps::pipeline;
 using ltxmps_test::Contains;
+using ltxmps_test::random_weight;
 namespace fs = std::filesystem;
 
 namespace {
@@ -37,49 +39,23 @@ namespace {
 constexpr int64_t kFrames = 2, kHeight = 3, kWidth = 4, kTokens = kFrames * kHeight * kWidth;
 
 TransformerConfig tiny_config(int64_t layers = 3) {
-  TransformerConfig c;
-  c.in_channels = 8;
-  c.out_channels = 8;
-  c.num_attention_heads = 2;
-  c.attention_head_dim = 8;
-  c.cross_attention_dim = 16;
-  c.num_layers = layers;
-  c.caption_channels = 12;
+  auto c = ltxmps_test::tiny_transformer_config(/*channels=*/8, /*heads=*/2, /*head_dim=*/8, layers,
+                                                /*caption_channels=*/12);
   c.norm_elementwise_affine = true;  // norm1/norm2 weights: more tensors per block
   return c;
-}
-
-// Deterministic weights by name, scaled by 1/sqrt(fan_in); 1-D tensors (norm weights, biases) near 1 and near 0.
-at::Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape) {
-  auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
-  auto t = ltxmps::randn(shape, g);
-  if (shape.size() == 1) {
-    const bool bias = name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0;
-    return bias ? t.mul_(0.05) : t.mul_(0.05).add_(1.0);
-  }
-  int64_t fan_in = 1;
-  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-  return t.mul_(1.0 / std::sqrt(static_cast<double>(fan_in)));
 }
 
 TransformerModel tiny_model(int64_t layers = 3, LinearMode linears = LinearMode::dense) {
   TransformerRuntime runtime;
   runtime.block_linears = linears;
-  return TransformerModel::from_weights(tiny_config(layers), runtime, random_weight);
+  return ltxmps_test::tiny_transformer(tiny_config(layers), runtime);
 }
 
-// Batch 2 (as under guidance), per-token timesteps, a masked text token.
+// Batch 2 (as under guidance), per-token timesteps, two masked text tokens.
 TransformerInputs tiny_inputs() {
-  auto g = ltxmps::make_cpu_generator(11);
-  TransformerInputs in;
-  in.hidden_states = ltxmps::randn({2, kTokens, 8}, g);
-  in.encoder_hidden_states = ltxmps::randn({2, 5, 12}, g);
+  auto in = ltxmps_test::tiny_transformer_inputs(tiny_config(), /*seed=*/11, /*batch=*/2, {kFrames, kHeight, kWidth},
+                                                 /*text_len=*/5, /*masked=*/2);
   in.timestep = at::rand({2, kTokens}).mul(1000);
-  in.encoder_attention_mask = at::ones({2, 5});
-  in.encoder_attention_mask->narrow(1, 3, 2).zero_();
-  in.num_frames = kFrames;
-  in.height = kHeight;
-  in.width = kWidth;
   return in;
 }
 
@@ -141,6 +117,13 @@ TEST_CASE("streamed forward equals the resident forward bit for bit, ring sizes 
     CHECK(streamed.streamer->slot_blocks() == expected);
     // The ring holds ring_blocks blocks' bytes, the host blocks stay where they were.
     CHECK(streamed.streamer->ring_bytes() == (ahead + 1) * block_bytes(streamed.transformer_blocks[0]));
+    // Parked (the transformer off its device under offload) the ring is freed; the next pass allocates and
+    // refills it with the same bits.
+    streamed.streamer->park();
+    CHECK_FALSE(streamed.streamer->ring_allocated());
+    CHECK(streamed.streamer->slot_blocks() == std::vector<int64_t>(static_cast<size_t>(ahead + 1), -1));
+    CHECK(at::equal(streamed.forward(in), reference));
+    CHECK(streamed.streamer->ring_allocated());
   }
 }
 

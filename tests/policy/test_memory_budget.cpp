@@ -27,7 +27,9 @@ int64_t gib(double v) { return static_cast<int64_t>(v * static_cast<double>(kGiB
 // feed-forward D→4D→D with biases; the 6×D table), the rest 8·D² + 4621·D + 128 (proj_in, the time embedding
 // 256→D→D→6D, the caption projection 4096→D→D, proj_out, the 2×D table). FP8 storage keeps one byte per block
 // linear weight plus a float32 scale per output channel (13·D of them) and leaves biases, norms and tables in bf16.
-// T5-XXL's encoder is 4.76e9 parameters; the VAE and the activations are round figures of the right order.
+// T5-XXL's encoder is 4.76e9 parameters: 24 blocks of 4·D² (attention) + 3·D·10240 (gated feed-forward) + 2·D
+// (norms), block 0 also the 32×64 position bias, beside the 32128×D embedding and the final norm. The VAE and the
+// activations are round figures of the right order.
 WeightSizes ltx_13b(bool text_encoder = true) {
   const int64_t D = 4096;
   WeightSizes s;
@@ -38,6 +40,13 @@ WeightSizes ltx_13b(bool text_encoder = true) {
   t.fp8_block_bytes = 16 * D * D + 4 * 13 * D + 2 * 23 * D;
   t.fp8_bytes = t.blocks * t.fp8_block_bytes + 2 * (8 * D * D + 4621 * D + 128);
   s.text_encoder = text_encoder ? 2 * int64_t{4'762'310'656} : 0;
+  if (text_encoder) {
+    const int64_t t5_block = 2 * (4 * D * D + 3 * D * 10240 + 2 * D);
+    s.text_encoder_blocks = 24;
+    s.text_encoder_blocks_bytes = 24 * t5_block + 2 * 32 * 64;
+    s.text_encoder_block_bytes = t5_block + 2 * 32 * 64;
+    REQUIRE(s.text_encoder - s.text_encoder_blocks_bytes == 2 * (32128 * D + D));  // the embedding and final norm
+  }
   s.vae = gib(1);
   s.text_encoder_activations = text_encoder ? gib(0.5) : 0;
   s.transformer_activations = gib(3);
@@ -135,37 +144,121 @@ TEST_CASE("24 GB card: the transformer is streamed 2 blocks ahead, the rest stay
   CHECK(json.at("settings").at("stream_weights") == "auto");
 }
 
-TEST_CASE("8 GB card: over budget with T5-XXL (prompt cache advised), streamed without it", "[memory_budget]") {
-  auto plan = planned(LoaderSettings{}, cuda_card(8, 8, 6), ltx_13b());
-  CHECK_FALSE(plan.weights.fits);
-  CHECK(plan.weights.peak_phase == "text encoder");
-  CHECK(has_rule(plan.diagnostics, "weights.over_budget"));
-  CHECK_THAT(plan.weights.transformer.reason.message, ltxmps_test::ContainsAll({"> 8.0 GiB budget", "prompt cache"}));
-  CHECK(plan.weights.transformer.reason.severity == ltxmps::Severity::warning);
+TEST_CASE("8 GB card: the budget switches CPU offload on and streams T5-XXL and the transformer", "[memory_budget]") {
+  const auto sizes = ltx_13b();
+  auto plan = planned(LoaderSettings{}, cuda_card(8, 8, 6), sizes);
+  const auto& w = plan.weights;
+  CHECK(w.fits);
+  CHECK(w.peak_bytes <= gib(8));
+  CHECK(w.offload);
+  CHECK(w.offload_by_budget);
+  // The stages follow the plan's offload decision: components live on the CPU and run on the card.
+  CHECK(plan.offload.enabled);
+  CHECK(plan.offload.home == c10::Device(c10::kCPU));
+  CHECK(plan.offload.execution == plan.device);
+  CHECK(plan.offload.reason.rule == "weights.offload.enabled");
+  CHECK(has_rule(plan.diagnostics, "weights.offload.enabled"));
+  CHECK_THAT(w.offload_reason.message,
+             ltxmps_test::ContainsAll({"switched on by the memory budget", "> 8.0 GiB budget (free memory of cuda:0)",
+                                       "transformer (24.3 GiB)", "text encoder (8.9 GiB)", "VAE (1.0 GiB)"}));
+  CHECK(w.transformer.mode == WeightMode::streamed);
+  CHECK(w.transformer.blocks_ahead == 2);
+  CHECK(w.transformer.ring_bytes == 3 * sizes.transformer.block_bytes);
+  CHECK(w.vae.mode == WeightMode::offloaded);
+  // T5-XXL alone (8.9 GiB) does not fit: its blocks stream, one on the device at a time.
+  CHECK(w.text_encoder.mode == WeightMode::streamed);
+  CHECK(w.text_encoder.device_bytes ==
+        sizes.text_encoder - sizes.text_encoder_blocks_bytes + sizes.text_encoder_block_bytes);
+  CHECK(w.text_encoder.device_bytes < gib(1));
+  CHECK(has_rule(plan.diagnostics, "weights.text_encoder.streamed"));
+  CHECK_THAT(w.text_encoder.reason.message,
+             ltxmps_test::ContainsAll({"text encoder 8.9 GiB", "even under model-level CPU offload", "24 blocks",
+                                       "pinned host memory"}));
+  CHECK_THAT(w.transformer.reason.message, Contains("with model-level CPU offload and the text encoder streamed"));
+  CHECK(plan.warning_count() == 0);
+  const auto text = ltxmps::to_text(plan);
+  CHECK_THAT(text, ltxmps_test::ContainsAll({"offload:   model-level, home cpu (switched on by the memory budget)",
+                                             "text encoder: streamed"}));
+  const auto json = nlohmann::json::parse(ltxmps::to_json(plan));
+  CHECK(json.at("weights").at("offload_by_budget") == true);
+  CHECK(json.at("offload").at("enabled") == true);
+  CHECK(json.at("weights").at("text_encoder").at("mode") == "streamed");
 
+  // Kept weight plans carry the offload to another plan of the same job (the CLI plans once, loads later).
+  auto again = ltxmps::resolve(LoaderSettings{}, cuda_card(8, 8, 6));
+  CHECK_FALSE(again.offload.enabled);
+  ltxmps::apply_weight_plan(again, w);
+  CHECK(again.offload.enabled);
+  CHECK(again.offload.home == c10::Device(c10::kCPU));
+
+  // Without a text encoder (a prompt cache) the transformer streams and nothing needs offload.
   plan = planned(LoaderSettings{}, cuda_card(8, 8, 6), ltx_13b(false));
   CHECK(plan.weights.fits);
+  CHECK_FALSE(plan.offload.enabled);
   CHECK(plan.weights.transformer.mode == WeightMode::streamed);
   CHECK(plan.weights.transformer.blocks_ahead == 2);
   CHECK(has_rule(plan.diagnostics, "weights.text_encoder.none"));
+  CHECK_FALSE(has_rule(plan.diagnostics, "weights.offload.enabled"));
 
-  // A tighter explicit budget: nothing fits beside the VAE; the plan says that CPU offload would, and with it the
-  // ring shrinks to one block (the loop holds only the transformer).
+  // Streaming off: T5 cannot stream either; offload alone leaves T5-XXL over the budget, which the plan says.
+  LoaderSettings off;
+  off.stream_weights = StreamWeights::off;
+  plan = planned(off, cuda_card(8, 8, 6), sizes);
+  CHECK_FALSE(plan.weights.fits);
+  CHECK(plan.weights.text_encoder.mode != WeightMode::streamed);
+  CHECK(plan.weights.transformer.reason.severity == ltxmps::Severity::warning);
+  CHECK_THAT(plan.weights.transformer.reason.message, ltxmps_test::ContainsAll({"even", "> 8.0 GiB budget"}));
+  // Where the text encoder's phase stays the largest even with T5 streamed (long prompts), the advice is a prompt
+  // cache.
+  auto long_prompts = sizes;
+  long_prompts.text_encoder_activations = gib(6);
+  plan = planned(LoaderSettings{}, cuda_card(4), long_prompts);
+  CHECK_FALSE(plan.weights.fits);
+  CHECK(plan.weights.peak_phase == "text encoder");
+  CHECK(plan.weights.text_encoder.mode == WeightMode::streamed);
+  CHECK_THAT(plan.weights.transformer.reason.message, Contains("prompt cache"));
+
+  // A tighter explicit budget: nothing fits beside the VAE; the budget switches offload on, and with it the ring
+  // shrinks to one block (the loop holds only the transformer), as a requested offload does.
   LoaderSettings tight;
   tight.max_device_memory = 4 * kGiB;
-  plan = planned(tight, cuda_card(80, 9, 0), ltx_13b(false));
-  CHECK(plan.weights.budget_source == "max_device_memory");
-  CHECK_FALSE(plan.weights.fits);
-  CHECK_FALSE(plan.offload.enabled);  // the budget never changes the offload decision
-  CHECK_THAT(plan.weights.transformer.reason.message, Contains("it fits with model-level CPU offload (cpu_offload)"));
-  tight.cpu_offload = true;
-  plan = planned(tight, cuda_card(80, 9, 0), ltx_13b(false));
+  for (bool requested : {false, true}) {
+    tight.cpu_offload = requested;
+    plan = planned(tight, cuda_card(80, 9, 0), ltx_13b(false));
+    CHECK(plan.weights.budget_source == "max_device_memory");
+    CHECK(plan.weights.fits);
+    CHECK(plan.offload.enabled);
+    CHECK(plan.weights.offload_by_budget == !requested);
+    CHECK(plan.offload.reason.rule == (requested ? "offload.model" : "weights.offload.enabled"));
+    CHECK(plan.weights.transformer.mode == WeightMode::streamed);
+    CHECK(plan.weights.transformer.blocks_ahead == 0);
+    CHECK(plan.weights.transformer.ring_blocks == 1);
+    CHECK(plan.weights.vae.mode == WeightMode::offloaded);
+    CHECK_THAT(plan.weights.transformer.reason.message, Contains("one block at a time"));
+  }
+}
+
+TEST_CASE("offload before options that cost every step; FP8 only when neither fits", "[memory_budget]") {
+  const auto sizes = ltx_13b();
+  // 11.5 GiB: FP8 + streamed would fit without offload (and streamed 1 ahead would not), but offload with exact
+  // streaming 2 ahead (a one-time cost per run) comes first.
+  LoaderSettings fp8_only;
+  fp8_only.weight_storage = WeightStorage::fp8;
+  fp8_only.stream_weights = StreamWeights::on;
+  const auto fp8_plan = planned(fp8_only, cuda_card(11.5), sizes);
+  REQUIRE(fp8_plan.weights.fits);
+  CHECK_FALSE(fp8_plan.offload.enabled);
+  auto plan = planned(LoaderSettings{}, cuda_card(11.5), sizes);
   CHECK(plan.weights.fits);
+  CHECK(plan.offload.enabled);
   CHECK(plan.weights.transformer.mode == WeightMode::streamed);
-  CHECK(plan.weights.transformer.blocks_ahead == 0);
-  CHECK(plan.weights.transformer.ring_blocks == 1);
-  CHECK(plan.weights.vae.mode == WeightMode::offloaded);
-  CHECK_THAT(plan.weights.transformer.reason.message, Contains("one block at a time"));
+  CHECK(plan.weights.transformer.blocks_ahead == 2);
+  CHECK(plan.weights.text_encoder.mode == WeightMode::offloaded);  // T5-XXL whole fits
+  CHECK_FALSE(ltxmps::transformer_weights_fp8(plan));
+  // Every option's bytes add up: the peak is the text encoder's phase, T5 whole and nothing else (the streamed
+  // transformer's ring is allocated by its first forward and leaves the device with it).
+  CHECK(plan.weights.peak_phase == "text encoder");
+  CHECK(plan.weights.peak_bytes == sizes.text_encoder + sizes.text_encoder_activations);
 }
 
 TEST_CASE("explicit requests narrow the automatic choice and are never overridden", "[memory_budget]") {
@@ -196,17 +289,23 @@ TEST_CASE("explicit requests narrow the automatic choice and are never overridde
   CHECK(plan.weights.fits);
   CHECK_THAT(plan.weights.transformer.reason.message, Contains("FP8 e4m3 storage, dequantized to bfloat16"));
 
-  // Streaming off and compute-dtype storage: only resident is left; on a 32 GB card that fits with offload ...
+  // Streaming off and compute-dtype storage: only resident is left; on a 32 GB card it fits once the budget switches
+  // offload on ...
   s.weight_storage = WeightStorage::compute;
   plan = planned(s, cuda_card(32), sizes);
-  CHECK_FALSE(plan.weights.fits);
-  CHECK_THAT(plan.weights.transformer.reason.message, Contains("it fits with model-level CPU offload"));
-  s.cpu_offload = true;
-  plan = planned(s, cuda_card(32), sizes);
   CHECK(plan.weights.fits);
+  CHECK(plan.weights.offload_by_budget);
+  CHECK(plan.offload.enabled);
   CHECK(plan.weights.transformer.mode == WeightMode::offloaded);
   CHECK(plan.weights.text_encoder.mode == WeightMode::offloaded);
   CHECK(plan.weights.peak_phase == "transformer loop");
+  CHECK_THAT(plan.weights.transformer.reason.message,
+             ltxmps_test::ContainsAll({"resident needs", "> 32.0 GiB budget", "(with model-level CPU offload)"}));
+  s.cpu_offload = true;
+  plan = planned(s, cuda_card(32), sizes);
+  CHECK(plan.weights.fits);
+  CHECK_FALSE(plan.weights.offload_by_budget);  // requested
+  CHECK(plan.weights.transformer.mode == WeightMode::offloaded);
   // ... and on a 24 GB card nothing fits at all: a warning, the smallest option kept.
   plan = planned(s, cuda_card(24), sizes);
   CHECK_FALSE(plan.weights.fits);
@@ -235,8 +334,14 @@ TEST_CASE("Macs: unified memory, never streamed or FP8; refusals name why", "[me
   plan = planned(LoaderSettings{}, Capabilities::mps(15, 0, 24 * kGiB), ltx_13b());
   CHECK(plan.weights.transformer.mode == WeightMode::resident);
   CHECK_FALSE(plan.weights.fits);
-  CHECK_FALSE(plan.offload.enabled);  // no offload on unified memory
+  CHECK_FALSE(plan.offload.enabled);  // no offload on unified memory, whatever the budget
+  CHECK_FALSE(plan.weights.offload_by_budget);
+  CHECK(plan.weights.text_encoder.mode == WeightMode::resident);  // nor T5 streaming
   CHECK(has_rule(plan.diagnostics, "weights.over_budget"));
+  // An 8 GiB Mac working set with T5-XXL: still nothing moves.
+  plan = planned(LoaderSettings{}, Capabilities::mps(15, 0, 8 * kGiB), ltx_13b());
+  CHECK_FALSE(plan.offload.enabled);
+  CHECK(plan.weights.text_encoder.mode == WeightMode::resident);
 
   LoaderSettings s;
   s.stream_weights = StreamWeights::on;
@@ -260,6 +365,12 @@ TEST_CASE("CPU: no budget by default; an explicit one can pick FP8; streaming is
   plan = planned(s, Capabilities::cpu_only(), ltx_13b());
   CHECK(plan.weights.transformer.mode == WeightMode::fp8);
   CHECK_FALSE(plan.offload.enabled);
+  // Nothing to offload to, nothing to stream from, however small the budget.
+  s.max_device_memory = 4 * kGiB;
+  plan = planned(s, Capabilities::cpu_only(), ltx_13b());
+  CHECK_FALSE(plan.weights.fits);
+  CHECK_FALSE(plan.offload.enabled);
+  CHECK(plan.weights.text_encoder.mode == WeightMode::resident);
 
   s = LoaderSettings{};
   s.stream_weights = StreamWeights::on;
@@ -294,4 +405,7 @@ TEST_CASE("plan_weights: unknown budgets, small models, bad sizes, planning twic
   bad = ltx_13b();
   bad.vae = -1;
   CHECK_THROWS_WITH(ltxmps::plan_weights(plan, bad), Contains("negative"));
+  bad = ltx_13b();
+  bad.text_encoder_blocks_bytes = bad.text_encoder + 1;
+  CHECK_THROWS_WITH(ltxmps::plan_weights(plan, bad), Contains("exceed its"));
 }

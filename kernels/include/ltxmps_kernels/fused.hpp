@@ -119,4 +119,30 @@ at::Tensor linear_gelu_tanh(const at::Tensor& x, const at::Tensor& weight, const
 /// @brief `at::gelu(at::linear(x, weight, bias), "tanh")`.
 at::Tensor linear_gelu_tanh_reference(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
+// ---------------------------------------------------------------------------------------------------
+// FP8 (e4m3) rows: the quantization of FP8 matmul's activations and FP8 storage's weights, and the dequantization
+// of a stored weight
+
+/// @brief e4m3's largest finite value (float8_e4m3fn).
+inline constexpr double kFp8E4m3Max = 448.0;
+
+/// @brief Quantizes each row of `rows` [M, K] to e4m3: `scale = max(float(amax(|row|)) · float(1/448), FLT_MIN)`,
+///        `q = row / scale` in float32, rounded once to e4m3. Returns {q float8_e4m3fn [M, K], scale float32 [M]}.
+///
+/// On CUDA (float32 / float16 / bfloat16 rows whose last dimension is contiguous; other strides are made
+/// contiguous first) one kernel reads each row once from memory, one thread block per row; its codes and scales
+/// are those of the reference on the same device, bit for bit (Note [FP8 row quantization] in fused.cpp).
+std::pair<at::Tensor, at::Tensor> quantize_fp8_rows(const at::Tensor& rows);
+/// @brief The ATen op sequence of quantize_fp8_rows(): an amax reduction, the scale, one division into float8.
+std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_reference(const at::Tensor& rows);
+
+/// @brief `q · scale[:, None]` in `dtype`: each float32 product rounded once to `dtype`. q is float8_e4m3fn
+///        [N, K], scale float32 [N].
+///
+/// On CUDA (dtype float32 / float16 / bfloat16, q's last dimension contiguous) one pass reads each code once
+/// (16 per vector access where K allows it) and writes the result: bit for bit the reference's.
+at::Tensor dequantize_fp8_rows(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype);
+/// @brief `q.to(dtype).mul_(scale.unsqueeze(1))`.
+at::Tensor dequantize_fp8_rows_reference(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype);
+
 }  // namespace ltxmps::kernels

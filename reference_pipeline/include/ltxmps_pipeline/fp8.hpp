@@ -6,6 +6,8 @@
 #include "ltxmps_pipeline/linear.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
+#include "ltxmps_kernels/fused.hpp"
+
 #include "ltxmps/diagnostics.hpp"
 
 #include <ATen/ATen.h>
@@ -33,8 +35,11 @@ namespace ltxmps::pipeline {
 // epilogue, with float32 accumulation (use_fast_accum off: the fast mode skips the periodic promotion of
 // Hopper's FP8 accumulator, whose error grows with K = 4·D in the feed-forward). cuBLASLt and the row-wise
 // kernels need K and N to be multiples of 16; a layer whose shape is not falls back to FP8 storage and a
-// bf16 matmul, and the loader says so. The quantization of x is one reduction (amax) and one division whose
-// output tensor is float8 (computed in float32, rounded once, no float32 copy of x).
+// bf16 matmul, and the loader says so. On CUDA the quantization of x is one fused kernel (amax, scale and codes
+// in one read of each row) and FP8 storage's dequantization one pass over the codes
+// (ltxmps::kernels::quantize_fp8_rows / dequantize_fp8_rows, the reference's bits); elsewhere their ATen
+// references: one reduction (amax) and one division whose output tensor is float8 (computed in float32, rounded
+// once, no float32 copy of x), and one conversion and product.
 //
 // Which layers: the blocks' attention projections (attn1/attn2 to_q, to_k, to_v, to_out.0) and feed-forward
 // (ff.net.0.proj, ff.net.2), which hold ~98 % of the weights and do all the large matmuls. proj_in, proj_out,
@@ -55,7 +60,7 @@ namespace ltxmps::pipeline {
 // the compute dtype beside the FP8 blocks, never the whole model twice.
 
 /// @brief e4m3's largest finite value (float8_e4m3fn).
-inline constexpr double kFp8E4m3Max = 448.0;
+inline constexpr double kFp8E4m3Max = kernels::kFp8E4m3Max;
 
 /// @brief FP8 codes and their row scales.
 struct Fp8Rows {

@@ -42,6 +42,8 @@ void for_each_tensor(TransformerBlockWeights& block, const TensorVisitor& visit)
 void for_each_tensor(VaeModel& model, const TensorVisitor& visit);
 /// @brief Visits every weight of the T5 encoder.
 void for_each_tensor(T5EncoderModel& model, const TensorVisitor& visit);
+/// @brief Visits every weight of one T5 block (in the order for_each_tensor(T5EncoderModel&) does).
+void for_each_tensor(T5BlockWeights& block, const TensorVisitor& visit);
 /// @brief Visits every weight of the latent upsampler.
 void for_each_tensor(LatentUpsamplerModel& model, const TensorVisitor& visit);
 
@@ -57,6 +59,9 @@ void move_model(Model& model, const c10::Device& device) {
 /// @brief move_model() for the transformer: a streamed transformer's blocks stay in host memory, where its
 ///        streamer copies them from (Note [Streamed weights] in weight_streaming.hpp); every other weight moves.
 void move_model(TransformerModel& model, const c10::Device& device);
+/// @brief move_model() for the T5 encoder: a streamed encoder's blocks stay in host memory, where forward() copies
+///        them from (Note [Streamed T5] in t5_streaming.hpp); every other weight moves.
+void move_model(T5EncoderModel& model, const c10::Device& device);
 
 /// @brief Number of defined tensors of `model` (for checks that the visitor misses no weight).
 template <typename Model>

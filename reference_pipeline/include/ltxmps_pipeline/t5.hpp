@@ -98,6 +98,9 @@ struct T5EncoderModel {
   at::Tensor shared;  ///< `shared.weight` [vocab, d_model] (or the tied `encoder.embed_tokens.weight`)
   std::vector<T5BlockWeights> block;  ///< `encoder.block.{i}`
   at::Tensor final_layer_norm;  ///< `encoder.final_layer_norm.weight`
+  /// Set by stream_t5_blocks() (t5_streaming.hpp): the blocks live in (pinned) host memory and forward() copies
+  /// each to `runtime.device` just before it runs (Note [Streamed T5]); false: the blocks are on `runtime.device`.
+  bool streamed_blocks = false;
 
   /// @brief Builds the model from `weights`, asked once per tensor with the dtype the runtime gives it.
   static T5EncoderModel from_weights(const T5Config& config, const T5Runtime& runtime, const T5WeightSource& weights);
@@ -119,7 +122,8 @@ struct T5EncoderModel {
 /// @brief Loads a transformers `text_encoder/` folder: `config.json` plus `model[.variant].safetensors` (or its
 ///        sharded index). Strict: missing, unexpected and mis-shaped tensors are errors naming the file and
 ///        tensor. `shared.weight` and `encoder.embed_tokens.weight` are tied: either may be absent.
+///        `pinned_memory`: read the weights into page-locked host memory (runtime.device must be the CPU).
 T5EncoderModel load_t5_encoder(const std::filesystem::path& model_dir, const T5Runtime& runtime,
-                               std::optional<std::string> variant = std::nullopt);
+                               std::optional<std::string> variant = std::nullopt, bool pinned_memory = false);
 
 }  // namespace ltxmps::pipeline

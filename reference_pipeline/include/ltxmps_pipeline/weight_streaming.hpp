@@ -41,6 +41,9 @@ namespace ltxmps::pipeline {
 // tokens and batch 2. The values are the same bits as the resident model's: the same tensors reach the same
 // kernels, only their addresses differ.
 //
+// The ring is allocated by the first pass and freed by park() when the transformer leaves the device (model-level
+// offload moves it home after the loop), so the text encoder and VAE phases under offload do not carry it.
+//
 // With the CPU as both host and device (no CUDA; the CI's machine) the streamer runs the same schedule with
 // synchronous copies, so that its bookkeeping, shapes and visitor are tested where there is no GPU: a schedule
 // that overwrote a slot before its block ran would change the output there too.
@@ -58,7 +61,8 @@ struct BlockStreamOptions {
 ///        (Note [Streamed weights]). One pass (forward) at a time; passes from several threads are serialized.
 class BlockStreamer {
  public:
-  /// @brief Takes (shares) the tensors of `host_blocks` and allocates the ring on `options.device`. Throws
+  /// @brief Takes (shares) the tensors of `host_blocks`; the ring on `options.device` is allocated by the first
+  ///        pass. Throws
   ///        ltxmps::Error when there are no blocks, blocks differ in their tensors, a block tensor is not on the
   ///        CPU, blocks_ahead is negative, or the device is neither the CPU nor CUDA (with CUDA support built in).
   BlockStreamer(const std::vector<TransformerBlockWeights>& host_blocks, const BlockStreamOptions& options);
@@ -86,9 +90,16 @@ class BlockStreamer {
   int64_t copies_issued() const noexcept { return copies_issued_; }
   /// @brief The block each slot holds, or was last asked to hold (-1: none yet); for tests.
   const std::vector<int64_t>& slot_blocks() const noexcept { return slot_block_; }
+  /// @brief Frees the ring's device buffers while the transformer waits off the device (model-level offload:
+  ///        the VAE and T5 phases then do not carry it); the next pass allocates them again. Waits for copies in
+  ///        flight (outside any block loop). Idempotent.
+  void park();
+  /// @brief Whether the ring's device buffers are allocated (false after park() until the next pass).
+  bool ring_allocated() const noexcept { return ring_allocated_; }
 
  private:
   struct CudaState;
+  void allocate_ring();
   void begin_pass();
   void issue_copy(int64_t block);
   const TransformerBlockWeights& acquire(int64_t block);
@@ -101,6 +112,7 @@ class BlockStreamer {
   std::vector<int64_t> slot_block_;
   int64_t block_bytes_ = 0;
   int64_t copies_issued_ = 0;
+  bool ring_allocated_ = false;
   std::unique_ptr<CudaState> cuda_;
   std::mutex pass_mutex_;
 };

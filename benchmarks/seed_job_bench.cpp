@@ -24,6 +24,7 @@
 #include "bench_configs.hpp"
 #include "bench_support.hpp"
 
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/memory_estimate.hpp"
 #include "ltxmps_pipeline/model.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
@@ -477,8 +478,10 @@ int main(int argc, char** argv) try {
             {"write_seconds", seconds_since(write_start)},
             {"jobs", Json::array()}};
   for (const auto& job : jobs) line["jobs"].push_back(run_job(a, job, root, file_bytes));
-  if (a.opt.at("keep") == "0") fs::remove_all(root);
   std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+  // Note [No std::filesystem::remove_all] (file_tree.hpp).
+  if (a.opt.at("keep") == "0") (void)ltxmps::pipeline::remove_tree(root);
   return 0;
 } catch (const ltxmps::bench::BadArgument& e) {
   std::cerr << "seed_job_bench: " << e.what() << "\n";

@@ -8,11 +8,13 @@
 //   transformer_bench [--device cuda] [--precision bf16|fp16|fp32] [--attention sdpa|upcast]
 //                     [--layers N] [--heads N] [--head-dim N] [--latent-frames N] [--latent-height N]
 //                     [--latent-width N] [--text-len N] [--batch N] [--warmup N] [--iters N]
-//                     [--peak-tflops X] [--fp8-matmul 0|1] [--weight-storage compute|fp8] [--fused 0|1] [--smoke]
+//                     [--peak-tflops X] [--fp8-matmul 0|1] [--weight-storage compute|fp8] [--fused 0|1]
+//                     [--profile PATH] [--smoke]
 // --fused 0 runs the ATen references of ltxmps_kernels instead of the fused kernels (docs/kernels.md).
 // With FP8 (--fp8-matmul 1, or --weight-storage fp8) the model is built dense, run once for a reference output,
 // then its blocks are quantized (quantize_transformer) and timed; the JSON line adds the FP8 output's error against
 // that dense output: max and mean |fp8 - dense|, each divided by max |dense| (Note [Weight storage]).
+// --profile PATH records 3 more forwards after the timed ones into a Chrome trace (Note [Kernel profile]).
 // Built as ltxmps_transformer_bench (benchmarks/CMakeLists.txt).
 
 #include "bench_support.hpp"
@@ -24,11 +26,14 @@
 #include "ltxmps/precision.hpp"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -42,6 +47,28 @@ double forward_flops(double layers, double d, double cross, double caption, doub
   return batch * (layers * per_layer + outer);
 }
 
+// Note [Kernel profile]
+// --profile records its forwards with Kineto, the profiler behind torch.profiler, rather than nsys: the GPU machine
+// has only ncu, and transformer_bench.py --profile writes the same Chrome trace format, so that
+// benchmarks/kernel_profile.py tabulates both sides alike. The forwards run after the timed ones (warm caches,
+// cuBLAS heuristics settled) and only they are recorded, so the trace holds exactly kProfileForwards forwards.
+// CUDA activity (kernels, copies) is asked for only on a CUDA device; elsewhere the trace has CPU operators only.
+constexpr int kProfileForwards = 3;
+
+void profile_forwards(const std::function<void()>& forward, const c10::Device& device, const std::string& path) {
+  namespace prof = torch::profiler::impl;
+  std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
+  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
+  torch::autograd::profiler::prepareProfiler(config, activities);
+  torch::autograd::profiler::enableProfiler(config, activities);
+  for (int i = 0; i < kProfileForwards; ++i) forward();
+  ltxmps::synchronize(device);
+  const auto result = torch::autograd::profiler::disableProfiler();
+  TORCH_CHECK(result, "--profile: the Kineto profiler returned no result for ", path);
+  result->save(path);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -53,7 +80,7 @@ int main(int argc, char** argv) try {
        {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
        {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
        {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-matmul", "0"}, {"weight-storage", "compute"},
-       {"fused", "1"}},
+       {"fused", "1"}, {"profile", ""}},
       {{"device", "cpu"}, {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"},
        {"channels", "4"}, {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
        {"warmup", "1"}, {"iters", "2"}},
@@ -95,6 +122,11 @@ int main(int argc, char** argv) try {
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
+  std::string profile_field;
+  if (!opt.at("profile").empty()) {
+    profile_forwards([&] { model.forward(in); }, runtime.device, opt.at("profile"));
+    profile_field = c10::str(", \"profile_forwards\": ", kProfileForwards);
+  }
   std::sort(ms.begin(), ms.end());
   std::string fp8_fields;
   if (fp8 != LinearMode::dense) {
@@ -113,12 +145,12 @@ int main(int argc, char** argv) try {
       "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"attention\": \"%s\", \"fused\": %d, "
       "\"layers\": %lld, "
       "\"dim\": %lld, \"tokens\": %lld, \"text\": %lld, \"batch\": %lld, \"median_ms\": %.3f, \"min_ms\": %.3f, "
-      "\"iters\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f%s}\n",
+      "\"iters\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f%s%s}\n",
       runtime.device.str().c_str(), opt.at("precision").c_str(), opt.at("attention").c_str(),
       runtime.fused_kernels ? 1 : 0,
       static_cast<long long>(config.num_layers), static_cast<long long>(config.inner_dim()), static_cast<long long>(S),
       static_cast<long long>(L), static_cast<long long>(B), median, ms.front(), static_cast<long long>(iters),
-      flops / 1e9, tflops, tflops / std::stod(opt.at("peak-tflops")), fp8_fields.c_str());
+      flops / 1e9, tflops, tflops / std::stod(opt.at("peak-tflops")), fp8_fields.c_str(), profile_field.c_str());
   return 0;
 } catch (const ltxmps::bench::BadArgument& e) {
   std::cerr << "transformer_bench: " << e.what() << "\n";

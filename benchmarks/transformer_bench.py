@@ -11,6 +11,7 @@ H100 SXM dense bf16).
 
     python3 benchmarks/transformer_bench.py                  # full size, CUDA
     python3 benchmarks/transformer_bench.py --smoke          # tiny config, any device (a check, not a benchmark)
+    python3 benchmarks/transformer_bench.py --profile t.json # + a Chrome trace of 3 more forwards (kernel_profile.py)
 """
 
 import argparse
@@ -21,6 +22,8 @@ import time
 import torch
 
 from bench_support import add_shape_arguments, apply_smoke_shape, build_transformer, transformer_inputs
+
+PROFILE_FORWARDS = 3  # as transformer_bench.cpp (its Note [Kernel profile])
 
 
 def forward_flops(layers, dim, cross_dim, caption, in_ch, out_ch, tokens, text, batch):
@@ -38,6 +41,19 @@ def forward_flops(layers, dim, cross_dim, caption, in_ch, out_ch, tokens, text, 
     return batch * (layers * per_layer + outer)
 
 
+def profile_forwards(model, inputs, device, path):
+    """PROFILE_FORWARDS forwards under torch.profiler (Kineto) into a Chrome trace; CUDA activity on CUDA only."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.inference_mode(), torch.profiler.profile(activities=activities) as prof:
+        for _ in range(PROFILE_FORWARDS):
+            model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    prof.export_chrome_trace(path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_arguments(p, layers=28, heads=32, head_dim=64)
@@ -48,6 +64,8 @@ def main():
     p.add_argument("--peak-tflops", type=float, default=989.0)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model first; the compile time is printed, not counted in the forward")
+    p.add_argument("--profile", metavar="PATH", default="",
+                   help=f"after timing, record {PROFILE_FORWARDS} more forwards with torch.profiler into this Chrome trace")
     p.add_argument("--smoke", action="store_true", help="tiny config on --device (default cpu) for a quick check")
     args = p.parse_args()
     if args.smoke:
@@ -85,6 +103,9 @@ def main():
             if i >= args.warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
 
+    if args.profile:
+        profile_forwards(model, inputs, device, args.profile)
+
     flops = forward_flops(args.layers, dim, dim, args.caption_channels, args.channels, args.channels, S, L, B)
     median = statistics.median(times)
     tflops = flops / (median * 1e-3) / 1e12
@@ -93,6 +114,7 @@ def main():
         dtype=args.dtype, layers=args.layers, dim=dim, heads=args.heads, tokens=S, text=L, batch=B,
         median_ms=round(median, 3), min_ms=round(min(times), 3), iters=args.iters, gflop=round(flops / 1e9, 1),
         tflops=round(tflops, 2), mfu=round(tflops / args.peak_tflops, 4), torch=torch.__version__,
+        **(dict(profile_forwards=PROFILE_FORWARDS) if args.profile else {}),
     )))
 
 

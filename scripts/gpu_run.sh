@@ -7,7 +7,8 @@
 #            building only their targets.
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
 #            the 13B FP8 weight storage against resident, the 2B text-to-video end to end.
-#   profile: nsys kernel summaries of the 2B forward (unfused, fused, FP8, diffusers) into $OUT/kernel_profile.md.
+#   profile: per-kernel GPU time of the 2B forward (unfused, fused, FP8, diffusers) from PyTorch profiler (Kineto)
+#            traces into $OUT/kernel_profile.md.
 #   kernels: the kernel and FP8 suites (CPU and GPU) only.
 #   seed:    the whole seed job (13B + T5-XXL + 0.9.7 VAE from files written by the bench) under an 8 GiB budget:
 #            peak device memory per phase, host memory while loading; the T5 streaming suites.
@@ -110,17 +111,19 @@ if has workflow; then
 fi
 if has profile; then
   # Where the 2B forward's GPU time goes, before (ATen references) and after (fused kernels), beside diffusers:
-  # nsys kernel summaries of 2 warm-up + 8 timed forwards each, tabulated by benchmarks/kernel_profile.py.
-  prof() { local name=$1; shift; nsys profile -t cuda --force-overwrite true -o "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 &&
-           nsys stats -r cuda_gpu_kern_sum -f csv "$OUT/$name.nsys-rep" > "$OUT/$name.csv" 2>>"$OUT/$name.log" &&
-           rm -f "$OUT/$name.sqlite" || echo "profile $name failed: $(tail -3 "$OUT/$name.log")"; }
-  prof fwd2b_unfused build-gpu/benchmarks/ltxmps_transformer_bench --fused 0 --warmup 2 --iters 8
-  prof fwd2b_fused build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --warmup 2 --iters 8
-  prof fwd2b_fp8 build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1 --warmup 2 --iters 8
-  prof fwd2b_diffusers python3 benchmarks/transformer_bench.py --warmup 2 --iters 8
-  # The FP8 run adds one dense reference forward before quantizing (transformer_bench.cpp's header).
-  python3 benchmarks/kernel_profile.py "ltxmps unfused=$OUT/fwd2b_unfused.csv:10" "ltxmps fused=$OUT/fwd2b_fused.csv:10" \
-    "ltxmps fp8=$OUT/fwd2b_fp8.csv:11" "diffusers=$OUT/fwd2b_diffusers.csv:10" | tee "$OUT/kernel_profile.md" | head -12
+  # PyTorch profiler (Kineto) Chrome traces of 3 forwards each after 2 warm-up + 3 timed ones (this machine has no
+  # nsys), tabulated by benchmarks/kernel_profile.py. The traces are deleted: the device tool returns few files.
+  prof() { local name=$1; shift; echo "== profile $name"
+           "$@" --warmup 2 --iters 3 --profile "$OUT/$name.json" 2>>"$OUT/profile.log" | tee -a "$OUT/profile.log" ||
+             echo "profile $name failed: $(tail -3 "$OUT/profile.log")"; }
+  prof fwd2b_unfused build-gpu/benchmarks/ltxmps_transformer_bench --fused 0
+  prof fwd2b_fused build-gpu/benchmarks/ltxmps_transformer_bench --fused 1
+  prof fwd2b_fp8 build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1
+  prof fwd2b_diffusers python3 benchmarks/transformer_bench.py
+  python3 benchmarks/kernel_profile.py "ltxmps unfused=$OUT/fwd2b_unfused.json:3" "ltxmps fused=$OUT/fwd2b_fused.json:3" \
+    "ltxmps fp8=$OUT/fwd2b_fp8.json:3" "diffusers=$OUT/fwd2b_diffusers.json:3" > "$OUT/kernel_profile.md" 2>&1
+  head -12 "$OUT/kernel_profile.md"
+  rm -f "$OUT"/fwd2b_{unfused,fused,fp8,diffusers}.json
 fi
 if has removal; then
   for suite in ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests; do

@@ -5,6 +5,7 @@
 #include "catch_compat.hpp"
 #include "parity_support.hpp"
 
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/checkpoint.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
@@ -132,5 +133,5 @@ TEST_CASE("single file: a file without VAE keys or LTX markers is refused", "[si
   save_safetensors(other, {{"weight", at::zeros({2})}}, {});
   REQUIRE_THROWS_WITH(inspect_lightricks_checkpoint(WeightStore::open_file(other)),
                       ltxmps_test::Contains("not an LTX-Video single file"));
-  fs::remove_all(dir);
+  (void)remove_tree(dir);
 }

@@ -2,6 +2,7 @@
 // resident one bit for bit (with and without a padding mask), an encoder loaded for streaming from a checkpoint,
 // offload's moves leaving the blocks in host memory; and the weight plan's T5 sizes and the request estimate
 // under a budget that streams T5 (Note [Weight budget]).
+#include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/memory_estimate.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
@@ -142,7 +143,7 @@ TEST_CASE("an encoder loaded for streaming equals the resident load", "[t5_strea
   runtime.device = c10::kMeta;
   CHECK_THROWS_WITH(load_t5_encoder(dir, runtime, std::nullopt, /*pinned_memory=*/true),
                     ltxmps_test::Contains("pinned_memory loads into host memory"));
-  fs::remove_all(work_dir());
+  (void)remove_tree(work_dir());
 }
 
 TEST_CASE("the embedded default streams its T5 where the weight plan says so", "[t5_streaming]") {

@@ -19,8 +19,28 @@ namespace {
 constexpr float kInverseE4m3Max = 1.0f / 448.0f;
 
 // The vectors of a row that each thread keeps in registers between the amax and the division: rows up to
-// blockDim.x · VEC · kCachedVectors elements (32768 bfloat16) are read from memory once.
-constexpr int kCachedVectors = 4;
+// blockDim.x · VEC · kCachedVectors elements (32768 bfloat16 at the 512-thread cap) are read from memory once.
+//
+// Note [FP8 row launch shape]
+// The transformer's rows are short (2048–16384 elements, 4–32 KiB) and there are many of them (12288 at the 2B
+// benchmark shape). With one vector per thread, a block issues one load per thread, then waits through the whole
+// DRAM latency and a block-wide reduction before it stores: too few bytes in flight per SM to approach the memory
+// bandwidth (the profile measured 63 µs per launch, about 3× what the bytes need). So a quantize block gets only as many
+// threads as give each of them kCachedVectors vectors, all loaded before the first use: a 2048-element bf16 row is
+// one warp, an 8192-element one four.
+constexpr int kCachedVectors = 8;
+
+// The register array of kCachedVectors vectors costs up to ~100 registers per thread: the blocks are capped so
+// that one always fits an SM's 64 Ki registers (the kernel's launch bounds hold the compiler to it); wider rows
+// re-read their remainder.
+constexpr int kQuantizeMaxThreads = 512;
+
+inline unsigned rows_block_threads(int64_t cols, int vec, int max_threads) {
+  const int64_t vectors = (cols + vec - 1) / vec;
+  const int64_t threads = (vectors + kCachedVectors - 1) / kCachedVectors;
+  const int64_t warps = (threads + 31) / 32, max_warps = max_threads / 32;
+  return static_cast<unsigned>(32 * (warps < 1 ? 1 : (warps > max_warps ? max_warps : warps)));
+}
 
 // Note [e4m3 conversions]
 // ATen stores a float as float8_e4m3fn with c10's software conversion (round to nearest even). The hardware
@@ -88,7 +108,7 @@ __device__ __forceinline__ Pack<uint8_t, VEC> quantize(const Pack<T, VEC>& x, fl
 }
 
 template <typename T, int VEC>
-__global__ void quantize_fp8_kernel(QuantizeFp8Launch p) {
+__global__ void __launch_bounds__(kQuantizeMaxThreads) quantize_fp8_kernel(QuantizeFp8Launch p) {
   const int64_t row = blockIdx.x;
   const T* x = static_cast<const T*>(p.x) + row * p.row_stride;
   uint8_t* q = static_cast<uint8_t*>(p.q) + row * p.cols;
@@ -142,7 +162,7 @@ void launch_quantize_fp8(const QuantizeFp8Launch& launch) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(launch.device_index));
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(launch.device_index));
   const dim3 grid(static_cast<unsigned>(launch.rows));
-  const dim3 block(row_block_threads(launch.cols, launch.vec));
+  const dim3 block(rows_block_threads(launch.cols, launch.vec, kQuantizeMaxThreads));
   dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
     using T = decltype(zero);
     constexpr int VEC = decltype(vec)::value;

@@ -229,9 +229,6 @@ struct ModelInfo {
   ltxmps::pipeline::VaeConfig vae;
   std::optional<ltxmps::pipeline::T5Config> text_encoder;
   ltxmps::pipeline::FitRules rules;
-  /// Where each component's weights live for the request (check_memory() plans them once the request is known,
-  /// load_model() loads by them); mutable because both take the inspected model as it is, const.
-  mutable std::optional<ltxmps::WeightPlan> weights;
 };
 
 inline ModelInfo inspect_model(const std::string& model_dir, const ltxmps::pipeline::LoadOptions& load = {}) {
@@ -308,17 +305,12 @@ inline void add_memory_check_option(CLI::App* cmd, PlanFlags& f) {
 }
 
 /// `plan` with the weights planned for `request` under the memory budget (Note [Weight budget]); the decisions are
-/// logged once and remembered in `info` for load_model().
+/// logged.
 inline ltxmps::ExecutionPlan plan_weights_for(const ModelInfo& info, const ltxmps::ExecutionPlan& plan,
                                               const ltxmps::pipeline::MemoryRequest& request, Log& log) {
   auto planned = plan;
-  if (info.weights) {
-    ltxmps::apply_weight_plan(planned, *info.weights);
-    return planned;
-  }
   ltxmps::pipeline::plan_model_weights(planned, info.transformer, info.vae, info.text_encoder, request);
   for (size_t i = plan.diagnostics.size(); i < planned.diagnostics.size(); ++i) log.diagnostic(planned.diagnostics[i]);
-  info.weights = planned.weights;
   return planned;
 }
 
@@ -352,8 +344,7 @@ inline ltxmps::pipeline::LtxModel load_model(const ModelInfo& info, const ltxmps
                                              const PlanFlags& flags, const std::string& what, Log& log,
                                              const ltxmps::pipeline::LoadOptions& load = {}) {
   using namespace ltxmps::pipeline;
-  auto plan = job;  // the weights where check_memory() planned them
-  if (info.weights) ltxmps::apply_weight_plan(plan, *info.weights);
+  const auto& plan = job;  // with the weights where check_memory() planned them, when it ran
   if (!info.folder) {
     log.line("no --model-dir: using the embedded default model (a tiny LTX-Video built in memory)");
     log.line("the embedded default's weights are RANDOM: " + what);

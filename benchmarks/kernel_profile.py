@@ -97,7 +97,9 @@ def main():
         print(f"\nTop kernels, {l} (ms per forward, launches per forward):\n")
         print("| ms | launches | class | kernel |\n|---:|---:|---|---|")
         for name, ms, n in sorted(rows, key=lambda r: -r[1])[: args.top]:
-            short = name if len(name) <= 90 else name[:87] + "..."
+            # Doxygen reads "(anonymous namespace)::f" in a Markdown table as a link request: drop the noise.
+            short = name.removeprefix("void ").replace("(anonymous namespace)::", "")
+            short = short if len(short) <= 90 else short[:87] + "..."
             short = short.replace("|", "\\|")
             launches = f"{n / forwards:.1f}".removesuffix(".0")
             print(f"| {ms / forwards:.2f} | {launches} | {classify(name)} | `{short}` |")

@@ -103,7 +103,7 @@ auto random_source(c10::Device device, at::ScalarType dtype) {
 
 VaeConfig vae_config(const Args& a) {
   if (!a.two_pass()) return VaeConfig{};  // 0.9.0 defaults: compression 32 / 8
-  return a.smoke ? ltxmps::bench::vae_097_smoke_config(128) : ltxmps::bench::vae_097_config();
+  return a.smoke ? ltxmps::bench::vae_097_smoke_config(128) : ltxmps::pipeline::ltx_097_vae_config();
 }
 
 LtxModel random_model(const Args& a, const ltxmps::ExecutionPlan& plan) {

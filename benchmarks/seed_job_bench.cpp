@@ -75,24 +75,17 @@ struct Shapes {
 };
 
 Shapes seed_shapes(bool smoke) {
-  Shapes s;
-  auto& t = s.transformer;  // LTX-Video 0.9.7 13B: 48 blocks of 32 heads x 128, caption 4096, in/out 128
-  t.num_layers = smoke ? 2 : 48;
-  t.num_attention_heads = smoke ? 4 : 32;
-  t.attention_head_dim = smoke ? 8 : 128;
-  t.cross_attention_dim = t.inner_dim();
-  auto& e = s.text_encoder;  // google/t5-v1_1-xxl's encoder
-  e.vocab_size = smoke ? 128 : 32128;
-  e.d_model = smoke ? 32 : 4096;
-  e.d_kv = smoke ? 8 : 64;
-  e.num_heads = smoke ? 4 : 64;
-  e.d_ff = smoke ? 64 : 10240;
-  e.num_layers = smoke ? 2 : 24;
-  e.feed_forward_proj = "gated-gelu";
-  e.dense_act_fn = "gelu_new";
-  e.is_gated_act = true;
-  t.caption_channels = e.d_model;
-  s.vae = smoke ? ltxmps::bench::vae_097_smoke_config(128) : ltxmps::bench::vae_097_config();
+  using namespace ltxmps::pipeline;
+  Shapes s{ltx_13b_transformer_config(), t5_xxl_config(),
+           smoke ? ltxmps::bench::vae_097_smoke_config(128) : ltx_097_vae_config()};
+  if (smoke) {
+    auto& t = s.transformer;
+    t.num_layers = 2, t.num_attention_heads = 4, t.attention_head_dim = 8;
+    t.cross_attention_dim = t.inner_dim();
+    auto& e = s.text_encoder;
+    e.vocab_size = 128, e.d_model = 32, e.d_kv = 8, e.num_heads = 4, e.d_ff = 64, e.num_layers = 2;
+    t.caption_channels = e.d_model;
+  }
   return s;
 }
 

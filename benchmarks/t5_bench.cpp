@@ -4,6 +4,7 @@
 //
 //   ltxmps_t5_bench [--device cuda] [--precision bf16|fp16|fp32] [--batch N] [--tokens N] [--warmup N]
 //                   [--iters N] [--smoke]
+#include "ltxmps_pipeline/released_configs.hpp"
 #include "ltxmps_pipeline/t5.hpp"
 
 #include <ltxmps/memory.hpp>
@@ -38,16 +39,7 @@ int main(int argc, char** argv) try {
     }
     opt[a.substr(2)] = argv[++i];
   }
-  T5Config config;  // google/t5-v1_1-xxl
-  config.vocab_size = 32128;
-  config.d_model = 4096;
-  config.d_kv = 64;
-  config.num_heads = 64;
-  config.d_ff = 10240;
-  config.num_layers = 24;
-  config.feed_forward_proj = "gated-gelu";
-  config.dense_act_fn = "gelu_new";
-  config.is_gated_act = true;
+  T5Config config = ltxmps::pipeline::t5_xxl_config();
   if (smoke) {
     config.d_model = 32;
     config.d_kv = 8;

@@ -45,7 +45,7 @@ int main(int argc, char** argv) try {
   }
   using namespace ltxmps::pipeline;
   // The 0.9.7 config; --smoke: the same structure, small (vae_bench.py's CONFIG_SMOKE).
-  const VaeConfig config = smoke ? ltxmps::bench::vae_097_smoke_config(8) : ltxmps::bench::vae_097_config();
+  const VaeConfig config = smoke ? ltxmps::bench::vae_097_smoke_config(8) : ltxmps::pipeline::ltx_097_vae_config();
   if (smoke) {
     opt["device"] = "cpu";
     opt["latent-frames"] = "3";

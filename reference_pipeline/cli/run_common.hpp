@@ -12,6 +12,7 @@
 #include "ltxmps_pipeline/model.hpp"
 #include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/progress.hpp"
+#include "ltxmps_pipeline/released_configs.hpp"
 #include "ltxmps_pipeline/video_io.hpp"
 #include "ltxmps_pipeline/weight_plan.hpp"
 
@@ -254,33 +255,9 @@ inline ModelInfo inspect_model(const std::string& model_dir, const ltxmps::pipel
 inline ModelInfo ltx_13b_shapes() {
   using namespace ltxmps::pipeline;
   ModelInfo info;
-  info.transformer.num_layers = 48;
-  info.transformer.attention_head_dim = 128;
-  info.transformer.cross_attention_dim = 4096;
-  auto& v = info.vae;
-  v.block_out_channels = {128, 256, 512, 1024, 2048};
-  v.down_block_types.assign(4, "LTXVideo095DownBlock3D");
-  v.decoder_block_out_channels = {256, 512, 1024};
-  v.layers_per_block = {4, 6, 6, 2, 2};
-  v.decoder_layers_per_block = {5, 5, 5, 5};
-  v.spatio_temporal_scaling = {true, true, true, true};
-  v.decoder_spatio_temporal_scaling = {true, true, true};
-  v.decoder_inject_noise = {false, false, false, false};
-  v.downsample_type = {"spatial", "temporal", "spatiotemporal", "spatiotemporal"};
-  v.upsample_residual = {true, true, true};
-  v.upsample_factor = {2, 2, 2};
-  v.timestep_conditioning = true;
-  v.spatial_compression_ratio = 32;
-  v.temporal_compression_ratio = 8;
-  T5Config t5;  // google/t5-v1_1-xxl
-  t5.d_model = 4096;
-  t5.num_heads = 64;
-  t5.d_ff = 10240;
-  t5.num_layers = 24;
-  t5.feed_forward_proj = "gated-gelu";
-  t5.dense_act_fn = "gelu_new";
-  t5.is_gated_act = true;
-  info.text_encoder = t5;
+  info.transformer = ltx_13b_transformer_config();
+  info.vae = ltx_097_vae_config();
+  info.text_encoder = t5_xxl_config();
   info.rules = fit_rules(info.vae, info.transformer);
   return info;
 }

@@ -5,6 +5,7 @@
 #include "ltxmps/plan.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/memory_estimate.hpp"
+#include "ltxmps_pipeline/released_configs.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 
 #include <cmath>
@@ -54,47 +55,6 @@ VaeConfig vae_091() {
   return v;
 }
 
-// LTX-Video 0.9.7 (13B): 48 blocks of 32 heads x 128; the 0.9.5 VAE (convert_ltx_to_diffusers.py).
-TransformerConfig transformer_13b() {
-  TransformerConfig t;
-  t.num_layers = 48;
-  t.attention_head_dim = 128;
-  t.cross_attention_dim = 4096;
-  return t;
-}
-VaeConfig vae_097() {
-  VaeConfig v;
-  v.block_out_channels = {128, 256, 512, 1024, 2048};
-  v.down_block_types.assign(4, "LTXVideo095DownBlock3D");
-  v.decoder_block_out_channels = {256, 512, 1024};
-  v.layers_per_block = {4, 6, 6, 2, 2};
-  v.decoder_layers_per_block = {5, 5, 5, 5};
-  v.spatio_temporal_scaling = {true, true, true, true};
-  v.decoder_spatio_temporal_scaling = {true, true, true};
-  v.decoder_inject_noise = {false, false, false, false};
-  v.downsample_type = {"spatial", "temporal", "spatiotemporal", "spatiotemporal"};
-  v.upsample_residual = {true, true, true};
-  v.upsample_factor = {2, 2, 2};
-  v.timestep_conditioning = true;
-  v.spatial_compression_ratio = 32;
-  v.temporal_compression_ratio = 8;
-  return v;
-}
-
-// google/t5-v1_1-xxl, the text encoder of every LTX-Video release.
-T5Config t5_xxl() {
-  T5Config c;
-  c.d_model = 4096;
-  c.d_kv = 64;
-  c.num_heads = 64;
-  c.d_ff = 10240;
-  c.num_layers = 24;
-  c.feed_forward_proj = "gated-gelu";
-  c.dense_act_fn = "gelu_new";
-  c.is_gated_act = true;
-  return c;
-}
-
 MemoryRequest request(int64_t frames, int64_t height, int64_t width, bool guidance = true) {
   MemoryRequest r;
   r.frames = frames;
@@ -118,7 +78,7 @@ MemoryRequest embedded_request() {
 }
 
 MemoryEstimate estimate_2b(const MemoryRequest& r, const ltxmps::ExecutionPlan& plan) {
-  return estimate_request_memory(transformer_2b(), vae_091(), t5_xxl(), plan, r);
+  return estimate_request_memory(transformer_2b(), vae_091(), t5_xxl_config(), plan, r);
 }
 
 }  // namespace
@@ -275,8 +235,8 @@ TEST_CASE("estimates of the released models", "[memory]") {
   CHECK(b2.peak_bytes > 16 * kGiB);
   CHECK(b2.peak_bytes < 60 * kGiB);
   // 13B 768x512x121 (CFG, bf16): the weights alone are about 26 GB, T5 another 9.
-  const auto b13 = estimate_request_memory(transformer_13b(), vae_097(), t5_xxl(), cuda_bf16(),
-                                           request(121, 512, 768));
+  const auto b13 = estimate_request_memory(ltx_13b_transformer_config(), ltx_097_vae_config(), t5_xxl_config(),
+                                           cuda_bf16(), request(121, 512, 768));
   INFO("13B 768x512x121 bf16 cuda: " << b13.describe());
   CHECK(phase(b13, "transformer loop").weights_bytes > 24 * kGiB);
   CHECK(b13.peak_bytes > b2.peak_bytes);
@@ -288,7 +248,8 @@ TEST_CASE("estimates of the released models", "[memory]") {
   fx.decode = false;
   fx.release_text_encoder = false;
   fx.effects_query_chunk = 512;
-  const auto effects = estimate_request_memory(transformer_13b(), vae_097(), t5_xxl(), cuda_bf16(), fx);
+  const auto effects =
+      estimate_request_memory(ltx_13b_transformer_config(), ltx_097_vae_config(), t5_xxl_config(), cuda_bf16(), fx);
   INFO("13B effects-mask 768x512x121: " << effects.describe());
   REQUIRE(effects.phases.size() == 3);
   CHECK(phase(effects, "effects pass").weights_bytes == effects.weights_bytes);  // removal keeps the text encoder

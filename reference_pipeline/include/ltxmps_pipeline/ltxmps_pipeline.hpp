@@ -18,6 +18,7 @@
 #include "ltxmps_pipeline/pipeline.hpp"
 #include "ltxmps_pipeline/progress.hpp"
 #include "ltxmps_pipeline/prompt_cache.hpp"
+#include "ltxmps_pipeline/released_configs.hpp"
 #include "ltxmps_pipeline/removal.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"

@@ -283,13 +283,7 @@ LatentUpsamplerConfig config_from_shapes(const WeightStore& store) {
 LatentUpsamplerModel load_from_store(const WeightStore& store, const LatentUpsamplerConfig& config,
                                      const std::string& config_source, const LatentUpsamplerRuntime& runtime) {
   config.validate(config_source);
-  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
-  auto model = LatentUpsamplerModel::from_weights(config, runtime,
-                                                  [&](const std::string& name, const std::vector<int64_t>& shape) {
-                                                    return loader.take(name, shape);
-                                                  });
-  loader.finish();
-  return model;
+  return load_strict<LatentUpsamplerModel>(store, config, runtime);
 }
 
 }  // namespace

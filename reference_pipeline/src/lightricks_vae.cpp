@@ -24,12 +24,7 @@ VaeModel load_lightricks_vae(const std::filesystem::path& file, const VaeRuntime
   const bool keys_091 = info.vae_layout == LightricksVaeLayout::v091;
   LTXMPS_CHECK(!keys_091 || config.timestep_conditioning, file.string(), ": its decoder has a last_time_embedder ",
                "(0.9.1 layout), but the config has timestep_conditioning false");
-  const auto store = WeightStore::open_lightricks_vae(file);
-  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
-  auto model = VaeModel::from_weights(
-      config, runtime, [&](const std::string& name, const std::vector<int64_t>& shape) { return loader.take(name, shape); });
-  loader.finish();
-  return model;
+  return load_strict<VaeModel>(WeightStore::open_lightricks_vae(file), config, runtime);
 }
 
 }  // namespace ltxmps::pipeline

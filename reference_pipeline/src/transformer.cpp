@@ -460,26 +460,13 @@ AttentionCapture head_mean_capture(std::vector<int64_t> layers, std::array<int64
 // ---------------------------------------------------------------------------------------------------
 // Loading
 
-namespace {
-
-TransformerModel load_from_store(const WeightStore& store, const TransformerConfig& config,
-                                 const TransformerRuntime& runtime) {
-  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
-  auto model = TransformerModel::from_weights(
-      config, runtime, [&](const std::string& name, const std::vector<int64_t>& shape) { return loader.take(name, shape); });
-  loader.finish();
-  return model;
-}
-
-}  // namespace
-
 TransformerModel load_transformer(const std::filesystem::path& model_dir, const TransformerRuntime& runtime,
                                   std::optional<std::string> variant, std::optional<TransformerConfig> parsed) {
   LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "transformer folder ", model_dir.string(),
                " does not exist or is not a folder");
   const auto config = parsed ? *parsed : TransformerConfig::from_file(model_dir / "config.json");
   const auto store = WeightStore::open_component(model_dir, std::move(variant));
-  return load_from_store(store, config, runtime);
+  return load_strict<TransformerModel>(store, config, runtime);
 }
 
 TransformerModel load_lightricks_transformer(const std::filesystem::path& file, const TransformerRuntime& runtime,
@@ -507,7 +494,7 @@ TransformerModel load_lightricks_transformer(const std::filesystem::path& file, 
                  ": proj_in.weight has ", proj_in.at(0), " rows, not a multiple of 32 heads; pass a config");
     config = c;
   }
-  return load_from_store(store, *config, runtime);
+  return load_strict<TransformerModel>(store, *config, runtime);
 }
 
 }  // namespace ltxmps::pipeline

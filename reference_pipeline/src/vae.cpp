@@ -686,12 +686,7 @@ VaeModel load_vae(const std::filesystem::path& model_dir, const VaeRuntime& runt
   LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "VAE folder ", model_dir.string(),
                " does not exist or is not a folder");
   const auto config = parsed ? *parsed : VaeConfig::from_file(model_dir / "config.json");
-  const auto store = WeightStore::open_component(model_dir, std::move(variant));
-  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
-  auto model = VaeModel::from_weights(
-      config, runtime, [&](const std::string& name, const std::vector<int64_t>& shape) { return loader.take(name, shape); });
-  loader.finish();
-  return model;
+  return load_strict<VaeModel>(WeightStore::open_component(model_dir, std::move(variant)), config, runtime);
 }
 
 }  // namespace ltxmps::pipeline

@@ -193,6 +193,18 @@ class StrictLoader {
   bool check_finite_ = true;
 };
 
+/// @brief `Model::from_weights(config, runtime, source)` with every tensor taken from `store` by a StrictLoader in
+///        the runtime's device and dtype, then finish(): the last step every model loader shares.
+template <typename Model, typename Config, typename Runtime>
+Model load_strict(const WeightStore& store, const Config& config, const Runtime& runtime) {
+  StrictLoader loader(store, at::TensorOptions().device(runtime.device).dtype(runtime.dtype));
+  auto model = Model::from_weights(config, runtime, [&](const std::string& name, const std::vector<int64_t>& shape) {
+    return loader.take(name, shape);
+  });
+  loader.finish();
+  return model;
+}
+
 namespace detail {
 [[noreturn]] void config_field_error(const nlohmann::json& value, const std::string& key, const std::string& source,
                                      const std::string& expected);

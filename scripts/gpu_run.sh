@@ -2,7 +2,8 @@
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
 # (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh MODE [MODE ...]
-# MODE: tests | bench | removal | memory | speed | kernels | profile | workflow | seed | all (default all); several modes share one build.
+# MODE: tests | bench | removal | memory | speed | fp8 | kernels | profile | workflow | seed | all (default all); several modes
+# share one build.
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
@@ -10,6 +11,8 @@
 #   profile: per-kernel GPU time of the 2B forward (unfused, fused, FP8, diffusers) from PyTorch profiler (Kineto)
 #            traces into $OUT/kernel_profile.md.
 #   kernels: the kernel and FP8 suites (CPU and GPU) only.
+#   fp8:     the kernel and FP8 suites, the 2B and 13B forwards (fused bf16, FP8 matmul, diffusers eager) and the 13B
+#            FP8 weight storage against resident: the FP8 paths' numbers without the rest of `speed`.
 #   seed:    the whole seed job (13B + T5-XXL + 0.9.7 VAE from files written by the bench) under an 8 GiB budget:
 #            peak device memory per phase, host memory while loading; the T5 streaming suites.
 #   workflow: the 0.9.7 two-pass flow at the 13B shape (C++ and diffusers) and the VAE decode modes.
@@ -42,6 +45,8 @@ has removal && add ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_t
 has speed && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests ltxmps_transformer_bench \
                  ltxmps_pipeline_bench ltxmps_memory_bench ltxmps_cli
 has kernels && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests
+has fp8 && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests \
+               ltxmps_transformer_bench ltxmps_memory_bench
 has profile && add ltxmps_transformer_bench
 has seed && add ltxmps_seed_job_bench ltxmps_gpu_model_tests ltxmps_t5_streaming_tests
 has workflow && add ltxmps_pipeline_bench ltxmps_vae_bench ltxmps_t5_bench
@@ -76,26 +81,38 @@ if has bench || has all; then
     echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
   done
 fi
-if has speed || has kernels; then
+if has speed || has kernels || has fp8; then
   for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_fp8_tests ltxmps_gpu_fp8_tests; do
     build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
     echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
   done
 fi
+# The 2B and 13B forwards (fused bf16, FP8 matmul, diffusers eager) and the 13B FP8 weight storage against resident,
+# appended to the JSON lines file $1.
+forwards() {
+  for cfg in 2b 13b; do
+    local args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
+    for mode in "--fused 1" "--fused 1 --fp8-matmul 1"; do
+      echo "== transformer $cfg C++ $mode"; build-gpu/benchmarks/ltxmps_transformer_bench $args $mode | tee -a "$1"
+    done
+    echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$1"
+  done
+}
+fp8_storage() {
+  echo "== 13B weight storage: resident bf16 vs FP8 (dequantized per layer)"
+  build-gpu/benchmarks/ltxmps_memory_bench --modes resident,fp8 | tee -a "$1"
+}
 if has speed; then
   build-gpu/reference_pipeline/ltxmps plan --device cuda --precision bf16 > "$OUT/plan.txt" 2>&1; grep -A12 -i "kernels" "$OUT/plan.txt" | head -14
-  for cfg in 2b 13b; do
-    args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
-    for mode in "--fused 1" "--fused 1 --fp8-matmul 1"; do
-      echo "== transformer $cfg C++ $mode"; build-gpu/benchmarks/ltxmps_transformer_bench $args $mode | tee -a "$OUT/speed_bench.jsonl"
-    done
-    echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$OUT/speed_bench.jsonl"
-  done
+  forwards "$OUT/speed_bench.jsonl"
   echo "== transformer 2b diffusers torch.compile"; timeout 150 python3 benchmarks/transformer_bench.py --compile | tee -a "$OUT/speed_bench.jsonl"
-  echo "== 13B weight storage: resident bf16 vs FP8 (dequantized per layer)"
-  build-gpu/benchmarks/ltxmps_memory_bench --modes resident,fp8 | tee -a "$OUT/speed_bench.jsonl"
+  fp8_storage "$OUT/speed_bench.jsonl"
   echo "== pipeline t2v 2B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/speed_bench.jsonl"
   echo "== pipeline t2v 2B diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/speed_bench.jsonl"
+fi
+if has fp8; then
+  forwards "$OUT/fp8_bench.jsonl"
+  fp8_storage "$OUT/fp8_bench.jsonl"
 fi
 if has workflow; then
   large="--layers 48 --heads 32 --head-dim 128 --height 512 --width 768 --frames 121"
@@ -119,11 +136,13 @@ if has profile; then
   prof fwd2b_unfused build-gpu/benchmarks/ltxmps_transformer_bench --fused 0
   prof fwd2b_fused build-gpu/benchmarks/ltxmps_transformer_bench --fused 1
   prof fwd2b_fp8 build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1
+  prof fwd2b_fp8storage build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --weight-storage fp8
   prof fwd2b_diffusers python3 benchmarks/transformer_bench.py
   python3 benchmarks/kernel_profile.py "ltxmps unfused=$OUT/fwd2b_unfused.json:3" "ltxmps fused=$OUT/fwd2b_fused.json:3" \
-    "ltxmps fp8=$OUT/fwd2b_fp8.json:3" "diffusers=$OUT/fwd2b_diffusers.json:3" > "$OUT/kernel_profile.md" 2>&1
+    "ltxmps fp8=$OUT/fwd2b_fp8.json:3" "ltxmps fp8 storage=$OUT/fwd2b_fp8storage.json:3" \
+    "diffusers=$OUT/fwd2b_diffusers.json:3" > "$OUT/kernel_profile.md" 2>&1
   head -12 "$OUT/kernel_profile.md"
-  rm -f "$OUT"/fwd2b_{unfused,fused,fp8,diffusers}.json
+  rm -f "$OUT"/fwd2b_{unfused,fused,fp8,fp8storage,diffusers}.json
 fi
 if has removal; then
   for suite in ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests; do

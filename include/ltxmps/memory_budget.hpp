@@ -54,9 +54,10 @@ namespace ltxmps {
 //
 // The phases counted (the pipeline's order): text encoding (the text encoder's device weights, whole or its
 // non-block weights and one block when streamed, its activations and, without offload, every other component's
-// device weights, which are loaded at the start), the denoising loop (the transformer's device weights and
-// activations, the VAE, the text encoder where it is kept), the VAE decode. A streamed transformer's ring is on the
-// device from its first forward on; under offload it leaves with the transformer, so only the loop holds it.
+// device weights, which are loaded at the start), the denoising loop (the transformer's device weights, FP8
+// storage's dequantized layer and the activations, the VAE, the text encoder where it is kept), the VAE decode.
+// A streamed transformer's ring is on the device from its first forward on; under offload it leaves with the
+// transformer, so only the loop holds it.
 
 /// @brief Blocks copied ahead of the running one when the budget allows it (Note [Weight budget]).
 constexpr int64_t kDefaultBlocksAhead = 2;
@@ -176,6 +177,9 @@ struct TransformerSizes {
   int64_t blocks = 0;           ///< number of blocks
   int64_t fp8_bytes = 0;        ///< every weight with the block linears in FP8 storage; 0: FP8 not offered
   int64_t fp8_block_bytes = 0;  ///< one block with its linears in FP8 storage
+  /// FP8 storage, resident or streamed: the largest block linear in the compute dtype, which a forward holds
+  /// dequantized for its matmul (one layer at a time).
+  int64_t fp8_dequantized_bytes = 0;
   std::string dtype = "bfloat16";  ///< the compute dtype's name (for the reasons)
 };
 
@@ -303,6 +307,11 @@ inline int64_t text_encoder_device_bytes(const WeightSizes& s, bool streamed) {
   return streamed ? s.text_encoder - s.text_encoder_blocks_bytes + s.text_encoder_block_bytes : s.text_encoder;
 }
 
+// FP8 storage's dequantized layer, held while the transformer runs.
+inline int64_t dequantized_bytes(const TransformerSizes& t, const WeightCandidate& c) {
+  return is_fp8(c.mode) ? t.fp8_dequantized_bytes : 0;
+}
+
 inline int64_t ring_bytes(const TransformerSizes& t, const WeightCandidate& c) {
   return is_streamed(c.mode) ? ring_blocks(t, c.ahead) * (is_fp8(c.mode) ? t.fp8_block_bytes : t.block_bytes) : 0;
 }
@@ -320,7 +329,8 @@ inline WeightPhases weight_phases(const WeightSizes& s, const WeightCandidate& c
   };
   if (s.text_encoder > 0)
     phase("text encoder", t5 + s.text_encoder_activations + (offload ? 0 : tdev + s.vae));
-  phase("transformer loop", tdev + s.transformer_activations + (offload ? 0 : s.vae + kept_t5));
+  phase("transformer loop",
+        tdev + dequantized_bytes(t, c) + s.transformer_activations + (offload ? 0 : s.vae + kept_t5));
   phase("vae decode", s.vae + s.vae_activations + (offload ? 0 : tdev + kept_t5));
   return p;
 }
@@ -397,9 +407,10 @@ inline std::string describe_action(const TransformerSizes& t, const WeightCandid
 
 inline void check_sizes(const WeightSizes& s) {
   const auto& t = s.transformer;
-  for (int64_t v : {t.bytes, t.block_bytes, t.blocks, t.fp8_bytes, t.fp8_block_bytes, s.text_encoder, s.vae,
-                    s.text_encoder_blocks, s.text_encoder_blocks_bytes, s.text_encoder_block_bytes,
-                    s.text_encoder_activations, s.transformer_activations, s.vae_activations})
+  for (int64_t v : {t.bytes, t.block_bytes, t.blocks, t.fp8_bytes, t.fp8_block_bytes, t.fp8_dequantized_bytes,
+                    s.text_encoder, s.vae, s.text_encoder_blocks, s.text_encoder_blocks_bytes,
+                    s.text_encoder_block_bytes, s.text_encoder_activations, s.transformer_activations,
+                    s.vae_activations})
     LTXMPS_CHECK(v >= 0, "plan_weights: a component size is negative (", v, " bytes)");
   LTXMPS_CHECK(t.blocks == 0 || t.block_bytes <= t.bytes / t.blocks, "plan_weights: ", t.blocks, " blocks of ",
                t.block_bytes, " bytes exceed the transformer's ", t.bytes, " bytes");

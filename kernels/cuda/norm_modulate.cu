@@ -1,8 +1,9 @@
 // The block norms with AdaLN modulation (RMS norm, or the output head's layer norm), optionally preceded by the
 // residual sum, and the gated residual. One thread block per [D] row; float32 arithmetic with the reference's
-// rounding points (Note [Fused kernel rounding] in fused.hpp).
+// rounding points (Note [Fused kernel rounding] in fused.hpp). Either may also quantize its output rows to FP8
+// (Note [Fused FP8 rows] in fp8.cuh).
 
-#include "common.cuh"
+#include "fp8.cuh"
 
 namespace ltxmps::kernels::cuda {
 namespace {
@@ -85,6 +86,7 @@ __global__ void norm_modulate_kernel(NormModulateLaunch p) {
   const T* scale = row_of<T>(p.scale, b, t);
   const T* shift = row_of<T>(p.shift, b, t);
   T* out = static_cast<T*>(p.out) + row * p.dim;
+  float amax = 0.f;
   for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC) {
     const Pack<T, VEC> hv = load<T, VEC>(h + c), sc = load<T, VEC>(scale + c), sh = load<T, VEC>(shift + c);
     Pack<T, VEC> w;
@@ -100,7 +102,9 @@ __global__ void norm_modulate_kernel(NormModulateLaunch p) {
       o.v[j] = static_cast<T>(__fadd_rn(modulated, static_cast<float>(sh.v[j])));
     }
     store<T, VEC>(out + c, o);
+    if (p.q) amax = abs_max<T, VEC>(amax, o);
   }
+  if (p.q) quantize_written_row<T, VEC>(out, p.dim, amax, static_cast<uint8_t*>(p.q) + row * p.dim, p.q_scale + row);
 }
 
 template <typename T, int VEC>
@@ -110,8 +114,13 @@ __global__ void gated_residual_kernel(GatedResidualLaunch p) {
   const T* y = row_of<T>(p.y, b, t);
   const T* gate = row_of<T>(p.gate, b, t);
   T* out = static_cast<T*>(p.out) + row * p.dim;
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC)
-    store<T, VEC>(out + c, residual_sum<T, VEC>(x, y, gate, c));
+  float amax = 0.f;
+  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC) {
+    const Pack<T, VEC> h = residual_sum<T, VEC>(x, y, gate, c);
+    store<T, VEC>(out + c, h);
+    if (p.q) amax = abs_max<T, VEC>(amax, h);
+  }
+  if (p.q) quantize_written_row<T, VEC>(out, p.dim, amax, static_cast<uint8_t*>(p.q) + row * p.dim, p.q_scale + row);
 }
 
 }  // namespace

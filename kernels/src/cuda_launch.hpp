@@ -29,6 +29,8 @@ struct NormModulateLaunch {
   const void* weight = nullptr;   ///< [D] or null
   void* residual = nullptr;       ///< contiguous [B, S, D]: x + y·gate, when y is given
   void* out = nullptr;            ///< contiguous [B, S, D]
+  void* q = nullptr;              ///< optional: e4m3 codes of `out`'s rows, contiguous [B·S, D]
+  float* q_scale = nullptr;       ///< with q: their float32 scales [B·S]
 };
 
 /// out = x + y·gate, [B, S, D] rows; out contiguous.
@@ -39,6 +41,8 @@ struct GatedResidualLaunch {
   int vec = 1;
   Rows x, y, gate;
   void* out = nullptr;
+  void* q = nullptr;         ///< optional: e4m3 codes of `out`'s rows, contiguous [B·S, D]
+  float* q_scale = nullptr;  ///< with q: their float32 scales [B·S]
 };
 
 /// RMS norm (with weight) of the q row and, when k is given, of the k row of the same token; then, when cos is
@@ -57,7 +61,8 @@ struct QkNormRopeLaunch {
 };
 
 /// FP8 row quantization: row r of x [rows, cols] starts at x + r·row_stride (elements of dtype, last dimension
-/// contiguous); its e4m3 codes go to q + r·cols, its float32 scale to scale[r].
+/// contiguous); its e4m3 codes go to q + r·cols, its float32 scale to scale[r]. With `gelu`, the rows quantized are
+/// the tanh GELU of x's, also written to `activation` (contiguous [rows, cols] of dtype) when that is given.
 struct QuantizeFp8Launch {
   c10::ScalarType dtype = c10::ScalarType::Float;  ///< of x
   int device_index = 0;
@@ -66,6 +71,8 @@ struct QuantizeFp8Launch {
   const void* x = nullptr;
   void* q = nullptr;       ///< contiguous [rows, cols] float8_e4m3fn
   float* scale = nullptr;  ///< [rows]
+  bool gelu = false;
+  void* activation = nullptr;
 };
 
 /// FP8 row dequantization: out[r, c] = code(q + r·row_stride + c) · scale[r], rounded to dtype.

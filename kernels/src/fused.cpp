@@ -17,6 +17,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <optional>
+#include <tuple>
 
 namespace ltxmps::kernels {
 
@@ -193,12 +194,28 @@ int device_index(const at::Tensor& t) {
 
 std::atomic<uint64_t> fused_call_count{0};
 
+// Where a fused kernel writes the FP8 rows of its [B, S, D] output `out` when the caller asks for them: codes
+// [B·S, D] and scales [B·S], allocated into *fp8; {nullptr, nullptr} when it does not ask.
+std::pair<void*, float*> allocate_fp8_rows(const at::Tensor& out, Fp8RowsOut fp8) {
+  if (!fp8) return {nullptr, nullptr};
+  const int64_t rows = out.numel() / out.size(-1);
+  fp8->q = at::empty({rows, out.size(-1)}, out.options().dtype(at::kFloat8_e4m3fn));
+  fp8->scale = at::empty({rows}, out.options().dtype(at::kFloat));
+  return {fp8->q.data_ptr(), fp8->scale.data_ptr<float>()};
+}
+
+// The FP8 rows of `out` by the separate quantization, for the paths where the producing kernel did not run.
+void quantize_rows_of(const at::Tensor& out, Fp8RowsOut fp8) {
+  if (!fp8) return;
+  std::tie(fp8->q, fp8->scale) = quantize_fp8_rows(out.reshape({-1, out.size(-1)}));
+}
+
 // The launch of a norm and modulation of x, or of h = x + y·gate when y is defined; nothing when the kernel does
 // not apply (Note [When a CUDA kernel runs]). `residual` and `out` are allocated here.
 std::optional<cuda::NormModulateLaunch> norm_launch(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                                                     const at::Tensor& weight, const at::Tensor& scale,
                                                     const at::Tensor& shift, double eps, bool layer_norm,
-                                                    at::Tensor& residual, at::Tensor& out) {
+                                                    at::Tensor& residual, at::Tensor& out, Fp8RowsOut fp8) {
   if (!cuda_candidate(x) || !vector_ok(x, weight)) return std::nullopt;
   const auto xr = rows_of(x, x), sc = rows_of(scale, x), sh = rows_of(shift, x);
   if (!xr || !sc || !sh) return std::nullopt;
@@ -225,9 +242,10 @@ std::optional<cuda::NormModulateLaunch> norm_launch(const at::Tensor& x, const a
   l.shift = *sh;
   l.weight = weight.defined() ? weight.data_ptr() : nullptr;
   l.out = out.data_ptr();
+  std::tie(l.q, l.q_scale) = allocate_fp8_rows(out, fp8);
   const size_t e = x.element_size();
   l.vec = vector_width(l.dim, e, {{l.x, e}, {l.y, e}, {l.gate, e}, {l.scale, e}, {l.shift, e}, operand(l.weight, e),
-                                  operand(l.residual, e), operand(l.out, e)});
+                                  operand(l.residual, e), operand(l.out, e), operand(l.q, 1)});
   return l;
 }
 
@@ -241,34 +259,38 @@ uint64_t fused_calls() noexcept {
 // Entry points
 
 at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& scale,
-                             const at::Tensor& shift) {
+                             const at::Tensor& shift, Fp8RowsOut fp8) {
   at::Tensor residual, out;
-  if (const auto l = norm_launch(x, {}, {}, weight, scale, shift, eps, /*layer_norm=*/false, residual, out)) {
+  if (const auto l = norm_launch(x, {}, {}, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8)) {
     cuda::launch_norm_modulate(*l);
     ++fused_call_count;
     return out;
   }
-  return rms_norm_modulate_reference(x, weight, eps, scale, shift);
+  out = rms_norm_modulate_reference(x, weight, eps, scale, shift);
+  quantize_rows_of(out, fp8);
+  return out;
 }
 
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& gate, const at::Tensor& weight,
                                                              double eps, const at::Tensor& scale,
-                                                             const at::Tensor& shift) {
+                                                             const at::Tensor& shift, Fp8RowsOut fp8) {
   at::Tensor residual, out;
   if (y.defined()) {
-    if (const auto l = norm_launch(x, y, gate, weight, scale, shift, eps, /*layer_norm=*/false, residual, out)) {
+    if (const auto l = norm_launch(x, y, gate, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8)) {
       cuda::launch_norm_modulate(*l);
       ++fused_call_count;
       return {std::move(residual), std::move(out)};
     }
   }
-  return residual_rms_norm_modulate_reference(x, y, gate, weight, eps, scale, shift);
+  auto result = residual_rms_norm_modulate_reference(x, y, gate, weight, eps, scale, shift);
+  quantize_rows_of(result.second, fp8);
+  return result;
 }
 
 at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift) {
   at::Tensor residual, out;
-  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, /*layer_norm=*/true, residual, out)) {
+  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, /*layer_norm=*/true, residual, out, nullptr)) {
     cuda::launch_norm_modulate(*l);
     ++fused_call_count;
     return out;
@@ -276,7 +298,7 @@ at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor
   return layer_norm_modulate_reference(x, eps, scale, shift);
 }
 
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, Fp8RowsOut fp8) {
   if (cuda_candidate(x)) {
     const auto xr = rows_of(x, x), yr = rows_of(y, x), gr = rows_of(gate, x);
     if (xr && yr && gr) {
@@ -291,14 +313,17 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
       l.y = *yr;
       l.gate = *gr;
       l.out = out.data_ptr();
+      std::tie(l.q, l.q_scale) = allocate_fp8_rows(out, fp8);
       const size_t e = x.element_size();
-      l.vec = vector_width(l.dim, e, {{l.x, e}, {l.y, e}, {l.gate, e}, operand(l.out, e)});
+      l.vec = vector_width(l.dim, e, {{l.x, e}, {l.y, e}, {l.gate, e}, operand(l.out, e), operand(l.q, 1)});
       cuda::launch_gated_residual(l);
       ++fused_call_count;
       return out;
     }
   }
-  return gated_residual_reference(x, y, gate);
+  auto out = gated_residual_reference(x, y, gate);
+  quantize_rows_of(out, fp8);
+  return out;
 }
 
 namespace {
@@ -392,8 +417,12 @@ at::Tensor with_contiguous_rows(const at::Tensor& t) {
 
 }  // namespace
 
-std::pair<at::Tensor, at::Tensor> quantize_fp8_rows(const at::Tensor& rows) {
-  if (!fp8_rows_candidate(rows) || !kernel_dtype(rows.scalar_type())) return quantize_fp8_rows_reference(rows);
+namespace {
+
+// quantize_fp8_rows(gelu ? gelu_tanh(rows) : rows) by the kernel, or nothing when it does not take `rows`.
+std::optional<std::pair<at::Tensor, at::Tensor>> quantize_launch(const at::Tensor& rows, bool gelu,
+                                                                 at::Tensor* activation) {
+  if (!fp8_rows_candidate(rows) || !kernel_dtype(rows.scalar_type())) return std::nullopt;
   const auto x = with_contiguous_rows(rows);
   auto q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn).memory_format(at::MemoryFormat::Contiguous));
   auto scale = at::empty({x.size(0)}, x.options().dtype(at::kFloat));
@@ -406,11 +435,30 @@ std::pair<at::Tensor, at::Tensor> quantize_fp8_rows(const at::Tensor& rows) {
   l.x = x.data_ptr();
   l.q = q.data_ptr();
   l.scale = scale.data_ptr<float>();
+  l.gelu = gelu;
+  if (activation) {
+    *activation = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+    l.activation = activation->data_ptr();
+  }
   const size_t e = x.element_size();
-  l.vec = vector_width(l.cols, e, {{cuda::Rows{l.x, 0, l.row_stride}, e}, operand(l.q, 1)});
+  l.vec = vector_width(l.cols, e, {{cuda::Rows{l.x, 0, l.row_stride}, e}, operand(l.q, 1), operand(l.activation, e)});
   cuda::launch_quantize_fp8(l);
   ++fused_call_count;
-  return {std::move(q), std::move(scale)};
+  return std::make_pair(std::move(q), std::move(scale));
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> quantize_fp8_rows(const at::Tensor& rows) {
+  if (auto result = quantize_launch(rows, /*gelu=*/false, nullptr)) return std::move(*result);
+  return quantize_fp8_rows_reference(rows);
+}
+
+std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_gelu_tanh(const at::Tensor& rows, at::Tensor* activation) {
+  if (auto result = quantize_launch(rows, /*gelu=*/true, activation)) return std::move(*result);
+  const auto gelu = at::gelu(rows, "tanh");
+  if (activation) *activation = gelu;
+  return quantize_fp8_rows_reference(gelu);
 }
 
 at::Tensor dequantize_fp8_rows(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype) {
@@ -507,6 +555,7 @@ std::vector<Diagnostic> kernel_report(const c10::Device& device, at::ScalarType 
       {"layer_norm_modulate", "output LayerNorm and its scale / shift"},
       {"quantize_fp8_rows", "FP8 row quantization: amax, scale and e4m3 codes in one read of the row"},
       {"dequantize_fp8_rows", "FP8 storage's weight dequantization: codes times row scale, one pass"},
+      {"quantize_fp8_rows_gelu_tanh", "FP8 matmul's feed-forward: the tanh GELU and the row quantization in one pass"},
   };
   std::vector<Diagnostic> out;
   for (const auto& e : kEntries) {

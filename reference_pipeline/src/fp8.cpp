@@ -7,6 +7,7 @@
 
 #include "ltxmps/error.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -82,6 +83,15 @@ std::vector<BlockLinearShape> block_linear_shapes(const TransformerConfig& confi
   return {{"attn1.to_q", D, D},  {"attn1.to_k", D, D},  {"attn1.to_v", D, D},       {"attn1.to_out.0", D, D},
           {"attn2.to_q", D, D},  {"attn2.to_k", C, D},  {"attn2.to_v", C, D},       {"attn2.to_out.0", D, D},
           {"ff.net.0.proj", D, 4 * D}, {"ff.net.2", 4 * D, D}};
+}
+
+int64_t fp8_dequantized_bytes(const TransformerConfig& config, const TransformerRuntime& runtime) {
+  if (runtime.block_linears == LinearMode::dense || config.num_layers == 0) return 0;
+  int64_t largest = 0;
+  for (const auto& s : block_linear_shapes(config))
+    if (runtime.block_linears == LinearMode::fp8_storage || !fp8_matmul_supported(s.in_features, s.out_features))
+      largest = std::max(largest, s.in_features * s.out_features);
+  return largest * static_cast<int64_t>(c10::elementSize(runtime.dtype));
 }
 
 std::vector<ltxmps::Diagnostic> fp8_diagnostics(const TransformerModel& model) {

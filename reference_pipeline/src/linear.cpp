@@ -28,20 +28,13 @@ std::optional<at::Tensor> bias_of(const LinearWeights& l) {
   return l.bias.defined() ? std::optional<at::Tensor>(l.bias) : std::nullopt;
 }
 
-// x [..., K] -> x_q [M, K] row-major with scale_a [M, 1]; w_q.t() is [K, N] column-major with scale_b [1, N]
-// (the layouts at::_scaled_mm takes). Both scales and the bias are applied in the GEMM's epilogue, except a bias
-// with a float32 output, which the CUDA kernels refuse and which is then added after.
-at::Tensor scaled_mm_linear(const LinearWeights& l, const at::Tensor& x) {
+// x [..., K] -> its FP8 rows [M, K] (quantized here unless the caller has them), then apply_fp8_matmul.
+at::Tensor scaled_mm_linear(const LinearWeights& l, const at::Tensor& x, const Fp8Rows* x_fp8) {
   const int64_t K = l.weight_fp8.size(1), N = l.weight_fp8.size(0);
   auto rows = x.reshape({-1, K});
   if (rows.size(0) == 0)
     return at::linear(x, dequantize_fp8_rowwise(l.weight_fp8, l.weight_scale, x.scalar_type()), bias_of(l));
-  const auto xq = quantize_fp8_rowwise(rows.contiguous());
-  const bool bias_in_gemm = l.bias.defined() && x.scalar_type() != at::kFloat;
-  auto out = at::_scaled_mm(xq.q, l.weight_fp8.t(), xq.scale.unsqueeze(1), l.weight_scale.unsqueeze(0),
-                            bias_in_gemm ? bias_of(l) : std::nullopt, /*scale_result=*/std::nullopt,
-                            x.scalar_type(), /*use_fast_accum=*/false);
-  if (l.bias.defined() && !bias_in_gemm) out.add_(l.bias);
+  auto out = apply_fp8_matmul(l, x_fp8 ? *x_fp8 : quantize_fp8_rowwise(rows.contiguous()), x.scalar_type());
   auto sizes = x.sizes().vec();
   sizes.back() = N;
   return out.view(sizes);
@@ -58,9 +51,34 @@ at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x) {
     case LinearMode::fp8_matmul:
       LTXMPS_CHECK(x.size(-1) == l.weight_fp8.size(1), "apply_linear: input has ", x.size(-1),
                    " features, the FP8 layer takes ", l.weight_fp8.size(1));
-      return scaled_mm_linear(l, x);
+      return scaled_mm_linear(l, x, nullptr);
   }
   throw Error("apply_linear: unknown LinearMode");
+}
+
+// x_q [M, K] row-major with scale_a [M, 1]; w_q.t() is [K, N] column-major with scale_b [1, N] (the layouts
+// at::_scaled_mm takes). Both scales and the bias are applied in the GEMM's epilogue, except a bias with a float32
+// output, which the CUDA kernels refuse and which is then added after.
+at::Tensor apply_fp8_matmul(const LinearWeights& l, const Fp8Rows& x_fp8, at::ScalarType dtype) {
+  LTXMPS_CHECK(l.mode == LinearMode::fp8_matmul, "apply_fp8_matmul: the layer is ", to_string(l.mode),
+               ", not fp8 matmul");
+  LTXMPS_CHECK(x_fp8.q.dim() == 2 && x_fp8.q.size(1) == l.weight_fp8.size(1) && x_fp8.scale.dim() == 1 &&
+                   x_fp8.scale.size(0) == x_fp8.q.size(0),
+               "apply_fp8_matmul: expected FP8 rows [M, ", l.weight_fp8.size(1), "] with scales [M], got ",
+               x_fp8.q.sizes(), " and ", x_fp8.scale.sizes());
+  const bool bias_in_gemm = l.bias.defined() && dtype != at::kFloat;
+  auto out = at::_scaled_mm(x_fp8.q, l.weight_fp8.t(), x_fp8.scale.unsqueeze(1), l.weight_scale.unsqueeze(0),
+                            bias_in_gemm ? bias_of(l) : std::nullopt, /*scale_result=*/std::nullopt, dtype,
+                            /*use_fast_accum=*/false);
+  if (l.bias.defined() && !bias_in_gemm) out.add_(l.bias);
+  return out;
+}
+
+at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x, const Fp8Rows* x_fp8) {
+  if (!x_fp8 || l.mode != LinearMode::fp8_matmul) return apply_linear(l, x);
+  LTXMPS_CHECK(x.size(-1) == l.weight_fp8.size(1), "apply_linear: input has ", x.size(-1),
+               " features, the FP8 layer takes ", l.weight_fp8.size(1));
+  return scaled_mm_linear(l, x, x_fp8);
 }
 
 }  // namespace ltxmps::pipeline

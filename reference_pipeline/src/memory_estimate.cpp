@@ -1,5 +1,6 @@
 #include "ltxmps_pipeline/memory_estimate.hpp"
 
+#include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 
 #include <ltxmps/error.hpp>
@@ -34,7 +35,9 @@
 //    offload every component stays resident on the device (the text encoder until it is released after
 //    encoding, or for the whole run with removal, which keeps it); with offload a phase holds only its own
 //    component on the device (a streamed transformer's ring leaves with it) and the host holds all of them (`host_bytes`).
-//    A streamed transformer or T5 counts what the weight plan puts on the device (Note [Weight budget]).
+//    A streamed transformer or T5 counts what the weight plan puts on the device (Note [Weight budget]). With
+//    FP8 storage the transformer's phases also hold the layer dequantized for the matmul that runs: the largest
+//    block linear in the compute dtype (fp8_dequantized_bytes()).
 //  - text encoder: T5 over 2·batch (CFG: the negative prompts) × L tokens: hidden states, the feed-forward's
 //    d_ff hidden (three of them for a gated activation), counted in float32 (the `wo` input is upcast), and
 //    the [rows, heads, L, L] position bias, mask and scores.
@@ -328,6 +331,8 @@ MemoryEstimate estimate_request_memory(const TransformerConfig& transformer, con
   // [Streamed weights]); a streamed T5 holds one block there at a time.
   const bool t5_streamed = plan.weights.planned && plan.weights.text_encoder.mode == ltxmps::WeightMode::streamed;
   const int64_t t5_device = t5_streamed ? plan.weights.text_encoder.device_bytes : w.text_encoder;
+  // FP8 storage's dequantized layer is held while the transformer runs (Note [Weight storage]).
+  const int64_t dequantized = fp8_dequantized_bytes(transformer, transformer_runtime(plan));
   MemoryEstimate est;
   est.weights_bytes = c.add({w.transformer, w.vae, w.text_encoder}, "the weights");
   est.advice = advice(plan);
@@ -342,12 +347,11 @@ MemoryEstimate estimate_request_memory(const TransformerConfig& transformer, con
     t5_resident = !r.release_text_encoder;
   }
   if (r.encode_frames > 0) est.phases.push_back({"vae encode", on_device(w.vae), encode_activations(vae, plan, r, c)});
+  const auto running_transformer = [&] { return c.add({on_device(transformer_device), dequantized}, "the weights"); };
   if (r.effects_query_chunk)
-    est.phases.push_back(
-        {"effects pass", on_device(transformer_device), effects_activations(transformer, plan, r, l, c)});
+    est.phases.push_back({"effects pass", running_transformer(), effects_activations(transformer, plan, r, l, c)});
   if (r.denoise)
-    est.phases.push_back(
-        {"transformer loop", on_device(transformer_device), loop_activations(transformer, plan, r, l, c)});
+    est.phases.push_back({"transformer loop", running_transformer(), loop_activations(transformer, plan, r, l, c)});
   if (r.decode) est.phases.push_back({"vae decode", on_device(w.vae), decode_activations(vae, plan, r, l, c)});
   for (const auto& p : est.phases) {
     const int64_t total = c.add({p.weights_bytes, p.activation_bytes}, "a phase's memory");

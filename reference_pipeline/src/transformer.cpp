@@ -210,12 +210,23 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const TransformerConfig& config, 
 // directly. The references are this model's op sequence (diffusers' roundings included), so the CPU forward is
 // the same either way and the parity suites cover it; on CUDA the two differ by the kernels' rounding (Note
 // [Fused kernel rounding] in ltxmps_kernels/fused.hpp).
+//
+// Note [FP8 rows from the fused kernels]
+// Under FP8 matmul every block linear quantizes its input rows. With the fused kernels, the kernels that produce
+// those rows quantize them as they write them (norm1 for q/k/v, the self-attention's gated residual for the
+// cross-attention query, norm2 for ff.net.0, and the GELU for ff.net.2, whose bf16 activation is then never
+// written), the text context is quantized once per forward for every block's cross-attention keys and values, and
+// self-attention's q, k and v share one quantization of their input. Only the attention outputs keep a separate
+// pass. The codes are those the layers would have made themselves (Fp8RowsOut in fused.hpp), so the forward's
+// result is unchanged.
 struct ForwardContext {
   const TransformerConfig& config;
   const TransformerRuntime& runtime;
   const AttentionCapture* capture;
+  Fp8Rows context_fp8{};  ///< the text context's FP8 rows when fp8_rows()
 
   bool fused() const { return runtime.fused_kernels; }
+  bool fp8_rows() const { return runtime.fused_kernels && runtime.block_linears == LinearMode::fp8_matmul; }
 };
 
 // q = norm_q(q), k = norm_k(k) (torch.nn.RMSNorm(D, eps=1e-5) across all heads: at::rms_norm, as torch calls it),
@@ -239,15 +250,17 @@ std::pair<at::Tensor, at::Tensor> normalize_qk(const ForwardContext& ctx, const 
 }
 
 // LTXAttention + LTXVideoAttnProcessor. `context` is undefined for self-attention; `rope` only for attn1;
-// `bias` is the additive text bias [B, 1, L] (attn2 only).
+// `bias` is the additive text bias [B, 1, L] (attn2 only). `x_fp8`: x's FP8 rows when the caller has them.
 at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttentionWeights& w, const at::Tensor& x,
-                             const at::Tensor& context, const std::pair<at::Tensor, at::Tensor>* rope,
-                             const at::Tensor& bias, int64_t capture_layer) {
+                             const Fp8Rows* x_fp8, const at::Tensor& context,
+                             const std::pair<at::Tensor, at::Tensor>* rope, const at::Tensor& bias,
+                             int64_t capture_layer) {
   const int64_t heads = ctx.config.num_attention_heads;
   const auto& kv_input = context.defined() ? context : x;
-  auto q = apply_linear(w.to_q, x);
-  auto k = apply_linear(w.to_k, kv_input);
-  auto v = apply_linear(w.to_v, kv_input);
+  const Fp8Rows* kv_fp8 = !context.defined() ? x_fp8 : ctx.context_fp8.q.defined() ? &ctx.context_fp8 : nullptr;
+  auto q = apply_linear(w.to_q, x, x_fp8);
+  auto k = apply_linear(w.to_k, kv_input, kv_fp8);
+  auto v = apply_linear(w.to_v, kv_input, kv_fp8);
   at::Tensor q_normed, k_normed;  // what a capture without RoPE reads
   const bool keep_unrotated = capture_layer >= 0 && !ctx.capture->apply_rope;
   std::tie(q, k) = normalize_qk(ctx, w, q, k, rope, keep_unrotated, q_normed, k_normed);
@@ -280,14 +293,32 @@ at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttenti
   return apply_linear(w.to_out_0, out);
 }
 
-// ff.net.0: the projection D -> 4D and its GELU. With the fused kernels and the tanh GELU, a dense weight of the
-// activations' dtype runs as one GEMM with the GELU in its epilogue; any other weight (FP8, say) keeps its own
-// apply_linear.
-at::Tensor feed_forward_in(const ForwardContext& ctx, const LinearWeights& l, const at::Tensor& x) {
+// FeedForward: ff.net.0 (the projection D -> 4D and its GELU), then ff.net.2. With the fused kernels and the tanh
+// GELU, a dense ff.net.0 of the activations' dtype (or an FP8-stored one, dequantized) runs as one GEMM with the
+// GELU in its epilogue; under FP8 matmul the GELU and the quantization of ff.net.2's input are one pass (Note [FP8
+// rows from the fused kernels]); any other layer keeps its own apply_linear.
+at::Tensor feed_forward(const ForwardContext& ctx, const TransformerBlockWeights& w, const at::Tensor& x,
+                        const Fp8Rows* x_fp8) {
+  const auto &in = w.ff_net_0_proj, &out = w.ff_net_2;
   const bool tanh = ctx.config.activation_fn == "gelu-approximate";
-  if (ctx.fused() && tanh && l.weight.defined() && l.weight.scalar_type() == x.scalar_type())
-    return kernels::linear_gelu_tanh(x, l.weight, l.bias);
-  return at::gelu(apply_linear(l, x), tanh ? "tanh" : "none");
+  if (ctx.fused() && tanh && x_fp8 && in.mode == LinearMode::fp8_matmul && out.mode == LinearMode::fp8_matmul) {
+    const auto h = apply_linear(in, x, x_fp8);
+    const auto [q, scale] = kernels::quantize_fp8_rows_gelu_tanh(h.reshape({-1, h.size(-1)}));
+    auto sizes = x.sizes().vec();
+    sizes.back() = out.out_features();
+    return apply_fp8_matmul(out, {q, scale}, h.scalar_type()).view(sizes);
+  }
+  // A dense weight of x's dtype, or FP8 storage's weight dequantized to it: the GELU epilogue applies to both.
+  const bool epilogue = ctx.fused() && tanh;
+  const auto weight = epilogue && in.mode == LinearMode::fp8_storage
+                          ? dequantize_fp8_rowwise(in.weight_fp8, in.weight_scale, x.scalar_type())
+                          : in.weight;
+  at::Tensor hidden;
+  if (epilogue && weight.defined() && weight.scalar_type() == x.scalar_type())
+    hidden = kernels::linear_gelu_tanh(x, weight, in.bias);
+  else
+    hidden = at::gelu(apply_linear(in, x, x_fp8), tanh ? "tanh" : "none");
+  return apply_linear(out, hidden);
 }
 
 // LTXVideoTransformerBlock.forward
@@ -302,23 +333,26 @@ at::Tensor block_forward(const ForwardContext& ctx, const TransformerBlockWeight
   auto ada = w.scale_shift_table.unsqueeze(0).unsqueeze(0) + temb.reshape({batch, temb.size(1), 6, -1});
   auto shift_msa = ada.select(2, 0), scale_msa = ada.select(2, 1), gate_msa = ada.select(2, 2);
   auto shift_mlp = ada.select(2, 3), scale_mlp = ada.select(2, 4), gate_mlp = ada.select(2, 5);
-  auto norm_x = fused ? kernels::rms_norm_modulate(x, w.norm1_weight, eps, scale_msa, shift_msa)
+  Fp8Rows rows;  // the FP8 rows of the activation that enters the next linears
+  Fp8Rows* const rows_out = ctx.fp8_rows() ? &rows : nullptr;
+  auto norm_x = fused ? kernels::rms_norm_modulate(x, w.norm1_weight, eps, scale_msa, shift_msa, rows_out)
                       : kernels::rms_norm_modulate_reference(x, w.norm1_weight, eps, scale_msa, shift_msa);
 
   int64_t capture_layer = -1;
   if (ctx.capture && std::find(ctx.capture->layers.begin(), ctx.capture->layers.end(), layer) != ctx.capture->layers.end())
     capture_layer = layer;
-  auto attn = attention_forward(ctx, w.attn1, norm_x, at::Tensor(), &rope, at::Tensor(), capture_layer);
-  x = fused ? kernels::gated_residual(x, attn, gate_msa) : kernels::gated_residual_reference(x, attn, gate_msa);
+  auto attn = attention_forward(ctx, w.attn1, norm_x, rows_out, at::Tensor(), &rope, at::Tensor(), capture_layer);
+  x = fused ? kernels::gated_residual(x, attn, gate_msa, rows_out)
+            : kernels::gated_residual_reference(x, attn, gate_msa);
 
   // Cross-attention: the raw residual stream is the query; no norm, no modulation, no gate. Its residual sum and
   // norm2 with the MLP modulation are one pass.
-  attn = attention_forward(ctx, w.attn2, x, context, nullptr, text_bias, -1);
-  std::tie(x, norm_x) =
-      fused ? kernels::residual_rms_norm_modulate(x, attn, at::Tensor(), w.norm2_weight, eps, scale_mlp, shift_mlp)
-            : kernels::residual_rms_norm_modulate_reference(x, attn, at::Tensor(), w.norm2_weight, eps, scale_mlp,
-                                                            shift_mlp);
-  auto ff = apply_linear(w.ff_net_2, feed_forward_in(ctx, w.ff_net_0_proj, norm_x));
+  attn = attention_forward(ctx, w.attn2, x, rows_out, context, nullptr, text_bias, -1);
+  std::tie(x, norm_x) = fused ? kernels::residual_rms_norm_modulate(x, attn, at::Tensor(), w.norm2_weight, eps,
+                                                                    scale_mlp, shift_mlp, rows_out)
+                              : kernels::residual_rms_norm_modulate_reference(x, attn, at::Tensor(), w.norm2_weight,
+                                                                              eps, scale_mlp, shift_mlp);
+  auto ff = feed_forward(ctx, w, norm_x, rows_out);
   return fused ? kernels::gated_residual(x, ff, gate_mlp) : kernels::gated_residual_reference(x, ff, gate_mlp);
 }
 
@@ -380,7 +414,7 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
                    config.num_layers, ")");
   }
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
-  const ForwardContext ctx{config, runtime, capture};
+  ForwardContext ctx{config, runtime, capture};
   const int64_t B = in.hidden_states.size(0);
 
   auto hidden = in.hidden_states.to(options);
@@ -408,6 +442,7 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
   auto context = apply_linear(caption_projection_linear_1, in.encoder_hidden_states.to(options));
   context = apply_linear(caption_projection_linear_2, at::gelu(context, "tanh"));
   context = context.view({B, -1, hidden.size(-1)});
+  if (ctx.fp8_rows()) ctx.context_fp8 = quantize_fp8_rowwise(context.reshape({-1, context.size(-1)}).contiguous());
 
   if (streamer) {
     const auto& to = streamer->device();  // "cuda" is the current device, which the streamer resolved to cuda:N

@@ -2,6 +2,7 @@
 
 #include "ltxmps_pipeline/weight_plan.hpp"
 
+#include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/t5_streaming.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
@@ -43,6 +44,9 @@ void transformer_sizes(const TransformerConfig& config, const ltxmps::ExecutionP
   auto fp8 = TransformerModel::from_weights(config, runtime, meta);
   out.fp8_bytes = model_bytes(fp8);
   out.fp8_block_bytes = out.blocks > 0 ? block_bytes(fp8.transformer_blocks.front()) : 0;
+  // The layer dequantized for the matmul that runs; under FP8 matmul only the layers that fall back to storage.
+  if (plan.precision.fp8_matmul) runtime.block_linears = LinearMode::fp8_matmul;
+  out.fp8_dequantized_bytes = fp8_dequantized_bytes(config, runtime);
 }
 
 int64_t phase_activations(const MemoryEstimate& estimate, std::initializer_list<const char*> names) {

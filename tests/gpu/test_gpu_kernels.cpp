@@ -341,6 +341,89 @@ TEST_CASE("dequantize_fp8_rows: the kernel's values are the reference's bits", "
   }
 }
 
+namespace {
+
+// The FP8 rows a kernel wrote beside its output `out` against the reference quantization of `out`, bit for bit.
+void check_rows_of(const at::Tensor& out, const kernels::Fp8Rows& rows) {
+  const auto ref = kernels::quantize_fp8_rows_reference(out.reshape({-1, out.size(-1)}));
+  REQUIRE((rows.q.defined() && rows.q.device() == out.device()));
+  CHECK(same_bits(rows.q, ref.first));
+  CHECK(same_bits(rows.scale, ref.second));
+}
+
+}  // namespace
+
+TEST_CASE("the norm and residual kernels' FP8 rows are quantize_fp8_rows of their outputs, bit for bit",
+          "[gpu][kernels][fp8]") {
+  // 16384: two vectors per thread (the written row is re-read across vectors).
+  for (const auto dtype : kDtypes)
+    for (const int64_t D : {int64_t{2048}, int64_t{1000}, int64_t{998}, int64_t{7}, int64_t{16384}})
+      for (const int layout : {0, 2}) {
+        INFO("dtype " << dtype << ", D " << D << ", layout " << layout);
+        const int64_t B = 2, S = 19;
+        const auto x = activation(B, S, D, dtype, 70, layout).mul(3), y = activation(B, S, D, dtype, 71, layout);
+        const auto ada = randn({B, S, 6, D}, dtype, 72, 0.5);
+        const auto gate = ada.select(2, 2), shift = ada.select(2, 3), scale = ada.select(2, 4);
+        const auto weight = randn({D}, dtype, 73, 0.1).add(1);
+        kernels::Fp8Rows rows;
+        at::Tensor out;
+        CHECK(fused_calls_in([&] { out = kernels::rms_norm_modulate(x, weight, 1e-6, scale, shift, &rows); }) == 1);
+        check_rows_of(out, rows);
+        CHECK(at::equal(out, kernels::rms_norm_modulate(x, weight, 1e-6, scale, shift)));  // asking changes nothing
+        std::pair<at::Tensor, at::Tensor> hn;
+        CHECK(fused_calls_in([&] {
+                hn = kernels::residual_rms_norm_modulate(x, y, gate, weight, 1e-6, scale, shift, &rows);
+              }) == 1);
+        check_rows_of(hn.second, rows);
+        CHECK(fused_calls_in([&] { out = kernels::gated_residual(x, y, gate, &rows); }) == 1);
+        check_rows_of(out, rows);
+        CHECK(at::equal(out, kernels::gated_residual_reference(x, y, gate)));
+      }
+  // Non-finite rows (inf, NaN) beside finite ones, and what the kernels do not take (float64: the references).
+  auto x = randn({1, 4, 256}, at::kFloat, 74);
+  x[0][1][5] = INFINITY;
+  x[0][2][7] = NAN;
+  const auto y = randn({1, 4, 256}, at::kFloat, 75), gate = randn({1, 1, 256}, at::kFloat, 76);
+  kernels::Fp8Rows rows;
+  const auto out = kernels::gated_residual(x, y, gate, &rows);
+  check_rows_of(out, rows);
+  CHECK(std::isinf(rows.scale[1].item<float>()));
+  CHECK(std::isnan(rows.scale[2].item<float>()));
+  const auto x64 = x.to(at::kDouble).nan_to_num(0, 0, 0);
+  CHECK(fused_calls_in([&] { kernels::gated_residual(x64, y.to(at::kDouble), gate.to(at::kDouble), &rows); }) == 0);
+  check_rows_of(kernels::gated_residual_reference(x64, y.to(at::kDouble), gate.to(at::kDouble)), rows);
+}
+
+TEST_CASE("quantize_fp8_rows_gelu_tanh: ATen's tanh GELU and the row quantization in one kernel, bit for bit",
+          "[gpu][kernels][fp8]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t K : kFp8Cols)
+      for (const int64_t M : {int64_t{1}, int64_t{37}, int64_t{300}}) {
+        INFO("dtype " << dtype << ", M " << M << ", K " << K);
+        // Around GELU's bend (|x| < 6) and far out on both sides.
+        const auto x = fp8_input(M, K, dtype, 80 + K + M).mul(0.05);
+        const auto gelu = at::gelu(x, "tanh");
+        const auto ref = kernels::quantize_fp8_rows_reference(gelu);
+        std::pair<at::Tensor, at::Tensor> rows;
+        at::Tensor activation;
+        CHECK(fused_calls_in([&] { rows = kernels::quantize_fp8_rows_gelu_tanh(x, &activation); }) == 1);
+        CHECK(same_bits(activation, gelu));
+        CHECK(same_bits(rows.first, ref.first));
+        CHECK(same_bits(rows.second, ref.second));
+        CHECK(fused_calls_in([&] { rows = kernels::quantize_fp8_rows_gelu_tanh(x); }) == 1);
+        CHECK(same_bits(rows.first, ref.first));
+      }
+  // Rows read in place from a column window; float64 runs the ATen ops.
+  const auto wide = fp8_input(37, 520, at::kBFloat16, 90);
+  const auto window = wide.narrow(1, 8, 512);
+  const auto ref = kernels::quantize_fp8_rows_reference(at::gelu(window, "tanh"));
+  CHECK(same_bits(kernels::quantize_fp8_rows_gelu_tanh(window).first, ref.first));
+  const auto x64 = window.to(at::kDouble);
+  std::pair<at::Tensor, at::Tensor> rows;
+  CHECK(fused_calls_in([&] { rows = kernels::quantize_fp8_rows_gelu_tanh(x64); }) == 0);
+  CHECK(same_bits(rows.first, kernels::quantize_fp8_rows_reference(at::gelu(x64, "tanh")).first));
+}
+
 TEST_CASE("SDPA reads the head-split views in place and its output merges heads without a copy", "[gpu][kernels]") {
   const int64_t B = 2, S = 256, H = 8, Dh = 64;
   const auto split = [&](const at::Tensor& t) { return t.unflatten(2, {H, Dh}).permute({0, 2, 1, 3}); };
@@ -360,25 +443,32 @@ TEST_CASE("SDPA reads the head-split views in place and its output merges heads 
   CHECK(report.back().rule == "kernels.sdpa");
 }
 
-TEST_CASE("a transformer forward with the fused kernels matches the unfused forward", "[gpu][kernels]") {
-  using namespace ltxmps::pipeline;
-  at::globalContext().setAllowTF32CuBLAS(false);
-  TransformerConfig config;
+namespace {
+
+// A two-block transformer (D = 64: 8-element vectors, RoPE padding of 4, every block linear a multiple of 16 for
+// FP8 matmul), its random weights and inputs with a partly masked text.
+ltxmps::pipeline::TransformerConfig small_config() {
+  ltxmps::pipeline::TransformerConfig config;
   config.in_channels = config.out_channels = 16;
   config.num_attention_heads = 4;
-  config.attention_head_dim = 16;  // D = 64: 8-element vectors, RoPE padding of 4
+  config.attention_head_dim = 16;
   config.cross_attention_dim = 64;
   config.num_layers = 2;
   config.caption_channels = 32;
   config.norm_elementwise_affine = true;
-  const auto weights = [](const std::string& name, const std::vector<int64_t>& shape) {
-    auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
-    const bool bias = name.find("bias") != std::string::npos;
-    if (shape.size() == 1) return ltxmps::randn(shape, g).mul_(0.05).add_(bias ? 0.0 : 1.0);
-    return ltxmps::randn(shape, g).mul_(1.0 / std::sqrt(static_cast<double>(shape[1])));
-  };
+  return config;
+}
+
+at::Tensor small_weight(const std::string& name, const std::vector<int64_t>& shape) {
+  auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
+  const bool bias = name.find("bias") != std::string::npos;
+  if (shape.size() == 1) return ltxmps::randn(shape, g).mul_(0.05).add_(bias ? 0.0 : 1.0);
+  return ltxmps::randn(shape, g).mul_(1.0 / std::sqrt(static_cast<double>(shape[1])));
+}
+
+ltxmps::pipeline::TransformerInputs small_inputs() {
   auto g = ltxmps::make_cpu_generator(24);
-  TransformerInputs in;
+  ltxmps::pipeline::TransformerInputs in;
   in.hidden_states = ltxmps::randn({2, 3 * 4 * 5, 16}, g);
   in.encoder_hidden_states = ltxmps::randn({2, 9, 32}, g);
   in.timestep = at::tensor({500.0f, 20.0f});
@@ -388,6 +478,17 @@ TEST_CASE("a transformer forward with the fused kernels matches the unfused forw
   in.height = 4;
   in.width = 5;
   in.rope_interpolation_scale = std::array<double, 3>{8.0 / 25.0, 32.0, 32.0};
+  return in;
+}
+
+}  // namespace
+
+TEST_CASE("a transformer forward with the fused kernels matches the unfused forward", "[gpu][kernels]") {
+  using namespace ltxmps::pipeline;
+  at::globalContext().setAllowTF32CuBLAS(false);
+  const auto config = small_config();
+  const auto weights = small_weight;
+  const auto in = small_inputs();
   const auto reference = TransformerModel::from_weights(config, {c10::kCPU, at::kFloat, {}}, weights).forward(in);
   const auto scaled_error = [](const at::Tensor& a, const at::Tensor& b) {
     const auto x = a.to(at::kCPU, at::kDouble), y = b.to(at::kCPU, at::kDouble);
@@ -419,6 +520,42 @@ TEST_CASE("a transformer forward with the fused kernels matches the unfused forw
   CHECK(scaled_error(with_capture, model.forward(in)) <= 3e-2);
   REQUIRE(maps.count(1) == 1);
   CHECK(maps[1].isfinite().all().item<bool>());
+}
+
+
+TEST_CASE("an FP8-matmul forward takes its FP8 rows from the fused kernels", "[gpu][kernels][fp8]") {
+  using namespace ltxmps::pipeline;
+  const auto caps = ltxmps::current_capabilities();
+  const auto* info = ltxmps::cuda_info(caps, kCuda);
+  if (info == nullptr || !info->supports_fp8_matmul()) {
+    WARN("FP8 matmul needs compute capability >= 8.9: skipped");
+    return;
+  }
+  const auto config = small_config();
+  const auto in = small_inputs();
+  TransformerRuntime runtime{kCuda, at::kBFloat16, {}};
+  runtime.block_linears = LinearMode::fp8_matmul;
+  const auto model = TransformerModel::from_weights(config, runtime, small_weight);
+  at::Tensor out;
+  const auto calls = fused_calls_in([&] { out = model.forward(in); });
+  // Per block: norm1 with the rows of q/k/v, attn1's q/k, the quantization of its output, its gated residual with
+  // the rows of attn2's query, attn2's q and k (two lengths), the quantization of its output, the residual with norm2
+  // and the rows of ff.net.0, the GELU with the rows of ff.net.2, the feed-forward's gated residual. Per forward:
+  // the text context's rows (once for every block) and the output head.
+  CHECK(calls == 2 * 10 + 2);
+  // Against the bf16 forward, the bound test_gpu_fp8.cpp derives: 2^-4/√3 · √(2N) for N = 20 rounded layers with
+  // rounded inputs, plus twice what bf16 itself moves against float32.
+  runtime.block_linears = LinearMode::dense;
+  const auto as_double = [](const at::Tensor& t) { return t.to(at::kCPU, at::kDouble); };
+  const auto dense = as_double(TransformerModel::from_weights(config, runtime, small_weight).forward(in));
+  const auto fp32 = as_double(TransformerModel::from_weights(config, {c10::kCPU, at::kFloat, {}}, small_weight).forward(in));
+  const auto rms = [](const at::Tensor& t) { return t.pow(2).mean().sqrt().item<double>(); };
+  const double bound = (1.0 / 16) / std::sqrt(3.0) * std::sqrt(2.0 * 20) + 2 * rms(dense - fp32) / rms(fp32);
+  const auto fp8 = as_double(out);
+  INFO("scaled max error " << (fp8 - dense).abs().max().item<double>() / dense.abs().max().item<double>()
+                           << ", bound " << bound);
+  CHECK((fp8 - dense).abs().max().item<double>() / dense.abs().max().item<double>() <= bound);
+  CHECK(rms(fp8 - dense) > 0);
 }
 
 int main(int argc, char* argv[]) {

@@ -13,13 +13,11 @@
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
+#include "gpu/no_host_sync.hpp"
+
 #include <ltxmps/ltxmps.hpp>
 
 #include <nlohmann/json.hpp>
-
-#if defined(LTXMPS_WITH_CUDA)
-#include <c10/cuda/CUDAFunctions.h>
-#endif
 
 #include <unistd.h>
 
@@ -85,11 +83,7 @@ TransformerInputs cuda_inputs(const TransformerConfig& c) {
 int64_t allocated() { return ltxmps::memory_stats(kCuda).allocated.value_or(-1); }
 
 #if defined(LTXMPS_WITH_CUDA)
-// While alive, any call that synchronizes the host with the GPU throws (c10::cuda::SyncDebugMode::L_ERROR).
-struct NoHostSync {
-  NoHostSync() { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR); }
-  ~NoHostSync() { c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED); }
-};
+using ltxmps_test::NoHostSync;
 #endif
 
 }  // namespace

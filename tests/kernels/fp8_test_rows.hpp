@@ -1,5 +1,6 @@
 #pragma once
-// Inputs for the FP8 row quantization tests (tests/kernels on the CPU, tests/gpu on CUDA).
+// Inputs for the FP8 row quantization tests (tests/kernels on the CPU, tests/gpu on CUDA) and whether the CPU can
+// run FP8 matmul.
 
 #include <ltxmps/random.hpp>
 
@@ -23,6 +24,20 @@ inline at::Tensor fp8_test_rows(int64_t M, int64_t K, uint64_t seed) {
     w[2][K - 1] = -1e-30;
   }
   return w;
+}
+
+/// Whether this LibTorch's CPU at::_scaled_mm takes row-wise scales. It arrived after LibTorch 2.11 (which asserts
+/// "only supports per-tensor scaling for CPU backend"); where it is missing, the CPU checks of FP8 matmul cannot run
+/// (the plan never picks FP8 matmul off CUDA; the GPU suites cover the CUDA kernels).
+inline bool cpu_rowwise_scaled_mm() {
+  const auto q = at::zeros({16, 16}, at::TensorOptions().dtype(at::kFloat8_e4m3fn));
+  const auto scale = at::ones({16}, at::TensorOptions().dtype(at::kFloat));
+  try {
+    at::_scaled_mm(q, q.t(), scale.unsqueeze(1), scale.unsqueeze(0), std::nullopt, std::nullopt, at::kFloat, false);
+    return true;
+  } catch (const c10::Error&) {
+    return false;
+  }
 }
 
 }  // namespace ltxmps_test

@@ -395,7 +395,7 @@ TEST_CASE("dequantize_fp8_rows_reference: code times row scale, one rounding to 
 TEST_CASE("kernel_report explains the choice per kernel; the CPU runs the references", "[kernels]") {
   const auto calls = kernels::fused_calls();
   const auto report = kernels::kernel_report(c10::Device("cpu"), at::kBFloat16);
-  REQUIRE(report.size() == 9);
+  REQUIRE(report.size() == 10);
   for (size_t i = 0; i + 1 < report.size(); ++i) {
     CHECK(report[i].topic == "kernels");
     CHECK(report[i].rule == "kernels.reference");
@@ -445,4 +445,45 @@ TEST_CASE("a transformer forward is bit-identical with and without the fused ker
     CHECK(at::equal(a, b));
     CHECK(a.abs().max().item<double>() > 0);
   }
+}
+
+TEST_CASE("an FP8-matmul forward with the fused kernels' FP8 rows is bit-identical to one quantizing per layer",
+          "[kernels][fp8]") {
+  if (!ltxmps_test::cpu_rowwise_scaled_mm()) {
+    WARN("FP8 matmul checks skipped: this LibTorch's CPU at::_scaled_mm takes per-tensor scales only");
+    return;
+  }
+  // Off CUDA the entry points run the references and quantize their outputs separately: the same rows that each
+  // layer would quantize itself, if the forward hands each layer its own input's rows (attn1's q/k/v norm1's,
+  // attn2's query the gated residual's, its keys and values the context's, ff.net.2 the GELU's).
+  using namespace ltxmps::pipeline;
+  TransformerConfig config;
+  config.in_channels = config.out_channels = 8;
+  config.num_attention_heads = 2;
+  config.attention_head_dim = 16;  // D = 32: every block linear a multiple of 16
+  config.cross_attention_dim = 32;
+  config.num_layers = 2;
+  config.caption_channels = 16;
+  const auto weights = [](const std::string& name, const std::vector<int64_t>& shape) {
+    auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name) + 1);
+    return ltxmps::randn(shape, g).mul_(shape.size() == 1 ? 0.1 : 0.3);
+  };
+  auto g = ltxmps::make_cpu_generator(19);
+  TransformerInputs in;
+  in.hidden_states = ltxmps::randn({2, 2 * 2 * 3, 8}, g);
+  in.encoder_hidden_states = ltxmps::randn({2, 5, 16}, g);
+  in.timestep = at::tensor({30.f, 900.f});
+  in.num_frames = 2;
+  in.height = 2;
+  in.width = 3;
+  TransformerRuntime fused{c10::kCPU, at::kFloat, {}};
+  fused.block_linears = LinearMode::fp8_matmul;
+  TransformerRuntime unfused = fused;
+  unfused.fused_kernels = false;
+  const auto model = TransformerModel::from_weights(config, fused, weights);
+  REQUIRE(model.transformer_blocks[0].ff_net_2.mode == LinearMode::fp8_matmul);
+  const auto a = model.forward(in);
+  const auto b = TransformerModel::from_weights(config, unfused, weights).forward(in);
+  CHECK(at::equal(a, b));
+  CHECK(a.abs().max().item<double>() > 0);
 }

@@ -7,6 +7,7 @@
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
 
+#include "kernels/fp8_test_rows.hpp"
 #include "tiny_models.hpp"
 
 #include "ltxmps/plan.hpp"
@@ -87,22 +88,8 @@ Errors errors(const at::Tensor& out, const at::Tensor& ref) {
           std::sqrt(d.pow(2).mean().item<double>() / r.pow(2).mean().item<double>())};
 }
 
-// Row-wise scaled at::_scaled_mm on the CPU arrived after LibTorch 2.11 (which asserts "only supports per-tensor
-// scaling for CPU backend"); where it is missing, the CPU checks of FP8 matmul cannot run (the plan never picks FP8
-// matmul off CUDA; the GPU suite covers the CUDA kernels).
-bool cpu_rowwise_scaled_mm() {
-  const auto q = at::zeros({16, 16}, at::TensorOptions().dtype(at::kFloat8_e4m3fn));
-  const auto scale = at::ones({16}, at::TensorOptions().dtype(at::kFloat));
-  try {
-    at::_scaled_mm(q, q.t(), scale.unsqueeze(1), scale.unsqueeze(0), std::nullopt, std::nullopt, at::kFloat, false);
-    return true;
-  } catch (const c10::Error&) {
-    return false;
-  }
-}
-
 #define SKIP_WITHOUT_CPU_ROWWISE_SCALED_MM()                                                                    \
-  if (!cpu_rowwise_scaled_mm()) {                                                                               \
+  if (!ltxmps_test::cpu_rowwise_scaled_mm()) {                                                                  \
     WARN("FP8 matmul checks skipped: this LibTorch's CPU at::_scaled_mm takes per-tensor scales only");         \
     return;                                                                                                     \
   }

@@ -1,12 +1,13 @@
 // The request memory estimate (Note [Request memory estimate]): exact weights against a built model, the
 // directions the activations must move in (frames, height, width, CFG, tiling, slicing, the upcast kernel,
-// offload), overflow and bad requests as errors, the refusal message, the warning band, and the embedded default
-// request against this machine's real available memory.
+// offload), overflow and bad requests as errors, the refusal message, the warning band, the embedded default
+// request against this machine's real available memory, and the layer FP8 storage dequantizes for each matmul.
 #include "ltxmps/plan.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/memory_estimate.hpp"
 #include "ltxmps_pipeline/released_configs.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/weight_plan.hpp"
 
 #include <cmath>
 #include <ATen/ATen.h>
@@ -253,4 +254,52 @@ TEST_CASE("estimates of the released models", "[memory]") {
   INFO("13B effects-mask 768x512x121: " << effects.describe());
   REQUIRE(effects.phases.size() == 3);
   CHECK(phase(effects, "effects pass").weights_bytes == effects.weights_bytes);  // removal keeps the text encoder
+}
+
+TEST_CASE("FP8 storage counts one dequantized layer, resident or streamed; FP8 matmul none", "[memory]") {
+  // The 13B shapes: the largest block linear is ff.net.0.proj / ff.net.2, 4·D × D, 128 MiB in bf16. Without
+  // offload and with T5 released, the loop and the decode hold the same weights except for that layer.
+  const int64_t D = 4096, layer = 4 * D * D * 2;
+  const auto dequantized = [](const MemoryEstimate& e) {
+    INFO(e.describe());
+    return phase(e, "transformer loop").weights_bytes - phase(e, "vae decode").weights_bytes;
+  };
+  const auto r = request(121, 512, 768);
+  const auto estimate_13b = [&](const ltxmps::ExecutionPlan& plan) {
+    return estimate_request_memory(ltx_13b_transformer_config(), ltx_097_vae_config(), t5_xxl_config(), plan, r);
+  };
+  ltxmps::LoaderSettings fp8;
+  fp8.device = "cuda";
+  fp8.precision = ltxmps::Precision::bf16;
+  fp8.weight_storage = ltxmps::WeightStorage::fp8;
+  const auto resident = ltxmps::resolve(fp8, ltxmps::Capabilities::cuda());
+  CHECK(dequantized(estimate_13b(resident)) == layer);
+  CHECK(dequantized(estimate_13b(cuda_bf16())) == 0);
+
+  auto streamed_settings = fp8;
+  streamed_settings.stream_weights = ltxmps::StreamWeights::on;
+  auto streamed = ltxmps::resolve(streamed_settings, ltxmps::Capabilities::cuda());
+  plan_model_weights(streamed, ltx_13b_transformer_config(), ltx_097_vae_config(), t5_xxl_config(), r);
+  REQUIRE(streamed.weights.transformer.mode == ltxmps::WeightMode::fp8_streamed);
+  CHECK(dequantized(estimate_13b(streamed)) == layer);
+
+  // Every 13B block linear is a multiple of 16, so FP8 matmul dequantizes none of them.
+  auto matmul_settings = fp8;
+  matmul_settings.fp8_matmul = true;
+  const auto matmul = ltxmps::resolve(matmul_settings, ltxmps::Capabilities::cuda());
+  REQUIRE(matmul.precision.fp8_matmul);
+  CHECK(dequantized(estimate_13b(matmul)) == 0);
+
+  auto cpu_settings = fp8;
+  cpu_settings.device = "cpu";
+  cpu_settings.precision = ltxmps::Precision::fp32;
+  // The layer in the compute dtype: float32 has twice bf16's bytes.
+  CHECK(dequantized(estimate_13b(ltxmps::resolve(cpu_settings, ltxmps::Capabilities::cpu_only()))) == 2 * layer);
+
+  // The weight plan's sizes say the same for the budget (ltxmps::plan_weights counts them in the loop phase).
+  const auto sizes_13b = [&](const ltxmps::ExecutionPlan& plan) {
+    return weight_sizes(ltx_13b_transformer_config(), ltx_097_vae_config(), t5_xxl_config(), plan, r).transformer;
+  };
+  CHECK(sizes_13b(cuda_bf16()).fp8_dequantized_bytes == layer);
+  CHECK(sizes_13b(matmul).fp8_dequantized_bytes == 0);
 }

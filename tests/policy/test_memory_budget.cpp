@@ -409,3 +409,36 @@ TEST_CASE("plan_weights: unknown budgets, small models, bad sizes, planning twic
   bad.text_encoder_blocks_bytes = bad.text_encoder + 1;
   CHECK_THROWS_WITH(ltxmps::plan_weights(plan, bad), Contains("exceed its"));
 }
+
+TEST_CASE("FP8 storage's dequantized layer counts in the transformer loop", "[memory_budget]") {
+  // Without T5 the loop is the peak: the transformer's device bytes, the layer dequantized for the matmul that
+  // runs (the largest block linear, 4·D × D in bf16, resident or streamed), the activations and the VAE.
+  auto sizes = ltx_13b(false);
+  const int64_t layer = 4 * int64_t{4096} * 4096 * 2;
+  sizes.transformer.fp8_dequantized_bytes = layer;
+  const int64_t rest = sizes.transformer_activations + sizes.vae;
+  LoaderSettings s;
+  s.weight_storage = WeightStorage::fp8;
+  s.stream_weights = StreamWeights::off;
+  auto plan = planned(s, cuda_card(80, 9, 0), sizes);
+  REQUIRE(plan.weights.transformer.mode == WeightMode::fp8);
+  CHECK(plan.weights.peak_phase == "transformer loop");
+  CHECK(plan.weights.peak_bytes == sizes.transformer.fp8_bytes + layer + rest);
+  s.stream_weights = StreamWeights::on;
+  plan = planned(s, cuda_card(80, 9, 0), sizes);
+  REQUIRE(plan.weights.transformer.mode == WeightMode::fp8_streamed);
+  CHECK(plan.weights.peak_bytes == plan.weights.transformer.device_bytes + layer + rest);
+  plan = planned(LoaderSettings{}, cuda_card(80, 9, 0), sizes);  // compute-dtype weights: nothing to dequantize
+  REQUIRE(plan.weights.transformer.mode == WeightMode::resident);
+  CHECK(plan.weights.peak_bytes == sizes.transformer.bytes + rest);
+
+  // A budget that holds the FP8 weights and the activations (under offload, which the budget switches on: the VAE
+  // then waits in host memory) but not the dequantized layer does not fit.
+  s.stream_weights = StreamWeights::off;
+  const auto budget = static_cast<uint64_t>(sizes.transformer.fp8_bytes + layer + sizes.transformer_activations);
+  CHECK_FALSE(planned(s, Capabilities::cuda(1, 8, 9, budget - 1), sizes).weights.fits);
+  plan = planned(s, Capabilities::cuda(1, 8, 9, budget), sizes);
+  CHECK(plan.weights.fits);
+  CHECK(plan.offload.enabled);
+  CHECK(plan.weights.peak_bytes == static_cast<int64_t>(budget));
+}

@@ -40,6 +40,18 @@ uint64_t fused_calls() noexcept;
 ///        device when the device is present (topic "kernels.sdpa").
 std::vector<ltxmps::Diagnostic> kernel_report(const c10::Device& device, at::ScalarType dtype, int64_t head_dim = 64);
 
+/// @brief FP8 (e4m3) rows: codes and their float32 row scales.
+struct Fp8Rows {
+  at::Tensor q;      ///< [rows, cols] float8_e4m3fn
+  at::Tensor scale;  ///< [rows] float32
+};
+
+/// @brief Where an entry point also returns the FP8 rows of its output (codes [M, D], scales [M], M the output's
+///        rows): exactly `quantize_fp8_rows(out.reshape({-1, D}))`, bit for bit, written by the same kernel that
+///        writes `out` when that kernel runs (Note [Fused FP8 rows] in kernels/cuda/fp8.cuh), by the separate
+///        quantization otherwise. Null: no FP8 rows.
+using Fp8RowsOut = Fp8Rows*;
+
 // ---------------------------------------------------------------------------------------------------
 // Block norms with AdaLN modulation
 
@@ -51,19 +63,20 @@ at::Tensor block_rms_norm_reference(const at::Tensor& x, const at::Tensor& weigh
 /// @brief `block_rms_norm(x, weight, eps) * (1 + scale) + shift`.
 ///
 /// `x` is [B, S, D]; `scale` and `shift` are [B, T, D] with T = 1 or S (strided views, such as slices of the
-/// block's `ada` tensor, are read in place).
+/// block's `ada` tensor, are read in place). `fp8`: see Fp8RowsOut.
 at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& scale,
-                             const at::Tensor& shift);
+                             const at::Tensor& shift, Fp8RowsOut fp8 = nullptr);
 /// @brief The ATen op sequence of rms_norm_modulate().
 at::Tensor rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& weight, double eps,
                                        const at::Tensor& scale, const at::Tensor& shift);
 
 /// @brief `h = gate.defined() ? x + y * gate : x + y`, then `rms_norm_modulate(h, ...)`: returns {h, normed}.
-///        One pass over the row writes both (the block's cross-attention residual followed by norm2).
+///        One pass over the row writes both (the block's cross-attention residual followed by norm2); `fp8`
+///        receives the FP8 rows of `normed`.
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& gate, const at::Tensor& weight,
                                                              double eps, const at::Tensor& scale,
-                                                             const at::Tensor& shift);
+                                                             const at::Tensor& shift, Fp8RowsOut fp8 = nullptr);
 /// @brief The ATen op sequence of residual_rms_norm_modulate().
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& y,
                                                                        const at::Tensor& gate,
@@ -80,8 +93,8 @@ at::Tensor layer_norm_modulate_reference(const at::Tensor& x, double eps, const 
 // ---------------------------------------------------------------------------------------------------
 // Residuals
 
-/// @brief `x + y * gate` (gate [B, T, D] with T = 1 or S, strided views read in place).
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+/// @brief `x + y * gate` (gate [B, T, D] with T = 1 or S, strided views read in place). `fp8`: see Fp8RowsOut.
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, Fp8RowsOut fp8 = nullptr);
 /// @brief The ATen op sequence of gated_residual().
 at::Tensor gated_residual_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
 
@@ -135,6 +148,12 @@ inline constexpr double kFp8E4m3Max = 448.0;
 std::pair<at::Tensor, at::Tensor> quantize_fp8_rows(const at::Tensor& rows);
 /// @brief The ATen op sequence of quantize_fp8_rows(): an amax reduction, the scale, one division into float8.
 std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_reference(const at::Tensor& rows);
+
+/// @brief `quantize_fp8_rows(at::gelu(rows, "tanh"))`, the input of FP8 matmul's second feed-forward linear: on
+///        CUDA one kernel computes the GELU (ATen's formula in float32, rounded to the rows' dtype) as it reads the
+///        row and quantizes it, without writing the activation unless `activation` asks for it (then it receives
+///        `at::gelu(rows, "tanh")`, contiguous). Elsewhere, and for what the kernel does not take, the ATen ops.
+std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_gelu_tanh(const at::Tensor& rows, at::Tensor* activation = nullptr);
 
 /// @brief `q · scale[:, None]` in `dtype`: each float32 product rounded once to `dtype`. q is float8_e4m3fn
 ///        [N, K], scale float32 [N].

@@ -62,11 +62,8 @@ namespace ltxmps::pipeline {
 /// @brief e4m3's largest finite value (float8_e4m3fn).
 inline constexpr double kFp8E4m3Max = kernels::kFp8E4m3Max;
 
-/// @brief FP8 codes and their row scales.
-struct Fp8Rows {
-  at::Tensor q;      ///< [rows, cols] float8_e4m3fn
-  at::Tensor scale;  ///< [rows] float32
-};
+/// @brief FP8 codes [rows, cols] float8_e4m3fn and their float32 row scales [rows].
+using Fp8Rows = kernels::Fp8Rows;
 
 /// @brief Quantizes the rows of a 2-D floating-point tensor: `scale = max(amax(row) · (1/448), FLT_MIN)`,
 ///        `q = row / scale` rounded to e4m3 (Note [Weight storage]). Works on any device with float8 support,
@@ -75,6 +72,16 @@ Fp8Rows quantize_fp8_rowwise(const at::Tensor& rows);
 
 /// @brief `q · scale[:, None]` in `dtype` (float32 products, one rounding to `dtype`).
 at::Tensor dequantize_fp8_rowwise(const at::Tensor& q, const at::Tensor& scale, at::ScalarType dtype);
+
+/// @brief An FP8-matmul layer applied to input rows already quantized (codes [M, K], scales [M], as
+///        quantize_fp8_rowwise gives them, for example from a fused kernel that produced the rows): `at::_scaled_mm`
+///        with both row scales and the bias in its epilogue. Returns [M, out] in `dtype`, the unquantized rows' dtype.
+at::Tensor apply_fp8_matmul(const LinearWeights& l, const Fp8Rows& x_fp8, at::ScalarType dtype);
+
+/// @brief `apply_linear(l, x)`, except that an FP8-matmul layer multiplies `x_fp8` (x's rows, already quantized:
+///        quantize_fp8_rowwise(x.reshape({-1, K})) bit for bit) instead of quantizing x again. Any other layer, or
+///        a null `x_fp8`, takes x.
+at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x, const Fp8Rows* x_fp8);
 
 /// @brief Whether `at::_scaled_mm` takes a linear of these sizes (both multiples of 16).
 bool fp8_matmul_supported(int64_t in_features, int64_t out_features) noexcept;
@@ -100,6 +107,12 @@ struct BlockLinearShape {
 
 /// @brief The linears a block quantizes, in checkpoint order, with their sizes under `config`.
 std::vector<BlockLinearShape> block_linear_shapes(const TransformerConfig& config);
+
+/// @brief Device bytes of the dequantized block-linear weight a forward holds at once under `runtime.block_linears`:
+///        FP8 storage dequantizes each layer right before its matmul, so the largest such linear in `runtime.dtype`
+///        (4·D × D: ff.net.0.proj / ff.net.2); under FP8 matmul only its layers that fall back to FP8 storage count;
+///        0 for dense blocks. The request estimate and the weight budget add it to the transformer's phases.
+int64_t fp8_dequantized_bytes(const TransformerConfig& config, const TransformerRuntime& runtime);
 
 /// @brief What an FP8 model holds and which layers fell back from FP8 matmul, as diagnostics (an info line with
 ///        the modes and bytes, a warning naming each layer that fell back). Empty for a dense model.

@@ -1,0 +1,132 @@
+#pragma once
+// e4m3 arithmetic shared by the FP8 row kernels and the kernels that quantize their own output rows: the row scale,
+// the conversions to and from e4m3 (bit for bit the reference's, Note [e4m3 conversions]) and the quantization of
+// one vector (Note [FP8 row quantization] in fused.cpp).
+
+#include "common.cuh"
+
+#include <c10/util/Float8_e4m3fn.h>
+
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cfloat>
+
+namespace ltxmps::kernels::cuda {
+namespace {
+
+// float(1/448), the factor the reference multiplies amax by (1/448 in binary repeats 001: rounding it to double
+// first cannot land on a float32 midpoint, so this is also float(double(1/448))).
+constexpr float kInverseE4m3Max = 1.0f / 448.0f;
+
+// amax · float(1/448), then clamp_min(FLT_MIN), which keeps a NaN (ATen's clamp_min does).
+__device__ __forceinline__ float fp8_row_scale(float amax) {
+  const float product = __fmul_rn(amax, kInverseE4m3Max);
+  return product != product ? product : fmaxf(product, FLT_MIN);
+}
+
+// Note [e4m3 conversions]
+// ATen stores a float as float8_e4m3fn with c10's software conversion (round to nearest even). The hardware
+// conversion (cvt.rn.satfinite, two values per instruction on sm_89+, emulated by cuda_fp8.h below) rounds the
+// same way for every |v| < 464, the midpoint between 448 and the first value past e4m3's range; above it, for
+// infinities and NaN, LibTorch releases differ (NaN or saturation, the NaN's sign kept or not), so those values
+// take c10's conversion, the one the reference runs. The other way, every code is exact in float16 and float32;
+// only the NaN codes (0x7f, 0xff) take c10's conversion, so that even their payload is the reference's.
+template <int VEC>
+__device__ __forceinline__ Pack<uint8_t, VEC> to_e4m3(const float (&v)[VEC]) {
+  Pack<uint8_t, VEC> out;
+  bool in_range = true;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) in_range = in_range && fabsf(v[j]) < 464.f;  // false for NaN
+  if (!in_range) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out.v[j] = c10::Float8_e4m3fn(v[j]).x;
+  } else if constexpr (VEC == 1) {
+    out.v[0] = __nv_cvt_float_to_fp8(v[0], __NV_SATFINITE, __NV_E4M3);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; j += 2) {
+      const __nv_fp8x2_storage_t two = __nv_cvt_float2_to_fp8x2(make_float2(v[j], v[j + 1]), __NV_SATFINITE, __NV_E4M3);
+      out.v[j] = static_cast<uint8_t>(two & 0xffu);  // the low byte holds the first value
+      out.v[j + 1] = static_cast<uint8_t>(two >> 8);
+    }
+  }
+  return out;
+}
+
+__device__ __forceinline__ float e4m3_value(uint8_t code, unsigned short half_bits) {
+  if ((code & 0x7fu) == 0x7fu) return static_cast<float>(c10::Float8_e4m3fn(code, c10::Float8_e4m3fn::from_bits()));
+  return __half2float(__ushort_as_half(half_bits));
+}
+
+template <int VEC>
+__device__ __forceinline__ void from_e4m3(const Pack<uint8_t, VEC>& codes, float (&v)[VEC]) {
+  if constexpr (VEC == 1) {
+    v[0] = e4m3_value(codes.v[0], __nv_cvt_fp8_to_halfraw(codes.v[0], __NV_E4M3).x);
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; j += 2) {
+      const auto two = static_cast<__nv_fp8x2_storage_t>(codes.v[j] | (codes.v[j + 1] << 8));
+      const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(two, __NV_E4M3);
+      v[j] = e4m3_value(codes.v[j], h.x);
+      v[j + 1] = e4m3_value(codes.v[j + 1], h.y);
+    }
+  }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ float abs_max(float acc, const Pack<T, VEC>& x) {
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) acc = NanMaxOp{}(acc, fabsf(static_cast<float>(x.v[j])));
+  return acc;
+}
+
+// x / scale in float32, a true division as ATen's for a tensor divisor, rounded once to e4m3.
+template <typename T, int VEC>
+__device__ __forceinline__ Pack<uint8_t, VEC> quantize(const Pack<T, VEC>& x, float scale) {
+  float q[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) q[j] = __fdiv_rn(static_cast<float>(x.v[j]), scale);
+  return to_e4m3<VEC>(q);
+}
+
+// Note [Fused FP8 rows]
+// Under FP8 matmul the activation rows that enter a linear layer are quantized (amax, scale, e4m3 codes). Where
+// the kernel that produces such a row already holds the whole row in one thread block (the norms with their
+// modulation, the gated residual), it quantizes its own output: the amax is taken over the values as they are
+// stored (rounded to T), and each thread then quantizes the vectors it stored, re-read from its own writes (still
+// in L1/L2). The codes and scales are therefore quantize_fp8_rows() of the output, bit for bit, without the
+// separate pass that reads the row from memory again. The tanh GELU before the feed-forward's second linear goes
+// into the quantize kernel instead (gelu_tanh below): its input rows are the first linear's output.
+template <typename T, int VEC>
+__device__ void quantize_written_row(const T* out, int64_t dim, float amax, uint8_t* q, float* scale_out) {
+  float m[1] = {amax};
+  block_reduce(m, NanMaxOp{});
+  const float scale = fp8_row_scale(m[0]);
+  if (threadIdx.x == 0) *scale_out = scale;
+  for (int64_t c = int64_t(threadIdx.x) * VEC; c < dim; c += int64_t(blockDim.x) * VEC)
+    store<uint8_t, VEC>(q + c, quantize<T, VEC>(load<T, VEC>(out + c), scale));
+}
+
+// at::gelu(x, "tanh") as ATen's CUDA kernel computes it (GeluCUDAKernelImpl): in float32 for every kernel dtype,
+// written as the same expression so that the compiler contracts it the same way, rounded once to T.
+template <typename T>
+__device__ __forceinline__ T gelu_tanh(T x) {
+  constexpr float kBeta = static_cast<float>(1.41421356237309504880 * 1.12837916709551257390 * 0.5);
+  constexpr float kKappa = 0.044715;
+  const float v = static_cast<float>(x);
+  const float cube = v * v * v;
+  const float inner = kBeta * (v + kKappa * cube);
+  return static_cast<T>(0.5f * v * (1.f + tanhf(inner)));
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ Pack<T, VEC> gelu_tanh(const Pack<T, VEC>& x) {
+  Pack<T, VEC> y;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) y.v[j] = gelu_tanh<T>(x.v[j]);
+  return y;
+}
+
+}  // namespace
+}  // namespace ltxmps::kernels::cuda

@@ -2,11 +2,15 @@
 //
 // Same defaults (the 0.9.7 VAE config, float32, latent [1, 128, 16, 16, 24] of a 768x512x121 video, decode
 // timestep 0.05). The weights are random, generated in memory on the device (no file). --tiling enables the
-// spatial tiles (enable_tiling() defaults), --framewise the temporal tiles. Prints one JSON line with the
-// median and min milliseconds over --iters timed runs after --warmup and the peak CUDA memory.
+// spatial tiles (enable_tiling() defaults), --framewise the temporal tiles. --config small keeps the 0.9.7
+// structure with narrow blocks (vae_bench.py's CONFIG_SMOKE), for CPU runs at shapes where the tiles matter;
+// --smoke is that config at a tiny latent on the CPU. --check-finite 0 turns VaeRuntime::check_finite off
+// (diffusers has no such check), to measure what the checks cost. Prints one JSON line with the median and min
+// milliseconds over --iters timed runs after --warmup and the peak CUDA memory.
 //
-//   vae_bench [--device cuda] [--precision fp32|bf16|fp16] [--latent-frames N] [--latent-height N]
-//             [--latent-width N] [--warmup N] [--iters N] [--tiling] [--framewise] [--smoke]
+//   vae_bench [--device cuda] [--precision fp32|bf16|fp16] [--config 097|small] [--latent-frames N]
+//             [--latent-height N] [--latent-width N] [--warmup N] [--iters N] [--check-finite 0|1] [--tiling]
+//             [--framewise] [--smoke]
 // Built as ltxmps_vae_bench (benchmarks/CMakeLists.txt).
 
 #include "bench_configs.hpp"
@@ -28,9 +32,9 @@
 #include <vector>
 
 int main(int argc, char** argv) try {
-  std::map<std::string, std::string> opt = {{"device", "cuda"},        {"precision", "fp32"},   {"latent-frames", "16"},
-                                            {"latent-height", "16"},    {"latent-width", "24"},  {"warmup", "1"},
-                                            {"iters", "3"}};
+  std::map<std::string, std::string> opt = {
+      {"device", "cuda"}, {"precision", "fp32"}, {"config", "097"}, {"latent-frames", "16"}, {"latent-height", "16"},
+      {"latent-width", "24"}, {"warmup", "1"}, {"iters", "3"}, {"check-finite", "1"}};
   bool tiling = false, framewise = false, smoke = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -44,8 +48,13 @@ int main(int argc, char** argv) try {
     }
   }
   using namespace ltxmps::pipeline;
-  // The 0.9.7 config; --smoke: the same structure, small (vae_bench.py's CONFIG_SMOKE).
-  const VaeConfig config = smoke ? ltxmps::bench::vae_097_smoke_config(8) : ltxmps::pipeline::ltx_097_vae_config();
+  if (opt.at("config") != "097" && opt.at("config") != "small") {
+    std::cerr << "vae_bench: --config takes 097 or small, got '" << opt.at("config") << "'\n";
+    return 2;
+  }
+  // The 0.9.7 config; small (and --smoke): the same structure, narrow (vae_bench.py's CONFIG_SMOKE).
+  const bool small = smoke || opt.at("config") == "small";
+  const VaeConfig config = small ? ltxmps::bench::vae_097_smoke_config(8) : ltxmps::pipeline::ltx_097_vae_config();
   if (smoke) {
     opt["device"] = "cpu";
     opt["latent-frames"] = "3";
@@ -57,6 +66,7 @@ int main(int argc, char** argv) try {
   VaeRuntime runtime;
   runtime.device = c10::Device(opt.at("device"));
   runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
+  runtime.check_finite = opt.at("check-finite") != "0";
 
   at::manual_seed(0);
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
@@ -94,11 +104,12 @@ int main(int argc, char** argv) try {
   const auto peak = ltxmps::memory_stats(runtime.device).peak_allocated;
   std::printf(
       "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"output\": [%lld, %lld, %lld, %lld, %lld], "
-      "\"tiling\": %s, \"framewise\": %s, \"median_ms\": %.3f, \"min_ms\": %.3f, \"iters\": %lld, "
-      "\"peak_cuda_mib\": %s}\n",
+      "\"config\": \"%s\", \"check_finite\": %s, \"tiling\": %s, \"framewise\": %s, \"median_ms\": %.3f, "
+      "\"min_ms\": %.3f, \"iters\": %lld, \"peak_cuda_mib\": %s}\n",
       runtime.device.str().c_str(), opt.at("precision").c_str(), static_cast<long long>(out.size(0)),
       static_cast<long long>(out.size(1)), static_cast<long long>(out.size(2)), static_cast<long long>(out.size(3)),
-      static_cast<long long>(out.size(4)), tiling ? "true" : "false", framewise ? "true" : "false", median, ms.front(),
+      static_cast<long long>(out.size(4)), small ? "small" : "097", runtime.check_finite ? "true" : "false",
+      tiling ? "true" : "false", framewise ? "true" : "false", median, ms.front(),
       static_cast<long long>(iters), peak ? std::to_string(static_cast<double>(*peak) / (1 << 20)).c_str() : "null");
   return 0;
 } catch (const std::exception& e) {

@@ -7,11 +7,13 @@ weights in float32 (the recommended VAE precision), decoding the latent of a 768
 [1, 128, 16, 16, 24] with decode timestep 0.05 -> [1, 3, 121, 512, 768].
 
 --tiling enables diffusers' spatial tiles (enable_tiling() defaults: 512 px tiles, stride 448),
---framewise the temporal tiles (use_framewise_decoding: 16 frames, stride 8). Prints one JSON line:
-median / min milliseconds over --iters timed runs after --warmup runs and the peak CUDA memory.
+--framewise the temporal tiles (use_framewise_decoding: 16 frames, stride 8). --config small keeps that structure
+with narrow blocks (CONFIG_SMOKE), for CPU runs at shapes where the tiles matter. Prints one JSON line: median /
+min milliseconds over --iters timed runs after --warmup runs and the peak CUDA memory.
 
     python3 benchmarks/vae_bench.py [--tiling] [--framewise] [--dtype fp32|bf16|fp16]   # full size, CUDA
     python3 benchmarks/vae_bench.py --smoke                                             # tiny config, any device
+    python3 benchmarks/vae_bench.py --config small --device cpu --latent-frames 5 --tiling --framewise
 """
 
 import argparse
@@ -47,13 +49,14 @@ def main():
     p.add_argument("--latent-width", type=int, default=24)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="fp32")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--config", choices=["097", "small"], default="097")
     p.add_argument("--tiling", action="store_true")
     p.add_argument("--framewise", action="store_true")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--smoke", action="store_true", help="tiny config on --device (cpu without CUDA) for a quick check")
     args = p.parse_args()
-    config = CONFIG_097
+    config = CONFIG_SMOKE if args.config == "small" else CONFIG_097
     if args.smoke:
         config = CONFIG_SMOKE
         args.latent_frames, args.latent_height, args.latent_width, args.warmup, args.iters = 3, 2, 3, 1, 2
@@ -89,7 +92,8 @@ def main():
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     print(json.dumps(dict(
         impl="diffusers", device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        dtype=args.dtype, latent=list(latents.shape), output=list(out.shape), tiling=args.tiling,
+        dtype=args.dtype, latent=list(latents.shape), output=list(out.shape),
+        config="small" if config is CONFIG_SMOKE else "097", tiling=args.tiling,
         framewise=args.framewise, median_ms=round(statistics.median(times), 3), min_ms=round(min(times), 3),
         iters=args.iters, peak_cuda_mib=None if peak is None else round(peak / 2**20, 1), torch=torch.__version__,
     )))

@@ -1,15 +1,16 @@
-// AutoencoderKLLTXVideo, following diffusers 0.42.1 models/autoencoders/autoencoder_kl_ltx.py top to bottom.
+// AutoencoderKLLTXVideo's forward passes, tiling and slicing, following diffusers 0.42.1
+// models/autoencoders/autoencoder_kl_ltx.py top to bottom (the weights and the loading: vae_weights.cpp).
 
 #include "ltxmps_pipeline/vae.hpp"
-
-#include "ltxmps_pipeline/checkpoint.hpp"
 
 #include "ltxmps/error.hpp"
 #include "ltxmps/random.hpp"
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace ltxmps::pipeline {
 
@@ -44,169 +45,6 @@ void VaeTiling::validate() const {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Weights
-
-namespace {
-
-struct WeightBuilder {
-  const VaeWeightSource& weights;
-  at::TensorOptions options;
-  double eps;  // resnet_norm_eps
-
-  at::Tensor tensor(const std::string& name, std::vector<int64_t> shape) const {
-    auto t = weights(name, shape);
-    LTXMPS_CHECK(t.defined() && t.sizes() == at::IntArrayRef(shape), "VAE weight '", name, "' has shape ",
-                 t.defined() ? t.sizes() : at::IntArrayRef{}, ", expected ", at::IntArrayRef(shape));
-    return t.to(options);
-  }
-  VaeConv3dWeights conv(const std::string& name, int64_t in, int64_t out, int64_t k, bool causal,
-                        std::array<int64_t, 3> stride = {1, 1, 1}) const {
-    VaeConv3dWeights c;
-    c.weight = tensor(name + ".conv.weight", {out, in, k, k, k});
-    c.bias = tensor(name + ".conv.bias", {out});
-    c.stride = stride;
-    c.is_causal = causal;
-    return c;
-  }
-  LinearWeights linear(const std::string& name, int64_t in, int64_t out) const {
-    return {tensor(name + ".weight", {out, in}), tensor(name + ".bias", {out})};
-  }
-  VaeTimeEmbedderWeights time_embedder(const std::string& name, int64_t dim) const {
-    return {linear(name + ".timestep_embedder.linear_1", 256, dim), linear(name + ".timestep_embedder.linear_2", dim, dim)};
-  }
-  VaeResnetWeights resnet(const std::string& name, int64_t in, int64_t out, bool causal, bool noise = false,
-                          bool conditioned = false) const {
-    VaeResnetWeights r;
-    r.conv1 = conv(name + ".conv1", in, out, 3, causal);
-    r.conv2 = conv(name + ".conv2", out, out, 3, causal);
-    if (in != out) {
-      r.norm3_weight = tensor(name + ".norm3.weight", {in});
-      r.norm3_bias = tensor(name + ".norm3.bias", {in});
-      r.norm3_eps = eps;
-      r.conv_shortcut = conv(name + ".conv_shortcut", in, out, 1, causal);
-    }
-    if (noise) {
-      r.per_channel_scale1 = tensor(name + ".per_channel_scale1", {in, 1, 1});
-      r.per_channel_scale2 = tensor(name + ".per_channel_scale2", {in, 1, 1});
-    }
-    if (conditioned) r.scale_shift_table = tensor(name + ".scale_shift_table", {4, in});
-    return r;
-  }
-  std::vector<VaeResnetWeights> resnets(const std::string& name, int64_t count, int64_t channels, bool causal,
-                                        bool noise = false, bool conditioned = false) const {
-    std::vector<VaeResnetWeights> out;
-    for (int64_t j = 0; j < count; ++j)
-      out.push_back(resnet(name + ".resnets." + std::to_string(j), channels, channels, causal, noise, conditioned));
-    return out;
-  }
-};
-
-template <typename T>
-T reversed_at(const std::vector<T>& v, size_t i) {
-  return v[v.size() - 1 - i];
-}
-
-// The same test VaeConfig::validate makes: the last down block type decides the encoder layout.
-// The downsampler of encoder block `p` (LTXVideoDownBlock3D's conv, or LTXVideo095DownBlock3D's `type`).
-VaeDownsamplerWeights downsampler(const WeightBuilder& w, const std::string& p, const std::string& type, int64_t in,
-                                  int64_t out, bool causal) {
-  VaeDownsamplerWeights d;
-  if (type == "conv") {
-    d.conv = w.conv(p + ".downsamplers.0", in, in, 3, causal, {2, 2, 2});
-  } else {
-    d.space_to_depth = true;
-    d.stride = type == "spatial" ? std::array<int64_t, 3>{1, 2, 2}
-                                 : (type == "temporal" ? std::array<int64_t, 3>{2, 1, 1} : std::array<int64_t, 3>{2, 2, 2});
-    const int64_t s = d.stride[0] * d.stride[1] * d.stride[2];
-    d.group_size = in * s / out;
-    d.conv = w.conv(p + ".downsamplers.0.conv", in, out / s, 3, causal);
-  }
-  return d;
-}
-
-// LTXVideoEncoder3d.__init__.
-VaeEncoderWeights encoder_weights(const VaeConfig& config, const WeightBuilder& w) {
-  const bool enc_causal = config.encoder_causal;
-  const bool v095 = config.is_095_encoder();
-  const auto& boc = config.block_out_channels;
-  const size_t n_down = boc.size() - (v095 ? 1 : 0);
-  VaeEncoderWeights enc;
-  enc.conv_in = w.conv("encoder.conv_in", config.in_channels * config.patch_size * config.patch_size, boc[0], 3, enc_causal);
-  int64_t out = boc[0];
-  for (size_t i = 0; i < n_down; ++i) {
-    const int64_t in = out;
-    out = v095 ? boc[i + 1] : (i + 1 < n_down ? boc[i + 1] : boc[i]);
-    const std::string p = "encoder.down_blocks." + std::to_string(i);
-    VaeDownBlockWeights b;
-    b.resnets = w.resnets(p, config.layers_per_block[i], in, enc_causal);
-    const bool block_095 = config.down_block_types[i] == "LTXVideo095DownBlock3D";
-    if (config.spatio_temporal_scaling[i])
-      b.downsampler = downsampler(w, p, block_095 ? config.downsample_type[i] : "conv", in, out, enc_causal);
-    if (!block_095 && in != out) b.conv_out = w.resnet(p + ".conv_out", in, out, enc_causal);
-    enc.down_blocks.push_back(std::move(b));
-  }
-  enc.mid_block.resnets = w.resnets("encoder.mid_block", config.layers_per_block.back(), out, enc_causal);
-  enc.conv_out = w.conv("encoder.conv_out", out, config.latent_channels + 1, 3, enc_causal);
-  return enc;
-}
-
-// LTXVideoDecoder3d.__init__ (tuples reversed, as it does).
-VaeDecoderWeights decoder_weights(const VaeConfig& config, const WeightBuilder& w) {
-  const bool dec_causal = config.decoder_causal;
-  const bool cond = config.timestep_conditioning;
-  const auto& dboc = config.decoder_block_out_channels;
-  const size_t nb = dboc.size();
-  VaeDecoderWeights dec;
-  int64_t channels = reversed_at(dboc, 0);
-  dec.conv_in = w.conv("decoder.conv_in", config.latent_channels, channels, 3, dec_causal);
-  if (cond) dec.mid_block.time_embedder = w.time_embedder("decoder.mid_block.time_embedder", 4 * channels);
-  dec.mid_block.resnets = w.resnets("decoder.mid_block", reversed_at(config.decoder_layers_per_block, 0), channels,
-                                    dec_causal, reversed_at(config.decoder_inject_noise, 0), cond);
-  for (size_t i = 0; i < nb; ++i) {
-    const int64_t u = reversed_at(config.upsample_factor, i);
-    const int64_t in = channels / u;
-    channels = reversed_at(dboc, i) / u;
-    const bool noise = reversed_at(config.decoder_inject_noise, i + 1);
-    const std::string p = "decoder.up_blocks." + std::to_string(i);
-    VaeUpBlockWeights b;
-    if (cond) b.time_embedder = w.time_embedder(p + ".time_embedder", 4 * in);
-    if (in != channels) b.conv_in = w.resnet(p + ".conv_in", in, channels, dec_causal, noise, cond);
-    if (reversed_at(config.decoder_spatio_temporal_scaling, i)) {
-      VaeUpsamplerWeights up;
-      up.residual = reversed_at(config.upsample_residual, i);
-      up.upscale_factor = u;
-      up.conv = w.conv(p + ".upsamplers.0.conv", channels * u, channels * 8, 3, dec_causal);
-      b.upsampler = up;
-    }
-    b.resnets = w.resnets(p, reversed_at(config.decoder_layers_per_block, i + 1), channels, dec_causal, noise, cond);
-    dec.up_blocks.push_back(std::move(b));
-  }
-  dec.conv_out = w.conv("decoder.conv_out", channels, config.out_channels * config.patch_size * config.patch_size, 3,
-                        dec_causal);
-  if (cond) {
-    dec.timestep_scale_multiplier = w.tensor("decoder.timestep_scale_multiplier", {});
-    dec.time_embedder = w.time_embedder("decoder.time_embedder", 2 * channels);
-    dec.scale_shift_table = w.tensor("decoder.scale_shift_table", {2, channels});
-  }
-  return dec;
-}
-
-}  // namespace
-
-VaeModel VaeModel::from_weights(const VaeConfig& config, const VaeRuntime& runtime, const VaeWeightSource& weights) {
-  config.validate();
-  const WeightBuilder w{weights, at::TensorOptions().device(runtime.device).dtype(runtime.dtype), config.resnet_norm_eps};
-  VaeModel m;
-  m.config = config;
-  m.runtime = runtime;
-  m.encoder = encoder_weights(config, w);
-  m.decoder = decoder_weights(config, w);
-  m.latents_mean = w.tensor("latents_mean", {config.latent_channels});
-  m.latents_std = w.tensor("latents_std", {config.latent_channels});
-  return m;
-}
-
-// ---------------------------------------------------------------------------------------------------
 // Building blocks
 
 namespace {
@@ -215,18 +53,18 @@ namespace {
 // LTXVideoCausalConv3d.forward: no temporal padding inside the Conv3d; instead kt−1 copies of frame 0
 // are prepended (causal), or (kt−1)/2 copies of the first and of the last frame are added
 // (non-causal). The Conv3d zero-pads (kh/2, kw/2) spatially. A kt = 1 kernel gets no frames (diffusers
-// concatenates empty tensors, which changes nothing).
+// concatenates empty tensors, which changes nothing). diffusers materializes the copies with `repeat` and then
+// concatenates; one `cat` of views of the edge frames writes the same padded input without those copies.
 at::Tensor conv3d(const VaeConv3dWeights& c, const at::Tensor& x) {
   const int64_t kt = c.weight.size(2), kh = c.weight.size(3), kw = c.weight.size(4);
   at::Tensor h = x;
   if (kt > 1) {
-    if (c.is_causal) {
-      h = at::cat({x.narrow(2, 0, 1).repeat({1, 1, kt - 1, 1, 1}), x}, 2);
-    } else {
-      const int64_t pad = (kt - 1) / 2;
-      h = at::cat({x.narrow(2, 0, 1).repeat({1, 1, pad, 1, 1}), x, x.narrow(2, x.size(2) - 1, 1).repeat({1, 1, pad, 1, 1})},
-                  2);
-    }
+    const size_t front = static_cast<size_t>(c.is_causal ? kt - 1 : (kt - 1) / 2);
+    const size_t back = c.is_causal ? 0 : front;
+    std::vector<at::Tensor> parts(front, x.narrow(2, 0, 1));
+    parts.push_back(x);
+    parts.insert(parts.end(), back, x.narrow(2, x.size(2) - 1, 1));
+    h = at::cat(parts, 2);
   }
   return at::conv3d(h, c.weight, c.bias, c.stride, {0, kh / 2, kw / 2});
 }
@@ -258,11 +96,19 @@ at::Tensor embed_timestep(const VaeTimeEmbedderWeights& te, const at::Tensor& te
   return h.view({batch, -1, 1, 1, 1});
 }
 
+// A small CPU tensor moved to `like`'s device without a synchronization: a copy to CUDA from pageable memory
+// waits until the device has run everything queued before it; from pinned memory it is queued like a kernel (the
+// host allocator keeps the buffer until the copy has run).
+at::Tensor to_device_queued(at::Tensor t, const at::Tensor& like) {
+  if (like.is_cuda()) t = t.pin_memory();
+  return t.to(t.options().device(like.device()), /*non_blocking=*/true);
+}
+
 // Noise for LTXVideoResnetBlock3d's injection: an (H, W) map, as `torch.randn(spatial_shape, ...)`.
 at::Tensor spatial_noise(int64_t height, int64_t width, const at::Tensor& like, at::Generator* generator) {
   if (generator == nullptr) return at::randn({height, width}, like.options());
   // at::randn takes the generator's lock itself.
-  return at::randn({height, width}, *generator, like.options().device(c10::kCPU)).to(like.device());
+  return to_device_queued(at::randn({height, width}, *generator, like.options().device(c10::kCPU)), like);
 }
 
 at::Tensor inject_noise(const at::Tensor& h, const at::Tensor& per_channel_scale, at::Generator* generator) {
@@ -324,19 +170,19 @@ at::Tensor space_to_depth(const at::Tensor& x, const std::array<int64_t, 3>& s) 
 
 // Note [LTX upsampler]
 // LTXVideoUpsampler3d.forward with stride (2, 2, 2): conv (in -> in·8/u), depth-to-space, drop the
-// first st−1 = 1 frames. The residual path depth-to-spaces the input (in/8 channels), tiles it 8/u
+// first st−1 = 1 frames. The residual path depth-to-spaces the input (in/8 channels), tiles it r = 8/u
 // times along channels with `repeat` (channel k = input channel k mod in/8) and drops the same frame.
+// Here the tiling is a broadcast: h viewed as [B, r, in/8, ...] plus the residual as [B, 1, in/8, ...] adds
+// the same pairs of values as diffusers' `h + residual`, without writing and reading the repeated copy.
 at::Tensor upsampler_forward(const VaeUpsamplerWeights& u, const at::Tensor& x) {
   constexpr std::array<int64_t, 3> stride{2, 2, 2};
   const int64_t drop = stride[0] - 1;
-  at::Tensor residual;
-  if (u.residual) {
-    residual = depth_to_space(x, stride).repeat({1, 8 / u.upscale_factor, 1, 1, 1});
-    residual = residual.narrow(2, drop, residual.size(2) - drop);
-  }
   auto h = depth_to_space(conv3d(u.conv, x), stride);
   h = h.narrow(2, drop, h.size(2) - drop);
-  return residual.defined() ? h + residual : h;
+  if (!u.residual) return h;
+  auto residual = depth_to_space(x, stride);
+  residual = residual.narrow(2, drop, residual.size(2) - drop);
+  return (h.unflatten(1, {8 / u.upscale_factor, -1}) + residual.unsqueeze(1)).flatten(1, 2);
 }
 
 // Note [LTX 0.9.5 downsampler]
@@ -350,24 +196,93 @@ at::Tensor downsampler_forward(const VaeDownsamplerWeights& d, const at::Tensor&
   return space_to_depth(conv3d(d.conv, h), d.stride) + residual;
 }
 
-void check_finite(const VaeRuntime& runtime, const at::Tensor& t, const char* what, const std::string& stage) {
-  if (!runtime.check_finite || at::isfinite(t).all().item<bool>()) return;
-  throw Error(c10::str("vae ", what, ": ", stage, " produced NaN/Inf values (", c10::toString(t.scalar_type()), " on ",
-                       t.device(), "); the ", std::string(what) == "decode" ? "decoded frames" : "latents",
-                       " would contain NaN/Inf. Run the VAE in float32 (vae_float32, --precision fp32) and check the "
-                       "weights and inputs for NaN/Inf"));
-}
+// Note [Deferred VAE finiteness checks]
+// Reading "is this stage finite?" on the host at each check would make the host wait for the device at every
+// decoder stage of every tile (five synchronizations per tile: hundreds with framewise tiles), and while it waits
+// it queues nothing, so the device idles through the host's work that follows (the next tile's launches, the tile
+// blending). Each check instead queues one reduction, `aminmax` (a NaN propagates into both results and an Inf
+// shows in one of them; one read of the activation, no full-size bool tensor as isfinite().all() writes), and
+// keeps the two 0-dim results under the stage's name. finish() reads all of them in one copy, the one
+// synchronization of an encode or decode, and names the first failing check in execution order, the stage an
+// immediate read would have named. The price: a NaN/Inf is reported after the whole decode instead of at its
+// stage. The input latents are still read before decoding (decode()).
+class FiniteChecks {
+ public:
+  FiniteChecks(const VaeRuntime& runtime, const char* what) : enabled_(runtime.check_finite), what_(what) {}
+
+  // Queues the check of `t`, the output of `stage`.
+  void check(const at::Tensor& t, std::string stage) {
+    if (!enabled_ || t.numel() == 0) return;
+    auto [lo, hi] = at::aminmax(t);
+    pending_.push_back({std::move(stage), std::move(lo), std::move(hi)});
+  }
+
+  // Reads the queued checks (one synchronization) and throws for the first that failed.
+  void finish() {
+    if (pending_.empty()) return;
+    std::vector<at::Tensor> extremes;
+    extremes.reserve(2 * pending_.size());
+    for (const auto& p : pending_) {
+      extremes.push_back(p.lo);
+      extremes.push_back(p.hi);
+    }
+    const auto finite = at::isfinite(at::stack(extremes)).view({-1, 2}).all(1).cpu();
+    const auto* ok = finite.data_ptr<bool>();
+    for (size_t i = 0; i < pending_.size(); ++i)
+      if (!ok[i]) fail(pending_[i]);
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {
+    std::string stage;
+    at::Tensor lo, hi;  // 0-dim, the stage's dtype and device
+  };
+
+  [[noreturn]] void fail(const Pending& p) const {
+    const bool decode = std::string(what_) == "decode";
+    throw Error(c10::str("vae ", what_, ": ", p.stage, " produced NaN/Inf values (", c10::toString(p.lo.scalar_type()),
+                         " on ", p.lo.device(), "); the ", decode ? "decoded frames" : "latents",
+                         " would contain NaN/Inf. Run the VAE in float32 (vae_float32, --precision fp32) and check "
+                         "the weights and inputs for NaN/Inf"));
+  }
+
+  bool enabled_;
+  const char* what_;  // "encode" or "decode"
+  std::vector<Pending> pending_;
+};
 
 // Note [In-place tile blending]
 // diffusers' blend_v / blend_h / blend_t write into the stored tile `b` row by row:
 // b[y] = a[−e+y]·(1 − y/e) + b[y]·(y/e) for y < e = min(a.size, b.size, extent). Because the stored
 // tiles are modified in place, a later blend reads already-blended neighbours; the callers below keep
 // diffusers' row-major order (vertical, then horizontal) so the result is the same.
+// Within one blend the rows are independent (a and b are different tiles), so groups of rows are blended at
+// once with the weights as a tensor along `dim`, in place: b·(y/e) into b, then a·(1 − y/e) added, three
+// operations per group instead of six per row (e = 64 rows for the default tiles: hundreds of launches per tile
+// pair). A group holds up to kBlendGroup elements, so that on the CPU the one temporary stays in cache (a whole
+// temporal overlap at once is slower there than diffusers' rows). The weights are y/e and 1 − y/e in double, as
+// Python computes them, cast to the type a Python float takes in a tensor-scalar product (the operation's compute
+// type: float for half precision, whose products are rounded back before the sum as diffusers' are), and the sum
+// is commutative, so every value is the same.
+constexpr int64_t kBlendGroup = int64_t{1} << 20;
+
 void blend(const at::Tensor& a, const at::Tensor& b, int64_t dim, int64_t extent) {
   extent = std::min({a.size(dim), b.size(dim), extent});
-  for (int64_t y = 0; y < extent; ++y) {
-    const double w = static_cast<double>(y) / static_cast<double>(extent);
-    b.select(dim, y).copy_(a.select(dim, a.size(dim) - extent + y) * (1 - w) + b.select(dim, y) * w);
+  if (extent <= 0) return;
+  const auto dtype = b.scalar_type();
+  const auto compute = at::isReducedFloatingType(dtype) ? at::kFloat : dtype;
+  std::vector<int64_t> shape(static_cast<size_t>(b.dim()), 1);
+  shape[static_cast<size_t>(dim)] = extent;
+  // Made on the CPU: not every device has float64 (MPS).
+  const auto y_over_e = at::arange(extent, at::TensorOptions().dtype(at::kDouble)).div_(static_cast<double>(extent));
+  const auto weight_b = to_device_queued(y_over_e.to(compute).view(shape), b);
+  const auto weight_a = to_device_queued((1 - y_over_e).to(compute).view(shape), b);
+  const int64_t rows = std::max<int64_t>(1, kBlendGroup / std::max<int64_t>(1, b.numel() / b.size(dim)));
+  for (int64_t y = 0; y < extent; y += rows) {
+    const int64_t n = std::min(rows, extent - y);
+    const auto tail = a.narrow(dim, a.size(dim) - extent + y, n);
+    b.narrow(dim, y, n).mul_(weight_b.narrow(dim, y, n)).add_((tail * weight_a.narrow(dim, y, n)).to(dtype));
   }
 }
 
@@ -423,10 +338,14 @@ int64_t tile_step(int64_t sample_size, int64_t compression, const char* name) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
-// Encoder and decoder
+// Encoder and decoder (their checks are read by the caller: Note [Deferred VAE finiteness checks])
 
-at::Tensor VaeModel::encoder_forward(const at::Tensor& video) const {
-  const int64_t p = config.patch_size, pt = config.patch_size_t;
+namespace {
+
+// LTXVideoEncoder3d.forward.
+at::Tensor run_encoder(const VaeModel& m, const at::Tensor& video, FiniteChecks& checks) {
+  const auto& encoder = m.encoder;
+  const int64_t p = m.config.patch_size, pt = m.config.patch_size_t;
   const int64_t B = video.size(0), C = video.size(1), F = video.size(2), H = video.size(3), W = video.size(4);
   // Patchify with channel order (c, pt, pw, ph): the W sub-index comes before the H sub-index.
   auto h = video.reshape({B, C, F / pt, pt, H / p, p, W / p, p}).permute({0, 1, 3, 7, 5, 2, 4, 6}).flatten(1, 4);
@@ -436,19 +355,21 @@ at::Tensor VaeModel::encoder_forward(const at::Tensor& video) const {
     for (const auto& r : block.resnets) h = resnet_forward(r, h, {}, nullptr);
     if (block.downsampler) h = downsampler_forward(*block.downsampler, h);
     if (block.conv_out) h = resnet_forward(*block.conv_out, h, {}, nullptr);
-    check_finite(runtime, h, "encode", "encoder.down_blocks." + std::to_string(i));
+    checks.check(h, "encoder.down_blocks." + std::to_string(i));
   }
   for (const auto& r : encoder.mid_block.resnets) h = resnet_forward(r, h, {}, nullptr);
   h = channel_rms_norm(h);
   h = conv3d(encoder.conv_out, at::silu_(h));  // Note [VAE activation lifetimes]
-  check_finite(runtime, h, "encode", "encoder.conv_out");
+  checks.check(h, "encoder.conv_out");
   // The last channel is the single log-variance channel; it is repeated to latent_channels channels.
   const auto last = h.narrow(1, h.size(1) - 1, 1).repeat({1, h.size(1) - 2, 1, 1, 1});
   return at::cat({h, last}, 1);
 }
 
-at::Tensor VaeModel::decoder_forward(const at::Tensor& latents, const at::Tensor& temb_in,
-                                     at::Generator* noise_generator) const {
+// LTXVideoDecoder3d.forward.
+at::Tensor run_decoder(const VaeModel& m, const at::Tensor& latents, const at::Tensor& temb_in,
+                       at::Generator* noise_generator, FiniteChecks& checks) {
+  const auto& decoder = m.decoder;
   const int64_t B = latents.size(0);
   auto h = conv3d(decoder.conv_in, latents);
   // Note [Decoder timestep]
@@ -463,14 +384,14 @@ at::Tensor VaeModel::decoder_forward(const at::Tensor& latents, const at::Tensor
     const auto t = block_temb(decoder.mid_block.time_embedder);
     for (const auto& r : decoder.mid_block.resnets) h = resnet_forward(r, h, t, noise_generator);
   }
-  check_finite(runtime, h, "decode", "mid_block");
+  checks.check(h, "mid_block");
   for (size_t i = 0; i < decoder.up_blocks.size(); ++i) {
     const auto& block = decoder.up_blocks[i];
     if (block.conv_in) h = resnet_forward(*block.conv_in, h, {}, noise_generator);  // never conditioned (validate)
     const auto t = block_temb(block.time_embedder);
     if (block.upsampler) h = upsampler_forward(*block.upsampler, h);
     for (const auto& r : block.resnets) h = resnet_forward(r, h, t, noise_generator);
-    check_finite(runtime, h, "decode", "up_blocks." + std::to_string(i));
+    checks.check(h, "up_blocks." + std::to_string(i));
   }
   h = channel_rms_norm(h);
   if (decoder.time_embedder.defined()) {
@@ -480,9 +401,9 @@ at::Tensor VaeModel::decoder_forward(const at::Tensor& latents, const at::Tensor
     h = h * (1 + mod.select(1, 1)) + mod.select(1, 0);
   }
   h = conv3d(decoder.conv_out, at::silu_(h));  // Note [VAE activation lifetimes]
-  check_finite(runtime, h, "decode", "conv_out");
+  checks.check(h, "conv_out");
   // Unpatchify with the encoder's channel convention (c, pt, pw, ph).
-  const int64_t p = config.patch_size, pt = config.patch_size_t;
+  const int64_t p = m.config.patch_size, pt = m.config.patch_size_t;
   return h.reshape({B, -1, pt, p, p, h.size(2), h.size(3), h.size(4)})
       .permute({0, 1, 5, 2, 6, 4, 7, 3})
       .flatten(6, 7)
@@ -490,12 +411,29 @@ at::Tensor VaeModel::decoder_forward(const at::Tensor& latents, const at::Tensor
       .flatten(2, 3);
 }
 
+}  // namespace
+
+at::Tensor VaeModel::encoder_forward(const at::Tensor& video) const {
+  FiniteChecks checks(runtime, "encode");
+  auto h = run_encoder(*this, video, checks);
+  checks.finish();
+  return h;
+}
+
+at::Tensor VaeModel::decoder_forward(const at::Tensor& latents, const at::Tensor& temb,
+                                     at::Generator* noise_generator) const {
+  FiniteChecks checks(runtime, "decode");
+  auto h = run_decoder(*this, latents, temb, noise_generator, checks);
+  checks.finish();
+  return h;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Encode / decode with tiling and slicing (AutoencoderKLLTXVideo._encode / _decode and friends)
 
 namespace {
 
-at::Tensor tiled_encode(const VaeModel& m, const at::Tensor& x) {
+at::Tensor tiled_encode(const VaeModel& m, const at::Tensor& x, FiniteChecks& checks) {
   const auto& t = m.tiling;
   const int64_t sc = m.config.spatial_compression();
   const int64_t min_h = tile_step(t.tile_sample_min_height, sc, "tile_sample_min_height");
@@ -504,13 +442,14 @@ at::Tensor tiled_encode(const VaeModel& m, const at::Tensor& x) {
   const int64_t stride_w = tile_step(t.tile_sample_stride_width, sc, "tile_sample_stride_width");
   const auto enc = spatial_tiles(x.size(3), x.size(4), t.tile_sample_stride_height, t.tile_sample_stride_width,
                                  min_h - stride_h, min_w - stride_w, stride_h, stride_w, [&](int64_t i, int64_t j) {
-                                   return m.encoder_forward(x.slice(3, i, i + t.tile_sample_min_height)
-                                                                .slice(4, j, j + t.tile_sample_min_width));
+                                   const auto tile = x.slice(3, i, i + t.tile_sample_min_height)
+                                                         .slice(4, j, j + t.tile_sample_min_width);
+                                   return run_encoder(m, tile, checks);
                                  });
   return enc.slice(3, 0, x.size(3) / sc).slice(4, 0, x.size(4) / sc);
 }
 
-at::Tensor temporal_tiled_encode(const VaeModel& m, const at::Tensor& x) {
+at::Tensor temporal_tiled_encode(const VaeModel& m, const at::Tensor& x, FiniteChecks& checks) {
   const auto& t = m.tiling;
   const int64_t tc = m.config.temporal_compression();
   const int64_t min_f = tile_step(t.tile_sample_min_num_frames, tc, "tile_sample_min_num_frames");
@@ -518,23 +457,25 @@ at::Tensor temporal_tiled_encode(const VaeModel& m, const at::Tensor& x) {
   const bool spatial = t.use_tiling && (x.size(3) > t.tile_sample_min_height || x.size(4) > t.tile_sample_min_width);
   const auto enc = temporal_tiles(x.size(2), t.tile_sample_stride_num_frames, min_f - stride_f, stride_f, [&](int64_t i) {
     const auto tile = x.slice(2, i, i + t.tile_sample_min_num_frames + 1);
-    auto out = spatial ? tiled_encode(m, tile) : m.encoder_forward(tile);
+    auto out = spatial ? tiled_encode(m, tile, checks) : run_encoder(m, tile, checks);
     return i > 0 ? out.slice(2, 1) : out;
   });
   return enc.slice(2, 0, (x.size(2) - 1) / tc + 1);
 }
 
-at::Tensor encode_one(const VaeModel& m, const at::Tensor& x) {
+at::Tensor encode_one(const VaeModel& m, const at::Tensor& x, FiniteChecks& checks) {
   const auto& t = m.tiling;
   // diffusers 0.42.1's _encode checks use_framewise_decoding here (not use_framewise_encoding); encodes match
   // only with the same switch (docs/models/vae.md, "Tiling, framewise tiling and slicing").
-  if (t.use_framewise_decoding && x.size(2) > t.tile_sample_min_num_frames) return temporal_tiled_encode(m, x);
+  if (t.use_framewise_decoding && x.size(2) > t.tile_sample_min_num_frames)
+    return temporal_tiled_encode(m, x, checks);
   if (t.use_tiling && (x.size(4) > t.tile_sample_min_width || x.size(3) > t.tile_sample_min_height))
-    return tiled_encode(m, x);
-  return m.encoder_forward(x);
+    return tiled_encode(m, x, checks);
+  return run_encoder(m, x, checks);
 }
 
-at::Tensor tiled_decode(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen) {
+at::Tensor tiled_decode(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen,
+                        FiniteChecks& checks) {
   const auto& t = m.tiling;
   const int64_t sc = m.config.spatial_compression();
   const int64_t min_h = tile_step(t.tile_sample_min_height, sc, "tile_sample_min_height");
@@ -545,12 +486,13 @@ at::Tensor tiled_decode(const VaeModel& m, const at::Tensor& z, const at::Tensor
       z.size(3), z.size(4), stride_h, stride_w, t.tile_sample_min_height - t.tile_sample_stride_height,
       t.tile_sample_min_width - t.tile_sample_stride_width, t.tile_sample_stride_height, t.tile_sample_stride_width,
       [&](int64_t i, int64_t j) {
-        return m.decoder_forward(z.slice(3, i, i + min_h).slice(4, j, j + min_w), temb, gen);
+        return run_decoder(m, z.slice(3, i, i + min_h).slice(4, j, j + min_w), temb, gen, checks);
       });
   return dec.slice(3, 0, z.size(3) * sc).slice(4, 0, z.size(4) * sc);
 }
 
-at::Tensor temporal_tiled_decode(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen) {
+at::Tensor temporal_tiled_decode(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen,
+                                 FiniteChecks& checks) {
   const auto& t = m.tiling;
   const int64_t sc = m.config.spatial_compression(), tc = m.config.temporal_compression();
   const int64_t min_h = t.tile_sample_min_height / sc, min_w = t.tile_sample_min_width / sc;
@@ -560,21 +502,22 @@ at::Tensor temporal_tiled_decode(const VaeModel& m, const at::Tensor& z, const a
                                   t.tile_sample_stride_num_frames, [&](int64_t i) {
                                     const auto tile = z.slice(2, i, i + min_f + 1);
                                     auto out = t.use_tiling && (tile.size(4) > min_w || tile.size(3) > min_h)
-                                                   ? tiled_decode(m, tile, temb, gen)
-                                                   : m.decoder_forward(tile, temb, gen);
+                                                   ? tiled_decode(m, tile, temb, gen, checks)
+                                                   : run_decoder(m, tile, temb, gen, checks);
                                     return i > 0 ? out.slice(2, 0, out.size(2) - 1) : out;
                                   });
   return dec.slice(2, 0, (z.size(2) - 1) * tc + 1);
 }
 
-at::Tensor decode_one(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen) {
+at::Tensor decode_one(const VaeModel& m, const at::Tensor& z, const at::Tensor& temb, at::Generator* gen,
+                      FiniteChecks& checks) {
   const auto& t = m.tiling;
   const int64_t sc = m.config.spatial_compression(), tc = m.config.temporal_compression();
   if (t.use_framewise_decoding && z.size(2) > t.tile_sample_min_num_frames / tc)
-    return temporal_tiled_decode(m, z, temb, gen);
+    return temporal_tiled_decode(m, z, temb, gen, checks);
   if (t.use_tiling && (z.size(4) > t.tile_sample_min_width / sc || z.size(3) > t.tile_sample_min_height / sc))
-    return tiled_decode(m, z, temb, gen);
-  return m.decoder_forward(z, temb, gen);
+    return tiled_decode(m, z, temb, gen, checks);
+  return run_decoder(m, z, temb, gen, checks);
 }
 
 std::string size_hint(int64_t value, int64_t multiple) {
@@ -599,14 +542,16 @@ VaePosterior VaeModel::encode(const at::Tensor& video) const {
                " must be multiples of the spatial compression ", sc, " (height ", size_hint(H, sc), ", width ",
                size_hint(W, sc), ")");
   const auto x = video.to(runtime.device, runtime.dtype);
+  FiniteChecks checks(runtime, "encode");
   at::Tensor h;
   if (tiling.use_slicing && x.size(0) > 1) {
     std::vector<at::Tensor> slices;
-    for (const auto& s : x.split(1)) slices.push_back(encode_one(*this, s));
+    for (const auto& s : x.split(1)) slices.push_back(encode_one(*this, s, checks));
     h = at::cat(slices);
   } else {
-    h = encode_one(*this, x);
+    h = encode_one(*this, x, checks);
   }
+  checks.finish();
   const int64_t L = h.size(1) / 2;  // torch.chunk(parameters, 2, dim=1)
   return {h.narrow(1, 0, L), at::clamp(h.narrow(1, L, h.size(1) - L), -30.0, 20.0)};
 }
@@ -621,7 +566,10 @@ at::Tensor VaeModel::decode(const at::Tensor& latents, const std::optional<at::T
   LTXMPS_CHECK(latents.numel() > 0, "vae decode: the latents are empty: ", latents.sizes());
   const int64_t B = latents.size(0);
   const auto z = latents.to(runtime.device, runtime.dtype);
-  check_finite(runtime, z, "decode", "the input latents");
+  FiniteChecks checks(runtime, "decode");
+  // Read at once: NaN/Inf latents are not worth a decode.
+  checks.check(z, "the input latents");
+  checks.finish();
   at::Tensor t;
   if (config.timestep_conditioning) {
     LTXMPS_CHECK(temb && temb->defined(), "vae decode: this VAE is timestep-conditioned (timestep_conditioning = "
@@ -637,11 +585,16 @@ at::Tensor VaeModel::decode(const at::Tensor& latents, const std::optional<at::T
     // diffusers 0.42.1 zips (z.split(1), temb.split(1)) wrongly when temb is given; here each sample gets
     // its own temb, which equals the unsliced decode.
     std::vector<at::Tensor> slices;
-    for (int64_t b = 0; b < B; ++b)
-      slices.push_back(decode_one(*this, z.narrow(0, b, 1), t.defined() ? t.narrow(0, b, 1) : t, noise_generator));
+    for (int64_t b = 0; b < B; ++b) {
+      const auto t_b = t.defined() ? t.narrow(0, b, 1) : t;
+      slices.push_back(decode_one(*this, z.narrow(0, b, 1), t_b, noise_generator, checks));
+    }
+    checks.finish();
     return at::cat(slices);
   }
-  return decode_one(*this, z, t, noise_generator);
+  auto frames = decode_one(*this, z, t, noise_generator, checks);
+  checks.finish();
+  return frames;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -676,17 +629,6 @@ at::Tensor mix_decode_noise(const at::Tensor& latents, const at::Tensor& noise, 
   shape[0] = B;
   s = s.expand({B}).reshape(shape);
   return (1 - s) * latents + s * noise.to(latents.device(), latents.scalar_type());
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Loading
-
-VaeModel load_vae(const std::filesystem::path& model_dir, const VaeRuntime& runtime, std::optional<std::string> variant,
-                  std::optional<VaeConfig> parsed) {
-  LTXMPS_CHECK(std::filesystem::is_directory(model_dir), "VAE folder ", model_dir.string(),
-               " does not exist or is not a folder");
-  const auto config = parsed ? *parsed : VaeConfig::from_file(model_dir / "config.json");
-  return load_strict<VaeModel>(WeightStore::open_component(model_dir, std::move(variant)), config, runtime);
 }
 
 }  // namespace ltxmps::pipeline

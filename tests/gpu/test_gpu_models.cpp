@@ -119,6 +119,50 @@ TEST_CASE("VAE on CUDA: fp32 encode/decode and tiled decode equal the CPU", "[gp
   CHECK(scaled_error(gpu.decode(cpu_post.mean.to(kCuda)), cpu_tiled.decode(cpu_post.mean)) <= 1e-4);
 }
 
+// On CUDA the stage checks are queued and read once per decode, the CPU generator's noise maps are queued from
+// pinned memory and the tile blends take their weights the same way (Note [Deferred VAE finiteness checks],
+// spatial_noise and blend in vae.cpp): the framewise + spatially tiled decode must still equal the CPU's, and a NaN
+// must still be named by its stage.
+TEST_CASE("VAE on CUDA: framewise tiled decode with 0.9.1 noise equals the CPU; a NaN names its stage", "[gpu][vae]") {
+  NoTF32 no_tf32;
+  VaeConfig config;  // the parity suite's "091_noise" VAE: noise injection, timestep conditioning
+  config.latent_channels = 8;
+  config.block_out_channels = {8, 8, 8, 8};
+  config.decoder_block_out_channels = {16, 32, 64};
+  config.layers_per_block = {1, 1, 1, 1};
+  config.decoder_layers_per_block = {1, 1, 1, 1};
+  config.spatio_temporal_scaling = {true, true, true, false};
+  config.decoder_spatio_temporal_scaling = {true, true, true};
+  config.decoder_inject_noise = {true, true, true, false};
+  config.upsample_residual = {true, true, true};
+  config.upsample_factor = {2, 2, 2};
+  config.timestep_conditioning = true;
+  config.patch_size = 1;
+  auto cpu = VaeModel::from_weights(config, {kCpu, at::kFloat, true}, random_weight);
+  auto gpu = VaeModel::from_weights(config, {kCuda, at::kFloat, true}, random_weight);
+  for (auto* m : {&cpu, &gpu}) {
+    m->tiling.enable_tiling(32, 32, 16, 16, 16, 8);  // 4-latent tiles, stride 2; 2-latent-frame tiles, stride 1
+    m->tiling.use_framewise_decoding = true;
+  }
+  auto g = ltxmps::make_cpu_generator(3);
+  const auto latents = ltxmps::randn({1, 8, 4, 6, 6}, g);
+  const auto temb = at::tensor({0.05f});
+  auto cpu_noise = ltxmps::make_cpu_generator(11), gpu_noise = ltxmps::make_cpu_generator(11);
+  const auto cpu_frames = cpu.decode(latents, temb, &cpu_noise);
+  const auto gpu_frames = gpu.decode(latents.to(kCuda), temb.to(kCuda), &gpu_noise);
+  REQUIRE(gpu_frames.sizes() == cpu_frames.sizes());
+  CHECK(gpu_frames.device() == kCuda);
+  CHECK(scaled_error(gpu_frames, cpu_frames) <= 1e-4);
+
+  auto broken = gpu;
+  auto& conv2 = broken.decoder.up_blocks[1].resnets.back().conv2;
+  conv2.bias = at::full_like(conv2.bias, NAN);
+  CHECK_THROWS_WITH(broken.decode(latents.to(kCuda), temb.to(kCuda)),
+                    ltxmps_test::ContainsAll({"vae decode: up_blocks.1 produced NaN/Inf", "cuda"}));
+  broken.runtime.check_finite = false;
+  CHECK(at::isnan(broken.decode(latents.to(kCuda), temb.to(kCuda))).any().item<bool>());
+}
+
 namespace {
 
 // A small gated T5 (64 token ids, 4 heads) of `layers` blocks of width `d_model`.

@@ -18,10 +18,14 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <unistd.h>
 
@@ -193,6 +197,57 @@ TEST_CASE("vae: bad inputs", "[vae]") {
     tiled.tiling.enable_tiling(32, 32, std::nullopt, 8, 16);
     CHECK_THROWS_WITH(tiled.decode(at::zeros({1, 8, 2, 4, 4}), at::tensor({0.05f})),
                       ltxmps_test::Contains("tile_sample_stride_height = 8 is smaller than the compression 16"));
+  }
+}
+
+// The checks are read once per encode/decode (Note [Deferred VAE finiteness checks] in vae.cpp); the message must
+// still name the first stage, in execution order, whose output holds a NaN or Inf, in every tiling mode.
+TEST_CASE("vae: a NaN/Inf is named by the stage where it first appears, untiled, tiled and framewise",
+          "[vae][check_finite]") {
+  const auto base = load_vae(data_dir() / "095", {});
+  auto g = ltxmps::make_cpu_generator(7);
+  const auto latents = ltxmps::randn({1, 8, 4, 4, 4}, g);  // 4 latent frames > 16/8: framewise tiles over time
+  const auto video = ltxmps::randn({1, 3, 17, 48, 48}, g);
+  const auto temb = at::tensor({0.05f});
+  const auto set_bias = [](VaeConv3dWeights& c, double value) { c.bias = at::full_like(c.bias, value); };
+  // Each decoder stage's last convolution, by the stage name decode reports.
+  const std::vector<std::pair<std::string, std::function<VaeConv3dWeights&(VaeModel&)>>> decoder_stages = {
+      {"mid_block", [](VaeModel& m) -> VaeConv3dWeights& { return m.decoder.mid_block.resnets.back().conv2; }},
+      {"up_blocks.0", [](VaeModel& m) -> VaeConv3dWeights& { return m.decoder.up_blocks[0].resnets.back().conv2; }},
+      {"up_blocks.1", [](VaeModel& m) -> VaeConv3dWeights& { return m.decoder.up_blocks[1].resnets.back().conv2; }},
+      {"up_blocks.2", [](VaeModel& m) -> VaeConv3dWeights& { return m.decoder.up_blocks[2].resnets.back().conv2; }},
+      {"conv_out", [](VaeModel& m) -> VaeConv3dWeights& { return m.decoder.conv_out; }}};
+  REQUIRE(base.decoder.up_blocks.size() == 3);
+  for (const char* mode : {"untiled", "tiled", "framewise"}) {
+    INFO(mode);
+    auto model = base;
+    if (std::string(mode) != "untiled") model.tiling.enable_tiling(32, 32, 16, 16, 16, 8);
+    model.tiling.use_framewise_decoding = std::string(mode) == "framewise";
+    CHECK(at::isfinite(model.decode(latents, temb)).all().item<bool>());
+    CHECK(at::isfinite(model.encode(video).mean).all().item<bool>());
+    for (const auto& [stage, conv] : decoder_stages) {
+      INFO(stage);
+      auto broken = model;
+      set_bias(conv(broken), NAN);
+      CHECK_THROWS_WITH(broken.decode(latents, temb),
+                        ltxmps_test::ContainsAll({"vae decode: " + stage + " produced NaN/Inf", "decoded frames"}));
+    }
+    for (const double inf : {INFINITY, -INFINITY}) {  // an Inf alone, in either direction, fails too
+      auto broken = model;
+      set_bias(broken.decoder.conv_out, inf);
+      CHECK_THROWS_WITH(broken.decode(latents, temb), ltxmps_test::Contains("vae decode: conv_out produced NaN/Inf"));
+    }
+    for (const size_t block : {size_t{0}, size_t{2}}) {
+      auto broken = model;
+      set_bias(broken.encoder.down_blocks[block].resnets.back().conv2, NAN);
+      CHECK_THROWS_WITH(broken.encode(video), ltxmps_test::Contains("vae encode: encoder.down_blocks." +
+                                                                    std::to_string(block) + " produced NaN/Inf"));
+    }
+    // check_finite off: no check at all, the NaN reaches the frames.
+    auto unchecked = model;
+    set_bias(unchecked.decoder.mid_block.resnets.back().conv2, NAN);
+    unchecked.runtime.check_finite = false;
+    CHECK(at::isnan(unchecked.decode(latents, temb)).any().item<bool>());
   }
 }
 

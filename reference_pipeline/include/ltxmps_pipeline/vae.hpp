@@ -116,7 +116,10 @@ struct VaeTiling {
 struct VaeRuntime {
   c10::Device device = c10::kCPU;     ///< where the weights live and the VAE runs
   at::ScalarType dtype = at::kFloat;  ///< weights and activations
-  /// Check every decoder stage (and the encoder output) for NaN/Inf and throw naming the stage.
+  /// Check every decoder stage (and the encoder output) for NaN/Inf and throw naming the first stage, in
+  /// execution order, that produced one. The checks of all tiles are queued on the device and read once at the
+  /// end of encode() / decode() (one synchronization; the input latents are read before decoding); false runs
+  /// no check at all.
   bool check_finite = true;
 };
 

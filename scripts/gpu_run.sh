@@ -2,8 +2,8 @@
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
 # (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh MODE [MODE ...]
-# MODE: tests | bench | removal | memory | speed | fp8 | kernels | profile | workflow | seed | all (default all); several modes
-# share one build.
+# MODE: tests | bench | removal | memory | speed | fp8 | vae | kernels | profile | workflow | seed | all (default all);
+# several modes share one build.
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
@@ -11,6 +11,7 @@
 #   profile: per-kernel GPU time of the 2B forward (unfused, fused, FP8, diffusers) from PyTorch profiler (Kineto)
 #            traces into $OUT/kernel_profile.md.
 #   kernels: the kernel and FP8 suites (CPU and GPU) only.
+#   vae:     the GPU model suite and the VAE decode modes (C++ and diffusers, two rounds).
 #   fp8:     the kernel and FP8 suites, the 2B and 13B forwards (fused bf16, FP8 matmul, diffusers eager) and the 13B
 #            FP8 weight storage against resident: the FP8 paths' numbers without the rest of `speed`.
 #   seed:    the whole seed job (13B + T5-XXL + 0.9.7 VAE from files written by the bench) under an 8 GiB budget:
@@ -50,6 +51,7 @@ has fp8 && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_test
 has profile && add ltxmps_transformer_bench
 has seed && add ltxmps_seed_job_bench ltxmps_gpu_model_tests ltxmps_t5_streaming_tests
 has workflow && add ltxmps_pipeline_bench ltxmps_vae_bench ltxmps_t5_bench
+has vae && add ltxmps_vae_bench ltxmps_gpu_model_tests
 has memory && add ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests ltxmps_memory_bench \
                   ltxmps_headers_cxx17 ltxmps_headers_cxx20
 # tests, bench and all build everything.
@@ -64,6 +66,13 @@ if has tests || has all; then
   build-gpu/tests/ltxmps_gpu_tests --success --reporter compact > "$OUT/gpu_tests.log" 2>&1 || status=1
   tail -3 "$OUT/gpu_tests.log"
 fi
+# The VAE decode modes (untiled, spatial tiles, spatial + framewise tiles), C++ then diffusers for each.
+vae_modes() {
+  for args in "" "--tiling" "--tiling --framewise"; do
+    echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
+    echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
+  done
+}
 if has bench || has all; then
   build-gpu/benchmarks/ltxmps_bench_policy --benchmark_format=json --benchmark_out="$OUT/bench_policy.json" \
     --benchmark_out_format=json 2>&1 | grep -E "^BM_|Run on|CPU" | head -20
@@ -76,10 +85,7 @@ if has bench || has all; then
   echo "== pipeline diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
-  for args in "" "--tiling" "--tiling --framewise"; do
-    echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
-    echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
-  done
+  vae_modes
 fi
 if has speed || has kernels || has fp8; then
   for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_fp8_tests ltxmps_gpu_fp8_tests; do
@@ -114,15 +120,17 @@ if has fp8; then
   forwards "$OUT/fp8_bench.jsonl"
   fp8_storage "$OUT/fp8_bench.jsonl"
 fi
+if has vae; then
+  build-gpu/tests/ltxmps_gpu_model_tests > "$OUT/ltxmps_gpu_model_tests.log" 2>&1 || status=1
+  echo "ltxmps_gpu_model_tests: $(tail -2 "$OUT/ltxmps_gpu_model_tests.log" | tr '\n' ' ')"
+  vae_modes; vae_modes  # two rounds
+fi
 if has workflow; then
   large="--layers 48 --heads 32 --head-dim 128 --height 512 --width 768 --frames 121"
   two="--job two-pass $large --steps 8 --second-pass-steps 10 --second-pass-strength 0.4 --guidance 3 --repeat 2"
   echo "== two-pass 13B 768x512x121, 8 + 4 steps C++"; build-gpu/benchmarks/ltxmps_pipeline_bench $two | tee -a "$OUT/two_pass_bench.jsonl"
   echo "== two-pass diffusers"; python3 benchmarks/pipeline_bench.py $two | tee -a "$OUT/two_pass_bench.jsonl"
-  for args in "" "--tiling" "--tiling --framewise"; do
-    echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
-    echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
-  done
+  vae_modes
   echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
 fi

@@ -5,7 +5,8 @@
 // config (diffusers' AutoencoderKLLTXVideo() defaults), random weights generated in memory (no file), random
 // prompt embeddings [1, 128, 4096] instead of T5-XXL, 768x512x121, 30 steps, guidance 3 (CFG on), seed 0.
 // Prints one JSON line: seconds per denoising step (mean over the steps after the first), total seconds of
-// generate() (loop + decode), and the peak CUDA memory. --repeat N runs the job N times in the process and reports
+// generate() (loop + decode), the split of that total at the last step's end (t2v and remove: "loop_seconds",
+// "decode_seconds"), and the peak CUDA memory. --repeat N runs the job N times in the process and reports
 // the fastest run (the first pays one-time costs: allocator growth, kernel selection, oneDNN primitive creation).
 //
 // --job two-pass: multi_scale() as diffusers' documented 0.9.7-dev example runs it (docs/pipelines.md, "The
@@ -170,6 +171,7 @@ double per_step(const std::vector<double>& step_end) {
 
 struct RunResult {
   double total = -1, seconds_per_step = 0;
+  double loop_end = 0;  ///< t2v / remove: seconds at the last denoising step's end (what follows is the decode)
   at::Tensor frames;  ///< [B, F, 3, H, W]
   Json passes;        ///< two-pass: per-pass fields of the JSON line
 };
@@ -206,7 +208,9 @@ RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan
   }
   ltxmps::synchronize(plan.device);
   out.total = timeline.now();
-  out.seconds_per_step = per_step(timeline.steps(0, out.total + 1));
+  const auto steps = timeline.steps(0, out.total + 1);
+  out.seconds_per_step = per_step(steps);
+  out.loop_end = steps.empty() ? 0.0 : steps.back();
   return out;
 }
 
@@ -277,7 +281,12 @@ Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResu
             {"total_seconds", rounded(best.total, 3)},
             {"peak_memory_bytes", ltxmps::memory_stats(plan.device).peak_allocated.value_or(-1)},
             {"frames_shape", best.frames.sizes().vec()}};
-  if (a.two_pass()) line.update(best.passes);
+  if (a.two_pass()) {
+    line.update(best.passes);
+  } else {
+    line["loop_seconds"] = rounded(best.loop_end, 3);
+    line["decode_seconds"] = rounded(best.total - best.loop_end, 3);
+  }
   return line;
 }
 

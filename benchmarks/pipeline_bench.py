@@ -7,7 +7,8 @@ text tokens: the same per-token conditioning loop as the official removal), or t
 Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096) and AutoencoderKLLTXVideo() (0.9.0
 config) with random weights, random prompt embeddings [1, 128, 4096] (no T5-XXL), 768x512x121, 30 steps,
 guidance 3, generator torch.Generator().manual_seed(0). Prints one JSON line: seconds per denoising step (mean
-over the steps after the first), total seconds of the call (loop + decode) and the peak CUDA memory. --repeat N
+over the steps after the first), total seconds of the call (loop + decode), the split of that total at the last
+step's end (t2v and remove: "loop_seconds", "decode_seconds") and the peak CUDA memory. --repeat N
 calls the pipeline N times in the process and reports the fastest call.
 
 --job two-pass: diffusers' documented 0.9.7-dev example (LTXConditionPipeline at
@@ -152,7 +153,9 @@ def run_single(a, transformer, vae, prompts, timer):
                   guidance_scale=a.guidance, generator=torch.Generator().manual_seed(0), output_type="pt",
                   callback_on_step_end=timer.on_step, **extra).frames
     total = timer.now()
-    return total, per_step(timer.steps), frames, {}
+    loop_end = timer.steps[-1] if timer.steps else 0.0
+    return total, per_step(timer.steps), frames, dict(loop_seconds=round(loop_end, 3),
+                                                      decode_seconds=round(total - loop_end, 3))
 
 
 def pass_fields(frames, height, width, step_end, seconds):

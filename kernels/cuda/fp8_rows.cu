@@ -84,11 +84,8 @@ __global__ void __launch_bounds__(kQuantizeMaxThreads) quantize_fp8_kernel(Quant
     if (c < p.cols) store<uint8_t, VEC>(q + c, quantize<T, VEC>(cached[i], scale));
   }
   // The remainder is read again (and its GELU recomputed, the same values: the activation is not re-read).
-  for (int64_t c = first + kCached * step; c < p.cols; c += step) {
-    Pack<T, VEC> v = load<T, VEC>(x + c);
-    if constexpr (GELU) v = gelu_tanh<T, VEC>(v);
-    store<uint8_t, VEC>(q + c, quantize<T, VEC>(v, scale));
-  }
+  for (int64_t c = first + kCached * step; c < p.cols; c += step)
+    store<uint8_t, VEC>(q + c, quantize<T, VEC>(row_vector<T, VEC, GELU>(x, nullptr, c), scale));
 }
 
 // Note [FP8 dequantize launch shape]

@@ -43,17 +43,7 @@ at::Tensor scaled_mm_linear(const LinearWeights& l, const at::Tensor& x, const F
 }  // namespace
 
 at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x) {
-  switch (l.mode) {
-    case LinearMode::dense:
-      return at::linear(x, l.weight, bias_of(l));
-    case LinearMode::fp8_storage:
-      return at::linear(x, dequantize_fp8_rowwise(l.weight_fp8, l.weight_scale, x.scalar_type()), bias_of(l));
-    case LinearMode::fp8_matmul:
-      LTXMPS_CHECK(x.size(-1) == l.weight_fp8.size(1), "apply_linear: input has ", x.size(-1),
-                   " features, the FP8 layer takes ", l.weight_fp8.size(1));
-      return scaled_mm_linear(l, x, nullptr);
-  }
-  throw Error("apply_linear: unknown LinearMode");
+  return apply_linear(l, x, nullptr);
 }
 
 // x_q [M, K] row-major with scale_a [M, 1]; w_q.t() is [K, N] column-major with scale_b [1, N] (the layouts
@@ -75,10 +65,17 @@ at::Tensor apply_fp8_matmul(const LinearWeights& l, const Fp8Rows& x_fp8, at::Sc
 }
 
 at::Tensor apply_linear(const LinearWeights& l, const at::Tensor& x, const Fp8Rows* x_fp8) {
-  if (!x_fp8 || l.mode != LinearMode::fp8_matmul) return apply_linear(l, x);
-  LTXMPS_CHECK(x.size(-1) == l.weight_fp8.size(1), "apply_linear: input has ", x.size(-1),
-               " features, the FP8 layer takes ", l.weight_fp8.size(1));
-  return scaled_mm_linear(l, x, x_fp8);
+  switch (l.mode) {
+    case LinearMode::dense:
+      return at::linear(x, l.weight, bias_of(l));
+    case LinearMode::fp8_storage:
+      return at::linear(x, dequantize_fp8_rowwise(l.weight_fp8, l.weight_scale, x.scalar_type()), bias_of(l));
+    case LinearMode::fp8_matmul:
+      LTXMPS_CHECK(x.size(-1) == l.weight_fp8.size(1), "apply_linear: input has ", x.size(-1),
+                   " features, the FP8 layer takes ", l.weight_fp8.size(1));
+      return scaled_mm_linear(l, x, x_fp8);
+  }
+  throw Error("apply_linear: unknown LinearMode");
 }
 
 }  // namespace ltxmps::pipeline

@@ -8,7 +8,8 @@
 #            building only their targets.
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
 #            the 13B FP8 weight storage against resident, the 2B text-to-video end to end.
-#   profile: per-kernel GPU time of the 2B forward (unfused, fused, FP8, diffusers) from PyTorch profiler (Kineto)
+#   profile: per-kernel GPU time of the forward (unfused, fused, FP8, FP8 storage, diffusers; PROFILE_ARGS and PROFILE_RUNS
+#            choose the shape and the variants, default the 2B and all) from PyTorch profiler (Kineto)
 #            traces into $OUT/kernel_profile.md.
 #   kernels: the kernel and FP8 suites (CPU and GPU) only.
 #   vae:     the GPU model suite and the VAE decode modes (C++ and diffusers, two rounds).
@@ -135,22 +136,23 @@ if has workflow; then
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
 fi
 if has profile; then
-  # Where the 2B forward's GPU time goes, before (ATen references) and after (fused kernels), beside diffusers:
+  # Where the forward's GPU time goes, before (ATen references) and after (fused kernels), beside diffusers:
   # PyTorch profiler (Kineto) Chrome traces of 3 forwards each after 2 warm-up + 3 timed ones (this machine has no
   # nsys), tabulated by benchmarks/kernel_profile.py. The traces are deleted: the device tool returns few files.
-  prof() { local name=$1; shift; echo "== profile $name"
-           "$@" --warmup 2 --iters 3 --profile "$OUT/$name.json" 2>>"$OUT/profile.log" | tee -a "$OUT/profile.log" ||
-             echo "profile $name failed: $(tail -3 "$OUT/profile.log")"; }
-  prof fwd2b_unfused build-gpu/benchmarks/ltxmps_transformer_bench --fused 0
-  prof fwd2b_fused build-gpu/benchmarks/ltxmps_transformer_bench --fused 1
-  prof fwd2b_fp8 build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1
-  prof fwd2b_fp8storage build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --weight-storage fp8
-  prof fwd2b_diffusers python3 benchmarks/transformer_bench.py
-  python3 benchmarks/kernel_profile.py "ltxmps unfused=$OUT/fwd2b_unfused.json:3" "ltxmps fused=$OUT/fwd2b_fused.json:3" \
-    "ltxmps fp8=$OUT/fwd2b_fp8.json:3" "ltxmps fp8 storage=$OUT/fwd2b_fp8storage.json:3" \
-    "diffusers=$OUT/fwd2b_diffusers.json:3" > "$OUT/kernel_profile.md" 2>&1
+  # PROFILE_ARGS picks the shape (default the 2B; "--layers 48 --head-dim 128" the 13B), PROFILE_RUNS the variants.
+  pargs=${PROFILE_ARGS:-}; runs=" ${PROFILE_RUNS:-unfused fused fp8 fp8storage diffusers} "; tables=()
+  prof() { local name=$1 label=$2; shift 2; [[ "$runs" == *" $name "* ]] || return 0; echo "== profile $name $pargs"
+           if "$@" $pargs --warmup 2 --iters 3 --profile "$OUT/fwd_$name.json" 2>>"$OUT/profile.log" |
+                tee -a "$OUT/profile.log"; then tables+=("$label=$OUT/fwd_$name.json:3")
+           else echo "profile $name failed: $(tail -3 "$OUT/profile.log")"; fi; }
+  prof unfused "ltxmps unfused" build-gpu/benchmarks/ltxmps_transformer_bench --fused 0
+  prof fused "ltxmps fused" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1
+  prof fp8 "ltxmps fp8" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1
+  prof fp8storage "ltxmps fp8 storage" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --weight-storage fp8
+  prof diffusers "diffusers" python3 benchmarks/transformer_bench.py
+  python3 benchmarks/kernel_profile.py "${tables[@]}" > "$OUT/kernel_profile.md" 2>&1
   head -12 "$OUT/kernel_profile.md"
-  rm -f "$OUT"/fwd2b_{unfused,fused,fp8,fp8storage,diffusers}.json
+  rm -f "$OUT"/fwd_*.json
 fi
 if has removal; then
   for suite in ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests; do

@@ -11,7 +11,11 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 namespace ltxmps::kernels::cuda {
 
@@ -40,6 +44,49 @@ __device__ __forceinline__ float round_to(float v) {
 template <>
 __device__ __forceinline__ float round_to<float>(float v) {
   return v;
+}
+
+// Note [Packed half-precision arithmetic]
+// Where the reference adds or multiplies two bfloat16 (or float16) tensors, it computes each element in float32
+// and rounds the result to the dtype. A float32 product of two such values is exact, and a float32 sum rounded
+// again to the dtype is the sum rounded once (double rounding is innocuous for + and × when the wider significand
+// has at least 2p + 2 bits, Figueroa 1995: 24 ≥ 18 for bfloat16, 24 ≥ 24 for float16). So one two-lane instruction
+// in the dtype (HADD2 / HMUL2; their _rn forms, which the compiler may not contract into a fused multiply-add) gives
+// the reference's bits for two elements, where the float32 route costs two conversions, the operation and a rounding
+// per element. The norm and residual kernels, bound by instruction issue rather than by memory at the transformer's
+// row widths, use them for every step between two T operands.
+template <typename T>
+struct PairOf {};
+template <>
+struct PairOf<c10::BFloat16> {
+  using type = __nv_bfloat162;
+};
+template <>
+struct PairOf<c10::Half> {
+  using type = __half2;
+};
+
+/// Whether a Pack<T, VEC> takes the two-lane instructions: half-precision T, an even number of elements.
+template <typename T, int VEC>
+constexpr bool kPackedPairs = !std::is_same_v<T, float> && VEC % 2 == 0;
+
+/// Elements j and j + 1 of a pack (j even) as the two-lane type.
+template <typename T, int VEC>
+__device__ __forceinline__ typename PairOf<T>::type pair_at(const Pack<T, VEC>& p, int j) {
+  return *reinterpret_cast<const typename PairOf<T>::type*>(&p.v[j]);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void set_pair(Pack<T, VEC>& p, int j, typename PairOf<T>::type value) {
+  *reinterpret_cast<typename PairOf<T>::type*>(&p.v[j]) = value;
+}
+
+/// Two float32 values rounded to the dtype (round to nearest even, as the casts) in one instruction.
+__device__ __forceinline__ __nv_bfloat162 round_pair(float a, float b, c10::BFloat16) {
+  return __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ __half2 round_pair(float a, float b, c10::Half) {
+  return __floats2half2_rn(a, b);
 }
 
 /// A row of a Rows operand (typed).
@@ -78,6 +125,7 @@ __device__ __forceinline__ void block_reduce(float (&v)[K], Op op) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
 #pragma unroll
   for (int i = 0; i < K; ++i) v[i] = warp_reduce(v[i], op);
+  if (warps == 1) return;  // one warp: the shuffles were the whole reduction (uniform over the block)
   if (lane == 0) {
 #pragma unroll
     for (int i = 0; i < K; ++i) partial[i][warp] = v[i];
@@ -94,11 +142,20 @@ __device__ __forceinline__ void block_sum(float (&v)[K]) {
   block_reduce(v, SumOp{});
 }
 
-/// One block per row: enough warps that each thread handles about one vector of the row, at most 1024 threads.
-inline unsigned row_block_threads(int64_t dim, int vec) {
-  const int64_t vectors = (dim + vec - 1) / vec;
-  const int64_t warps = (vectors + 31) / 32;
-  return static_cast<unsigned>(32 * (warps < 1 ? 1 : (warps > 32 ? 32 : warps)));
+// Note [Row kernels keep their vectors]
+// The transformer's rows are short (2048–16384 elements, 4–32 KiB) and there are many of them (12288 at the
+// benchmark shapes). With one vector per thread a block issues one load per thread, then waits through the whole
+// DRAM latency and a block-wide reduction before it stores: too few bytes in flight per SM to approach the memory
+// bandwidth (the 13B profile measured the block norm at about 3× what its bytes need). So a row kernel gets only as
+// many threads as give each of them `cached` vectors, loads all of them before the first use or store (a store in
+// between would keep the compiler from moving the later loads ahead of it) and keeps them in registers between the
+// reduction and the output: a 2048-element bfloat16 row is two warps at four vectors a thread, and a row wider than
+// max_threads · vec · cached elements re-reads its remainder.
+inline unsigned rows_block_threads(int64_t cols, int vec, int max_threads, int cached) {
+  const int64_t vectors = (cols + vec - 1) / vec;
+  const int64_t threads = (vectors + cached - 1) / cached;
+  const int64_t warps = (threads + 31) / 32, max_warps = max_threads / 32;
+  return static_cast<unsigned>(32 * (warps < 1 ? 1 : (warps > max_warps ? max_warps : warps)));
 }
 
 /// Calls f(T{}, std::integral_constant<int, VEC>{}) for the launch's dtype and vector width (1, 2, 4, 8, and 16

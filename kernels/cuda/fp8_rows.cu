@@ -7,16 +7,9 @@
 namespace ltxmps::kernels::cuda {
 namespace {
 
-// The vectors of a row that each thread keeps in registers between the amax and the division: rows up to
-// blockDim.x · VEC · kCachedVectors elements (32768 bfloat16 at the 512-thread cap) are read from memory once.
-//
-// Note [FP8 row launch shape]
-// The transformer's rows are short (2048–16384 elements, 4–32 KiB) and there are many of them (12288 at the 2B
-// benchmark shape). With one vector per thread, a block issues one load per thread, then waits through the whole
-// DRAM latency and a block-wide reduction before it stores: too few bytes in flight per SM to approach the memory
-// bandwidth (the profile measured 63 µs per launch, about 3× what the bytes need). So a quantize block gets only as many
-// threads as give each of them kCachedVectors vectors, all loaded before the first use: a 2048-element bf16 row is
-// one warp, an 8192-element one four.
+// The vectors of a row that each thread keeps in registers between the amax and the division (Note [Row kernels
+// keep their vectors] in common.cuh): rows up to blockDim.x · VEC · kCachedVectors elements (32768 bfloat16 at the
+// 512-thread cap) are read from memory once; a 2048-element bf16 row is one warp, an 8192-element one four.
 constexpr int kCachedVectors = 8;
 
 // The GELU variant spends ~40 instructions per value (tanhf, the division, the conversions): its arithmetic, not
@@ -33,13 +26,6 @@ constexpr int cached_vectors() {
 // that one always fits an SM's 64 Ki registers (the kernel's launch bounds hold the compiler to it); wider rows
 // re-read their remainder.
 constexpr int kQuantizeMaxThreads = 512;
-
-inline unsigned rows_block_threads(int64_t cols, int vec, int max_threads, int cached) {
-  const int64_t vectors = (cols + vec - 1) / vec;
-  const int64_t threads = (vectors + cached - 1) / cached;
-  const int64_t warps = (threads + 31) / 32, max_warps = max_threads / 32;
-  return static_cast<unsigned>(32 * (warps < 1 ? 1 : (warps > max_warps ? max_warps : warps)));
-}
 
 // One vector of the row as the quantization sees it: the input, or its tanh GELU (written to `activation` when
 // that is given: the rows in dtype beside their codes).
@@ -73,9 +59,7 @@ __global__ void __launch_bounds__(kQuantizeMaxThreads) quantize_fp8_kernel(Quant
   }
   for (int64_t c = first + kCached * step; c < p.cols; c += step)
     amax[0] = abs_max<T, VEC>(amax[0], row_vector<T, VEC, GELU>(x, activation, c));
-  // One warp (the 2048-wide rows): shuffles only, no shared memory round trip and no barrier.
-  if (blockDim.x == 32) amax[0] = warp_reduce(amax[0], NanMaxOp{});
-  else block_reduce(amax, NanMaxOp{});
+  block_reduce(amax, NanMaxOp{});
   const float scale = fp8_row_scale(amax[0]);
   if (threadIdx.x == 0) p.scale[row] = scale;
 #pragma unroll

@@ -9,74 +9,170 @@ namespace ltxmps::kernels::cuda {
 namespace {
 
 // h = x + y·gate (or x + y without a gate) over one vector: rounded after the product and after the sum, as
-// `x + y * gate` in ATen.
+// `x + y * gate` in ATen (in pairs: Note [Packed half-precision arithmetic]).
 template <typename T, int VEC>
 __device__ __forceinline__ Pack<T, VEC> residual_sum(const T* x, const T* y, const T* gate, int64_t c) {
   const Pack<T, VEC> xv = load<T, VEC>(x + c), yv = load<T, VEC>(y + c);
   Pack<T, VEC> gv;
   if (gate) gv = load<T, VEC>(gate + c);
   Pack<T, VEC> h;
+  if constexpr (kPackedPairs<T, VEC>) {
 #pragma unroll
-  for (int j = 0; j < VEC; ++j) {
-    const float y_j = static_cast<float>(yv.v[j]);
-    const float t = gate ? round_to<T>(__fmul_rn(y_j, static_cast<float>(gv.v[j]))) : y_j;
-    h.v[j] = static_cast<T>(__fadd_rn(static_cast<float>(xv.v[j]), t));
+    for (int j = 0; j < VEC; j += 2) {
+      const auto t = gate ? __hmul2_rn(pair_at(yv, j), pair_at(gv, j)) : pair_at(yv, j);
+      set_pair(h, j, __hadd2_rn(pair_at(xv, j), t));
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      const float y_j = static_cast<float>(yv.v[j]);
+      const float t = gate ? round_to<T>(__fmul_rn(y_j, static_cast<float>(gv.v[j]))) : y_j;
+      h.v[j] = static_cast<T>(__fadd_rn(static_cast<float>(xv.v[j]), t));
+    }
   }
   return h;
 }
 
-// Pass 1 of a row: the residual sum (written to `residual`) or the input, accumulated into the row statistic:
-// the sum of squares (RMS norm) or the sum (layer norm).
+// Each thread keeps its first kRowVectors vectors of the row in registers (Note [Row kernels keep their vectors]
+// in common.cuh); with at most kRowThreads threads that is every vector of rows up to 16384 bfloat16 elements.
+constexpr int kRowVectors = 4;
+constexpr int kRowThreads = 512;
+
 template <typename T, int VEC, bool LAYER_NORM>
-__device__ float first_pass(const NormModulateLaunch& p, int64_t b, int64_t t, int64_t row) {
-  const T* x = row_of<T>(p.x, b, t);
-  const T* y = p.y.data ? row_of<T>(p.y, b, t) : nullptr;
-  const T* gate = p.gate.data ? row_of<T>(p.gate, b, t) : nullptr;
-  T* residual = y ? static_cast<T*>(p.residual) + row * p.dim : nullptr;
-  float acc = 0.f;
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC) {
-    Pack<T, VEC> h;
-    if (y) {
-      h = residual_sum<T, VEC>(x, y, gate, c);
-      store<T, VEC>(residual + c, h);
-    } else {
-      h = load<T, VEC>(x + c);
-    }
+__device__ __forceinline__ float accumulate(float acc, const Pack<T, VEC>& h) {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float v = static_cast<float>(h.v[j]);
-      acc = LAYER_NORM ? __fadd_rn(acc, v) : __fmaf_rn(v, v, acc);
-    }
+  for (int j = 0; j < VEC; ++j) {
+    const float v = static_cast<float>(h.v[j]);
+    acc = LAYER_NORM ? __fadd_rn(acc, v) : __fmaf_rn(v, v, acc);
   }
   return acc;
 }
 
-// The layer norm's variance: the sum of squared deviations from `mean` (a second read of the row, from L1/L2).
-template <typename T, int VEC>
-__device__ float deviation_pass(const T* h, int64_t dim, float mean) {
+// Pass 1 of a row: the residual sum (written to `residual`) or the input, accumulated into the row statistic:
+// the sum of squares (RMS norm) or the sum (layer norm). The thread's first vectors stay in `h`.
+template <typename T, int VEC, bool LAYER_NORM>
+__device__ float first_pass(const NormModulateLaunch& p, int64_t b, int64_t t, int64_t row,
+                           Pack<T, VEC> (&h)[kRowVectors]) {
+  const T* x = row_of<T>(p.x, b, t);
+  const T* y = p.y.data ? row_of<T>(p.y, b, t) : nullptr;
+  const T* gate = p.gate.data ? row_of<T>(p.gate, b, t) : nullptr;
+  T* residual = y ? static_cast<T*>(p.residual) + row * p.dim : nullptr;
+  const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
+#pragma unroll
+  for (int i = 0; i < kRowVectors; ++i) {
+    const int64_t c = first + i * step;
+    if (c < p.dim) h[i] = y ? residual_sum<T, VEC>(x, y, gate, c) : load<T, VEC>(x + c);
+  }
   float acc = 0.f;
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < dim; c += int64_t(blockDim.x) * VEC) {
-    const Pack<T, VEC> v = load<T, VEC>(h + c);
+#pragma unroll
+  for (int i = 0; i < kRowVectors; ++i) {
+    const int64_t c = first + i * step;
+    if (c >= p.dim) continue;
+    if (y) store<T, VEC>(residual + c, h[i]);
+    acc = accumulate<T, VEC, LAYER_NORM>(acc, h[i]);
+  }
+  for (int64_t c = first + kRowVectors * step; c < p.dim; c += step) {
+    const Pack<T, VEC> v = y ? residual_sum<T, VEC>(x, y, gate, c) : load<T, VEC>(x + c);
+    if (y) store<T, VEC>(residual + c, v);
+    acc = accumulate<T, VEC, LAYER_NORM>(acc, v);
+  }
+  return acc;
+}
+
+// The layer norm's variance: the sum of squared deviations from `mean` over the kept vectors and the rest of the
+// row (a second read, from L1/L2).
+template <typename T, int VEC>
+__device__ float deviation_pass(const Pack<T, VEC> (&h)[kRowVectors], const T* row, int64_t dim, float mean) {
+  float acc = 0.f;
+  const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
+  auto add = [&](const Pack<T, VEC>& v) {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       const float d = __fsub_rn(static_cast<float>(v.v[j]), mean);
       acc = __fmaf_rn(d, d, acc);
     }
-  }
+  };
+#pragma unroll
+  for (int i = 0; i < kRowVectors; ++i)
+    if (first + i * step < dim) add(h[i]);
+  for (int64_t c = first + kRowVectors * step; c < dim; c += step) add(load<T, VEC>(row + c));
   return acc;
 }
 
+template <bool LAYER_NORM, typename T>
+__device__ __forceinline__ float normalized(T h, float mean, float rstd) {
+  const float v = static_cast<float>(h);
+  return LAYER_NORM ? __fmul_rn(__fsub_rn(v, mean), rstd) : __fmul_rn(v, rstd);
+}
+
+// The normalized, weighted and modulated vector at column c: norm(h)·(1 + scale) + shift with the reference's
+// rounding points (in pairs after the normalization: Note [Packed half-precision arithmetic]).
 template <typename T, int VEC, bool LAYER_NORM>
-__global__ void norm_modulate_kernel(NormModulateLaunch p) {
+__device__ __forceinline__ Pack<T, VEC> modulate(const Pack<T, VEC>& hv, const T* weight, const T* scale,
+                                                 const T* shift, int64_t c, float mean, float rstd) {
+  const Pack<T, VEC> sc = load<T, VEC>(scale + c), sh = load<T, VEC>(shift + c);
+  Pack<T, VEC> w;
+  if (weight) w = load<T, VEC>(weight + c);
+  Pack<T, VEC> o;
+  if constexpr (kPackedPairs<T, VEC>) {
+    const auto one = round_pair(1.f, 1.f, T{});
+#pragma unroll
+    for (int j = 0; j < VEC; j += 2) {
+      auto n = round_pair(normalized<LAYER_NORM>(hv.v[j], mean, rstd),
+                          normalized<LAYER_NORM>(hv.v[j + 1], mean, rstd), T{});
+      if (weight) n = __hmul2_rn(n, pair_at(w, j));
+      const auto modulated = __hmul2_rn(n, __hadd2_rn(one, pair_at(sc, j)));
+      set_pair(o, j, __hadd2_rn(modulated, pair_at(sh, j)));
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      float n = round_to<T>(normalized<LAYER_NORM>(hv.v[j], mean, rstd));
+      if (weight) n = round_to<T>(__fmul_rn(n, static_cast<float>(w.v[j])));
+      const float one_plus_scale = round_to<T>(__fadd_rn(1.f, static_cast<float>(sc.v[j])));
+      const float modulated = round_to<T>(__fmul_rn(n, one_plus_scale));
+      o.v[j] = static_cast<T>(__fadd_rn(modulated, static_cast<float>(sh.v[j])));
+    }
+  }
+  return o;
+}
+
+// Stores row `row` of the output (p.out; Launch is either kernel's launch): the kept vectors `h`, then the remainder,
+// computed by rest(c) for column c; with FP8 rows asked for (p.q), its codes and scale from the stored values
+// (Note [Fused FP8 rows]).
+template <typename T, int VEC, typename Launch, typename Rest>
+__device__ __forceinline__ void write_row(const Pack<T, VEC> (&h)[kRowVectors], const Launch& p, int64_t row,
+                                          const Rest& rest) {
+  T* out = static_cast<T*>(p.out) + row * p.dim;
+  const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < kRowVectors; ++i) {
+    const int64_t c = first + i * step;
+    if (c >= p.dim) continue;
+    store<T, VEC>(out + c, h[i]);
+    if (p.q) amax = abs_max<T, VEC>(amax, h[i]);
+  }
+  for (int64_t c = first + kRowVectors * step; c < p.dim; c += step) {
+    const Pack<T, VEC> v = rest(c);
+    store<T, VEC>(out + c, v);
+    if (p.q) amax = abs_max<T, VEC>(amax, v);
+  }
+  if (p.q) quantize_written_row<T, VEC>(h, out, p.dim, amax, static_cast<uint8_t*>(p.q) + row * p.dim, p.q_scale + row);
+}
+
+template <typename T, int VEC, bool LAYER_NORM>
+__global__ void __launch_bounds__(kRowThreads) norm_modulate_kernel(NormModulateLaunch p) {
   const int64_t row = blockIdx.x, b = row / p.tokens, t = row % p.tokens;
-  float stat[1] = {first_pass<T, VEC, LAYER_NORM>(p, b, t, row)};
+  Pack<T, VEC> h[kRowVectors];
+  float stat[1] = {first_pass<T, VEC, LAYER_NORM>(p, b, t, row, h)};
   block_sum<1>(stat);
-  const T* h = p.y.data ? static_cast<const T*>(p.residual) + row * p.dim : row_of<T>(p.x, b, t);
+  const T* h_row = p.y.data ? static_cast<const T*>(p.residual) + row * p.dim : row_of<T>(p.x, b, t);
   const float inv_dim = 1.f / static_cast<float>(p.dim);
   float mean = 0.f, rstd;
   if constexpr (LAYER_NORM) {
     mean = stat[0] * inv_dim;
-    float var[1] = {deviation_pass<T, VEC>(h, p.dim, mean)};
+    float var[1] = {deviation_pass<T, VEC>(h, h_row, p.dim, mean)};
     block_sum<1>(var);
     rstd = rsqrtf(__fadd_rn(var[0] * inv_dim, p.eps));
   } else {
@@ -85,42 +181,31 @@ __global__ void norm_modulate_kernel(NormModulateLaunch p) {
   const T* weight = static_cast<const T*>(p.weight);
   const T* scale = row_of<T>(p.scale, b, t);
   const T* shift = row_of<T>(p.shift, b, t);
-  T* out = static_cast<T*>(p.out) + row * p.dim;
-  float amax = 0.f;
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC) {
-    const Pack<T, VEC> hv = load<T, VEC>(h + c), sc = load<T, VEC>(scale + c), sh = load<T, VEC>(shift + c);
-    Pack<T, VEC> w;
-    if (weight) w = load<T, VEC>(weight + c);
-    Pack<T, VEC> o;
+  const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float v = static_cast<float>(hv.v[j]);
-      float n = round_to<T>(LAYER_NORM ? __fmul_rn(__fsub_rn(v, mean), rstd) : __fmul_rn(v, rstd));
-      if (weight) n = round_to<T>(__fmul_rn(n, static_cast<float>(w.v[j])));
-      const float one_plus_scale = round_to<T>(__fadd_rn(1.f, static_cast<float>(sc.v[j])));
-      const float modulated = round_to<T>(__fmul_rn(n, one_plus_scale));
-      o.v[j] = static_cast<T>(__fadd_rn(modulated, static_cast<float>(sh.v[j])));
-    }
-    store<T, VEC>(out + c, o);
-    if (p.q) amax = abs_max<T, VEC>(amax, o);
+  for (int i = 0; i < kRowVectors; ++i) {  // every modulation load before the first store
+    const int64_t c = first + i * step;
+    if (c < p.dim) h[i] = modulate<T, VEC, LAYER_NORM>(h[i], weight, scale, shift, c, mean, rstd);
   }
-  if (p.q) quantize_written_row<T, VEC>(out, p.dim, amax, static_cast<uint8_t*>(p.q) + row * p.dim, p.q_scale + row);
+  write_row<T, VEC>(h, p, row, [&](int64_t c) {
+    return modulate<T, VEC, LAYER_NORM>(load<T, VEC>(h_row + c), weight, scale, shift, c, mean, rstd);
+  });
 }
 
 template <typename T, int VEC>
-__global__ void gated_residual_kernel(GatedResidualLaunch p) {
+__global__ void __launch_bounds__(kRowThreads) gated_residual_kernel(GatedResidualLaunch p) {
   const int64_t row = blockIdx.x, b = row / p.tokens, t = row % p.tokens;
   const T* x = row_of<T>(p.x, b, t);
   const T* y = row_of<T>(p.y, b, t);
   const T* gate = row_of<T>(p.gate, b, t);
-  T* out = static_cast<T*>(p.out) + row * p.dim;
-  float amax = 0.f;
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC) {
-    const Pack<T, VEC> h = residual_sum<T, VEC>(x, y, gate, c);
-    store<T, VEC>(out + c, h);
-    if (p.q) amax = abs_max<T, VEC>(amax, h);
+  const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
+  Pack<T, VEC> h[kRowVectors];
+#pragma unroll
+  for (int i = 0; i < kRowVectors; ++i) {
+    const int64_t c = first + i * step;
+    if (c < p.dim) h[i] = residual_sum<T, VEC>(x, y, gate, c);
   }
-  if (p.q) quantize_written_row<T, VEC>(out, p.dim, amax, static_cast<uint8_t*>(p.q) + row * p.dim, p.q_scale + row);
+  write_row<T, VEC>(h, p, row, [&](int64_t c) { return residual_sum<T, VEC>(x, y, gate, c); });
 }
 
 }  // namespace
@@ -129,7 +214,7 @@ void launch_norm_modulate(const NormModulateLaunch& launch) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(launch.device_index));
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(launch.device_index));
   const dim3 grid(static_cast<unsigned>(launch.batch * launch.tokens));
-  const dim3 block(row_block_threads(launch.dim, launch.vec));
+  const dim3 block(rows_block_threads(launch.dim, launch.vec, kRowThreads, kRowVectors));
   dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
     using T = decltype(zero);
     constexpr int VEC = decltype(vec)::value;
@@ -145,7 +230,7 @@ void launch_gated_residual(const GatedResidualLaunch& launch) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(launch.device_index));
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(launch.device_index));
   const dim3 grid(static_cast<unsigned>(launch.batch * launch.tokens));
-  const dim3 block(row_block_threads(launch.dim, launch.vec));
+  const dim3 block(rows_block_threads(launch.dim, launch.vec, kRowThreads, kRowVectors));
   dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
     using T = decltype(zero);
     constexpr int VEC = decltype(vec)::value;

@@ -97,7 +97,7 @@ void launch_qk_norm_rope(const QkNormRopeLaunch& launch) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(launch.device_index));
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(launch.device_index));
   const dim3 grid(static_cast<unsigned>(launch.batch * launch.tokens));
-  const dim3 block(row_block_threads(launch.dim, launch.vec));
+  const dim3 block(rows_block_threads(launch.dim, launch.vec, 1024, 1));
   const bool rope = launch.cos.data != nullptr;
   dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
     using T = decltype(zero);

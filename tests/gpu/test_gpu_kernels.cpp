@@ -316,6 +316,34 @@ TEST_CASE("quantize_fp8_rows: strided, transposed and misaligned rows; infinitie
   CHECK(fused_calls_in([&] { kernels::dequantize_fp8_rows(rows.q, rows.scale, at::kDouble); }) == 0);
 }
 
+TEST_CASE("quantize_fp8_rows: the division by the row scale is the reference's for every float32 mantissa",
+          "[gpu][kernels][fp8]") {
+  // 1024 rows of 8192 float32 values walk all 2^23 mantissas once (alternating signs); column 0 of each row is its
+  // amax, 2^1..2^20 above the rest with a random mantissa, so each row has its own scale and quotients from 448 down
+  // to ~2^-12 (the rounding boundaries of e4m3's subnormals). 1000 rows spread the scale's exponent over 2^-92 ...
+  // 2^118; the last 24 go below, down to the FLT_MIN clamp, where quotients underflow.
+  const int64_t M = 1024, K = 8192;
+  std::vector<float> values(static_cast<size_t>(M * K));
+  auto g = ltxmps::make_cpu_generator(95);
+  const auto amax_mantissa = ltxmps::randn({M}, g).abs().fmod(1.0).add(1.0);
+  const int lower_scales[] = {-128, -120, -100, -95, -93, -92, -91, -90};  // exponents, about
+  for (int64_t i = 0; i < M; ++i) {
+    const int above = 1 + static_cast<int>(i % 20);
+    const int amax_exp = i < 1000 ? -83 + static_cast<int>((i * 7919) % 210) : lower_scales[i % 8] + 9;
+    for (int64_t j = 0; j < K; ++j) {
+      const double mantissa = 1.0 + std::ldexp(static_cast<double>(i * K + j), -23);
+      values[static_cast<size_t>(i * K + j)] =
+          static_cast<float>((j % 2 ? -1.0 : 1.0) * std::ldexp(mantissa, amax_exp - above));
+    }
+    values[static_cast<size_t>(i * K)] = static_cast<float>(std::ldexp(amax_mantissa[i].item<double>(), amax_exp));
+  }
+  const auto x = at::from_blob(values.data(), {M, K}, at::kFloat).to(kCuda);
+  const auto scales = kernels::quantize_fp8_rows_reference(x).second.cpu();
+  CHECK(scales.lt(std::ldexp(1.0, -92)).sum().item<int64_t>() >= 12);
+  CHECK(scales.ge(std::ldexp(1.0, 100)).sum().item<int64_t>() >= 50);
+  check_quantize(x);
+}
+
 TEST_CASE("dequantize_fp8_rows: the kernel's values are the reference's bits", "[gpu][kernels][fp8]") {
   for (const auto dtype : kDtypes)
     for (const int64_t K : kFp8Cols)

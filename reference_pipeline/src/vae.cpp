@@ -3,6 +3,8 @@
 
 #include "ltxmps_pipeline/vae.hpp"
 
+#include "vae_cpu.hpp"
+
 #include "ltxmps/error.hpp"
 #include "ltxmps/random.hpp"
 
@@ -49,38 +51,6 @@ void VaeTiling::validate() const {
 
 namespace {
 
-// Note [Small CPU convolutions]
-// On the CPU, at::conv3d of a batch-1 float input runs slow_conv3d: vol2col, then weight[M, K] @ columns[K, N] with
-// N the output positions. At the smallest latents (2x2 tokens: N = 8 for the 0.9.0 decoder's mid block and its
-// 512 -> 4096 upsampler conv, a third of the CPU smoke run's decode) MKL's sgemm runs that product at about half
-// the speed of the transposed one, columns^T[N, K] @ weight^T[K, M] (measured: 4.2 vs 2.0 ms for 512x13824x8,
-// 34 vs 20 ms for 4096x13824x8; oneDNN, prepacked or not, is slower still at these sizes). The same products and
-// sums in another blocking: outputs differ from diffusers' in rounding only. Larger N gains nothing (4.7 ms either
-// way for 512x13824x48), so they keep at::conv3d; so do even kernels, whose output is not the input's size.
-constexpr int64_t kTransposedProductMaxRows = 16;
-
-bool use_transposed_product(const VaeConv3dWeights& c, const at::Tensor& x) {
-  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || c.stride != std::array<int64_t, 3>{1, 1, 1} ||
-      c.weight.size(3) % 2 == 0 || c.weight.size(4) % 2 == 0)
-    return false;
-  const int64_t out_frames = x.size(2) - c.weight.size(2) + 1;
-  return x.size(0) * out_frames * x.size(3) * x.size(4) <= kTransposedProductMaxRows;
-}
-
-// at::conv3d(x, weight, bias, 1, {0, kh / 2, kw / 2}) as one [B·N, K] x [K, M] product (Note [Small CPU
-// convolutions]); the columns keep slow_conv3d's (C, kt, kh, kw) order, the order of the weight's rows.
-at::Tensor transposed_product_conv3d(const VaeConv3dWeights& c, const at::Tensor& x) {
-  const int64_t M = c.weight.size(0), kt = c.weight.size(2), kh = c.weight.size(3), kw = c.weight.size(4);
-  const int64_t B = x.size(0), F = x.size(2) - kt + 1, H = x.size(3), W = x.size(4);
-  const auto padded = at::constant_pad_nd(x, {kw / 2, kw / 2, kh / 2, kh / 2});
-  const auto columns = padded.unfold(2, kt, 1).unfold(3, kh, 1).unfold(4, kw, 1)  // [B, C, F, H, W, kt, kh, kw]
-                           .permute({0, 2, 3, 4, 1, 5, 6, 7})
-                           .reshape({B * F * H * W, -1});
-  const auto weight = c.weight.reshape({M, -1}).t();
-  const auto out = c.bias.defined() ? at::addmm(c.bias, columns, weight) : at::mm(columns, weight);
-  return out.view({B, F, H, W, M}).permute({0, 4, 1, 2, 3}).contiguous();
-}
-
 // Note [Causal conv padding]
 // LTXVideoCausalConv3d.forward: no temporal padding inside the Conv3d; instead kt−1 copies of frame 0
 // are prepended (causal), or (kt−1)/2 copies of the first and of the last frame are added
@@ -98,7 +68,7 @@ at::Tensor conv3d(const VaeConv3dWeights& c, const at::Tensor& x) {
     parts.insert(parts.end(), back, x.narrow(2, x.size(2) - 1, 1));
     h = at::cat(parts, 2);
   }
-  if (use_transposed_product(c, h)) return transposed_product_conv3d(c, h);
+  if (detail::is_cpu_float(h)) return detail::cpu_conv3d(c, h);  // vae_cpu.cpp
   return at::conv3d(h, c.weight, c.bias, c.stride, {0, kh / 2, kw / 2});
 }
 
@@ -149,29 +119,39 @@ at::Tensor inject_noise(const at::Tensor& h, const at::Tensor& per_channel_scale
   return h + (noise * per_channel_scale).unsqueeze(0).unsqueeze(2);
 }
 
+// Note [VAE activation lifetimes]
+// channel_rms_norm, the modulation `h * (1 + scale) + shift` where given, then SiLU in place: `at::silu(h)` would keep
+// the normalized h alive beside its SiLU during the convolution that follows (diffusers' `hidden_states =
+// self.nonlinearity(hidden_states)` frees it first). h is always a fresh tensor here, never `x`, so the in-place
+// form holds one full-size activation less than either. CPU float32 normalizes in one pass (vae_cpu.cpp).
+at::Tensor norm_silu(const at::Tensor& x, const at::Tensor& shift = {}, const at::Tensor& scale = {}) {
+  at::Tensor h;
+  if (detail::is_cpu_float(x)) {
+    h = detail::cpu_channel_rms_norm(x, shift, scale);
+  } else {
+    h = channel_rms_norm(x);
+    if (shift.defined()) h = h * (1 + scale) + shift;
+  }
+  return at::silu_(h);
+}
+
 // LTXVideoResnetBlock3d.forward; `temb` is the block's embedding [B, 4C, 1, 1, 1] (conditioned) or undefined.
 at::Tensor resnet_forward(const VaeResnetWeights& r, const at::Tensor& inputs, const at::Tensor& temb,
                           at::Generator* generator) {
-  auto h = channel_rms_norm(inputs);
-  at::Tensor shift_2, scale_2;
+  at::Tensor shift_1, scale_1, shift_2, scale_2;
   if (r.scale_shift_table.defined()) {
     // (shift_1, scale_1, shift_2, scale_2) = temb.unflatten(1, (4, -1)) + table[None, ..., None, None, None]
     const auto mod = temb.unflatten(1, {4, -1}) +
                      r.scale_shift_table.unsqueeze(0).unsqueeze(-1).unsqueeze(-1).unsqueeze(-1);
     const auto parts = mod.unbind(1);
-    h = h * (1 + parts[1]) + parts[0];
+    shift_1 = parts[0];
+    scale_1 = parts[1];
     shift_2 = parts[2];
     scale_2 = parts[3];
   }
-  // Note [VAE activation lifetimes]
-  // SiLU in place: `conv3d(conv1, at::silu(h))` would keep the normalized h alive beside its SiLU during the
-  // convolution (diffusers' `hidden_states = self.nonlinearity(hidden_states)` frees it first). h is always a
-  // fresh tensor here, never `inputs`, so the in-place form holds one full-size activation less than either.
-  h = conv3d(r.conv1, at::silu_(h));
+  auto h = conv3d(r.conv1, norm_silu(inputs, shift_1, scale_1));
   if (r.per_channel_scale1.defined()) h = inject_noise(h, r.per_channel_scale1, generator);
-  h = channel_rms_norm(h);
-  if (shift_2.defined()) h = h * (1 + scale_2) + shift_2;
-  h = conv3d(r.conv2, at::silu_(h));  // dropout is the identity in eval mode
+  h = conv3d(r.conv2, norm_silu(h, shift_2, scale_2));  // dropout is the identity in eval mode
   if (r.per_channel_scale2.defined()) h = inject_noise(h, r.per_channel_scale2, generator);
   at::Tensor shortcut = inputs;
   if (r.norm3_weight.defined()) {
@@ -391,8 +371,7 @@ at::Tensor run_encoder(const VaeModel& m, const at::Tensor& video, FiniteChecks&
     checks.check(h, "encoder.down_blocks." + std::to_string(i));
   }
   for (const auto& r : encoder.mid_block.resnets) h = resnet_forward(r, h, {}, nullptr);
-  h = channel_rms_norm(h);
-  h = conv3d(encoder.conv_out, at::silu_(h));  // Note [VAE activation lifetimes]
+  h = conv3d(encoder.conv_out, norm_silu(h));
   checks.check(h, "encoder.conv_out");
   // The last channel is the single log-variance channel; it is repeated to latent_channels channels.
   const auto last = h.narrow(1, h.size(1) - 1, 1).repeat({1, h.size(1) - 2, 1, 1, 1});
@@ -426,14 +405,15 @@ at::Tensor run_decoder(const VaeModel& m, const at::Tensor& latents, const at::T
     for (const auto& r : block.resnets) h = resnet_forward(r, h, t, noise_generator);
     checks.check(h, "up_blocks." + std::to_string(i));
   }
-  h = channel_rms_norm(h);
+  at::Tensor shift, scale;
   if (decoder.time_embedder.defined()) {
     // (shift, scale) = embedding.unflatten(1, (2, -1)) + scale_shift_table[None, ..., None, None, None]
     const auto mod = embed_timestep(decoder.time_embedder, temb, B, h.scalar_type()).unflatten(1, {2, -1}) +
                      decoder.scale_shift_table.unsqueeze(0).unsqueeze(-1).unsqueeze(-1).unsqueeze(-1);
-    h = h * (1 + mod.select(1, 1)) + mod.select(1, 0);
+    shift = mod.select(1, 0);
+    scale = mod.select(1, 1);
   }
-  h = conv3d(decoder.conv_out, at::silu_(h));  // Note [VAE activation lifetimes]
+  h = conv3d(decoder.conv_out, norm_silu(h, shift, scale));
   checks.check(h, "conv_out");
   // Unpatchify with the encoder's channel convention (c, pt, pw, ph).
   const int64_t p = m.config.patch_size, pt = m.config.patch_size_t;

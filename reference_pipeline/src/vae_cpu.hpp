@@ -1,0 +1,24 @@
+#pragma once
+// The CPU lowerings of the VAE's convolutions and channel RMSNorm (vae_cpu.cpp). Private to the pipeline library:
+// vae.cpp is their only user, for float32 activations on the CPU only; every other device and dtype keeps the
+// ATen op sequences of vae.cpp.
+
+#include "ltxmps_pipeline/vae.hpp"
+
+#include <ATen/ATen.h>
+
+namespace ltxmps::pipeline::detail {
+
+/// @brief True where cpu_conv3d() applies: a float32 tensor on the CPU.
+bool is_cpu_float(const at::Tensor& x);
+
+/// @brief `at::conv3d(x, c.weight, c.bias, c.stride, {0, kh / 2, kw / 2})` for a CPU float32 `x` that already
+///        holds the temporal padding, lowered by the number of output positions (Note [Small CPU convolutions],
+///        Note [Mid-size CPU convolutions] in vae_cpu.cpp).
+at::Tensor cpu_conv3d(const VaeConv3dWeights& c, const at::Tensor& x);
+
+/// @brief channel_rms_norm(x), then `h * (1 + scale) + shift` where `shift` is defined (scale and shift
+///        [B or 1, C, 1, 1, 1]), for a CPU float32 `x` in one pass (Note [CPU channel RMSNorm] in vae_cpu.cpp).
+at::Tensor cpu_channel_rms_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);
+
+}  // namespace ltxmps::pipeline::detail

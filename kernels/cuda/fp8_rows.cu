@@ -27,16 +27,19 @@ constexpr int cached_vectors() {
 // re-read their remainder.
 constexpr int kQuantizeMaxThreads = 512;
 
-// One vector of the row as the quantization sees it: the input, or its tanh GELU (written to `activation` when
-// that is given: the rows in dtype beside their codes).
+// One loaded vector of the row as the quantization sees it: the input, or its tanh GELU (written to `activation`
+// when that is given: the rows in dtype beside their codes).
+template <typename T, int VEC, bool GELU>
+__device__ __forceinline__ Pack<T, VEC> as_quantized(const Pack<T, VEC>& v, T* activation, int64_t c) {
+  if constexpr (!GELU) return v;
+  const Pack<T, VEC> g = gelu_tanh<T, VEC>(v);
+  if (activation) store<T, VEC>(activation + c, g);
+  return g;
+}
+
 template <typename T, int VEC, bool GELU>
 __device__ __forceinline__ Pack<T, VEC> row_vector(const T* x, T* activation, int64_t c) {
-  Pack<T, VEC> v = load<T, VEC>(x + c);
-  if constexpr (GELU) {
-    v = gelu_tanh<T, VEC>(v);
-    if (activation) store<T, VEC>(activation + c, v);
-  }
-  return v;
+  return as_quantized<T, VEC, GELU>(load<T, VEC>(x + c), activation, c);
 }
 
 template <typename T, int VEC, bool GELU>
@@ -48,28 +51,34 @@ __global__ void __launch_bounds__(kQuantizeMaxThreads) quantize_fp8_kernel(Quant
   const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
   constexpr int kCached = cached_vectors<GELU>();
   Pack<T, VEC> cached[kCached];
+  // Every load before the first use: a use between two loads would wait for the first one's whole latency.
+#pragma unroll
+  for (int i = 0; i < kCached; ++i) {
+    const int64_t c = first + i * step;
+    if (c < p.cols) cached[i] = load<T, VEC>(x + c);
+  }
   float amax[1] = {0.f};
 #pragma unroll
   for (int i = 0; i < kCached; ++i) {
     const int64_t c = first + i * step;
     if (c < p.cols) {
-      cached[i] = row_vector<T, VEC, GELU>(x, activation, c);
+      cached[i] = as_quantized<T, VEC, GELU>(cached[i], activation, c);
       amax[0] = abs_max<T, VEC>(amax[0], cached[i]);
     }
   }
   for (int64_t c = first + kCached * step; c < p.cols; c += step)
     amax[0] = abs_max<T, VEC>(amax[0], row_vector<T, VEC, GELU>(x, activation, c));
   block_reduce(amax, NanMaxOp{});
-  const float scale = fp8_row_scale(amax[0]);
-  if (threadIdx.x == 0) p.scale[row] = scale;
+  const RowScale scale = row_scale(amax[0]);
+  if (threadIdx.x == 0) p.scale[row] = scale.scale;
 #pragma unroll
   for (int i = 0; i < kCached; ++i) {
     const int64_t c = first + i * step;
-    if (c < p.cols) store<uint8_t, VEC>(q + c, quantize<T, VEC>(cached[i], scale));
+    if (c < p.cols) store_quantized<T, VEC>(q + c, cached[i], scale);
   }
   // The remainder is read again (and its GELU recomputed, the same values: the activation is not re-read).
   for (int64_t c = first + kCached * step; c < p.cols; c += step)
-    store<uint8_t, VEC>(q + c, quantize<T, VEC>(row_vector<T, VEC, GELU>(x, nullptr, c), scale));
+    store_quantized<T, VEC>(q + c, row_vector<T, VEC, GELU>(x, nullptr, c), scale);
 }
 
 // Note [FP8 dequantize launch shape]

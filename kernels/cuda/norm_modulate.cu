@@ -58,10 +58,13 @@ __device__ float first_pass(const NormModulateLaunch& p, int64_t b, int64_t t, i
   const T* gate = p.gate.data ? row_of<T>(p.gate, b, t) : nullptr;
   T* residual = y ? static_cast<T*>(p.residual) + row * p.dim : nullptr;
   const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
+  if (y) {  // the test outside the loops, so that nothing separates the loads
 #pragma unroll
-  for (int i = 0; i < kRowVectors; ++i) {
-    const int64_t c = first + i * step;
-    if (c < p.dim) h[i] = y ? residual_sum<T, VEC>(x, y, gate, c) : load<T, VEC>(x + c);
+    for (int i = 0; i < kRowVectors; ++i)
+      h[i] = residual_sum<T, VEC>(x, y, gate, kept_column<VEC>(first + i * step, p.dim));
+  } else {
+#pragma unroll
+    for (int i = 0; i < kRowVectors; ++i) h[i] = load<T, VEC>(x + kept_column<VEC>(first + i * step, p.dim));
   }
   float acc = 0.f;
 #pragma unroll
@@ -183,10 +186,9 @@ __global__ void __launch_bounds__(kRowThreads) norm_modulate_kernel(NormModulate
   const T* shift = row_of<T>(p.shift, b, t);
   const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
 #pragma unroll
-  for (int i = 0; i < kRowVectors; ++i) {  // every modulation load before the first store
-    const int64_t c = first + i * step;
-    if (c < p.dim) h[i] = modulate<T, VEC, LAYER_NORM>(h[i], weight, scale, shift, c, mean, rstd);
-  }
+  for (int i = 0; i < kRowVectors; ++i)  // every modulation load before the first store
+    h[i] = modulate<T, VEC, LAYER_NORM>(h[i], weight, scale, shift, kept_column<VEC>(first + i * step, p.dim), mean,
+                                        rstd);
   write_row<T, VEC>(h, p, row, [&](int64_t c) {
     return modulate<T, VEC, LAYER_NORM>(load<T, VEC>(h_row + c), weight, scale, shift, c, mean, rstd);
   });
@@ -201,10 +203,7 @@ __global__ void __launch_bounds__(kRowThreads) gated_residual_kernel(GatedResidu
   const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
   Pack<T, VEC> h[kRowVectors];
 #pragma unroll
-  for (int i = 0; i < kRowVectors; ++i) {
-    const int64_t c = first + i * step;
-    if (c < p.dim) h[i] = residual_sum<T, VEC>(x, y, gate, c);
-  }
+  for (int i = 0; i < kRowVectors; ++i) h[i] = residual_sum<T, VEC>(x, y, gate, kept_column<VEC>(first + i * step, p.dim));
   write_row<T, VEC>(h, p, row, [&](int64_t c) { return residual_sum<T, VEC>(x, y, gate, c); });
 }
 

@@ -151,19 +151,19 @@ __device__ __forceinline__ void block_sum(float (&v)[K]) {
 // between would keep the compiler from moving the later loads ahead of it) and keeps them in registers between the
 // reduction and the output: a 2048-element bfloat16 row is two warps at four vectors a thread, and a row wider than
 // max_threads · vec · cached elements re-reads its remainder.
+inline unsigned rows_block_threads(int64_t cols, int vec, int max_threads, int cached) {
+  const int64_t vectors = (cols + vec - 1) / vec;
+  const int64_t threads = (vectors + cached - 1) / cached;
+  const int64_t warps = (threads + 31) / 32, max_warps = max_threads / 32;
+  return static_cast<unsigned>(32 * (warps < 1 ? 1 : (warps > max_warps ? max_warps : warps)));
+}
+
 /// The column of a thread's kept vector that starts at c: c itself inside the row, else the row's last vector (VEC
 /// divides cols). A kept vector past the row's end is loaded from there and never stored or counted, so that no
 /// bounds test stands between a thread's loads: the compiler can then issue them together.
 template <int VEC>
 __device__ __forceinline__ int64_t kept_column(int64_t c, int64_t cols) {
   return c < cols ? c : cols - VEC;
-}
-
-inline unsigned rows_block_threads(int64_t cols, int vec, int max_threads, int cached) {
-  const int64_t vectors = (cols + vec - 1) / vec;
-  const int64_t threads = (vectors + cached - 1) / cached;
-  const int64_t warps = (threads + 31) / 32, max_warps = max_threads / 32;
-  return static_cast<unsigned>(32 * (warps < 1 ? 1 : (warps > max_warps ? max_warps : warps)));
 }
 
 /// Calls f(T{}, std::integral_constant<int, VEC>{}) for the launch's dtype and vector width (1, 2, 4, 8, and 16

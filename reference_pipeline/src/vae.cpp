@@ -79,7 +79,7 @@ at::Tensor conv3d(const VaeConv3dWeights& c, const at::Tensor& x) {
 at::Tensor channel_rms_norm(const at::Tensor& x) {
   const auto h = x.movedim(1, -1);
   const auto variance = h.to(at::kFloat).pow(2).mean(-1, /*keepdim=*/true);
-  return (h * at::rsqrt(variance + 1e-8)).to(x.scalar_type()).movedim(-1, 1);
+  return (h * at::rsqrt(variance + detail::kChannelRmsNormEps)).to(x.scalar_type()).movedim(-1, 1);
 }
 
 // diffusers `get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0)` in float32:

@@ -80,7 +80,7 @@ void rms_norm_block(const float* x, float* out, int64_t channels, int64_t stride
     const float* row = x + c * stride;
     for (int64_t j = 0; j < n; ++j) inv[j] += row[j] * row[j];
   }
-  for (int64_t j = 0; j < n; ++j) inv[j] = 1.0f / std::sqrt(inv[j] / static_cast<float>(channels) + 1e-8f);
+  for (int64_t j = 0; j < n; ++j) inv[j] = 1.0f / std::sqrt(inv[j] / static_cast<float>(channels) + kChannelRmsNormEps);
   for (int64_t c = 0; c < channels; ++c) {
     const float* row = x + c * stride;
     float* dst = out + c * stride;

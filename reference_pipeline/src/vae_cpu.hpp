@@ -9,6 +9,10 @@
 
 namespace ltxmps::pipeline::detail {
 
+/// @brief The epsilon of diffusers' `RMSNorm(C, eps=1e-8)` in the VAE (Note [VAE RMSNorm] in vae.cpp), shared by
+///        the ATen op sequence and the CPU lowering.
+constexpr float kChannelRmsNormEps = 1e-8f;
+
 /// @brief True where cpu_conv3d() applies: a float32 tensor on the CPU.
 bool is_cpu_float(const at::Tensor& x);
 

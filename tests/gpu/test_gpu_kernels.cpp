@@ -321,7 +321,7 @@ TEST_CASE("quantize_fp8_rows: the division by the row scale is the reference's f
   // 1024 rows of 8192 float32 values walk all 2^23 mantissas once (alternating signs); column 0 of each row is its
   // amax, 2^1..2^20 above the rest with a random mantissa, so each row has its own scale and quotients from 448 down
   // to ~2^-12 (the rounding boundaries of e4m3's subnormals). 1000 rows spread the scale's exponent over 2^-92 ...
-  // 2^118; the last 24 go below, down to the FLT_MIN clamp, where quotients underflow.
+  // 2^118; the last 24 put it around and below 2^-92, down to the FLT_MIN clamp, where quotients underflow.
   const int64_t M = 1024, K = 8192;
   std::vector<float> values(static_cast<size_t>(M * K));
   auto g = ltxmps::make_cpu_generator(95);

@@ -21,6 +21,14 @@ bool is_cpu_float(const at::Tensor& x);
 ///        Note [Mid-size CPU convolutions] in vae_cpu.cpp).
 at::Tensor cpu_conv3d(const VaeConv3dWeights& c, const at::Tensor& x);
 
+/// @brief True where skinny_product() runs: an x86-64 CPU with AVX-512 (checked once at run time).
+bool skinny_product_available();
+
+/// @brief `columns @ weight.t() + bias` for CPU float32 `columns` [N, K] and `weight` [M, K] with few rows N,
+///        reading each weight row once (Note [Skinny CPU products] in vae_cpu.cpp); `bias` [M] or undefined.
+///        Throws where skinny_product_available() is false.
+at::Tensor skinny_product(const at::Tensor& columns, const at::Tensor& weight, const at::Tensor& bias);
+
 /// @brief channel_rms_norm(x), then `h * (1 + scale) + shift` where `shift` is defined (scale and shift
 ///        [B or 1, C, 1, 1, 1]), for a CPU float32 `x` in one pass (Note [CPU channel RMSNorm] in vae_cpu.cpp).
 at::Tensor cpu_channel_rms_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale);

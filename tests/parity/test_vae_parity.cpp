@@ -12,12 +12,14 @@
 #include "ltxmps_pipeline/file_tree.hpp"
 #include "ltxmps_pipeline/safetensors.hpp"
 #include "ltxmps_pipeline/vae.hpp"
+#include "vae_cpu.hpp"
 
 #include "ltxmps/random.hpp"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -137,6 +139,29 @@ TEST_CASE("vae parity: 0.9.5-style spatial tiling", "[parity][vae]") {
 TEST_CASE("vae parity: 0.9.5-style framewise tiling (empty last encode tile)", "[parity][vae]") {
   check_case("095_encode_framewise");
   check_case("095_decode_framewise");
+}
+
+// Note [Skinny CPU products] in vae_cpu.cpp: the AVX-512 product against at::addmm at the row counts it serves
+// (1..16, padded to blocks of 8), weight widths that are and are not multiples of its 3 rows and reduction lengths
+// that are and are not multiples of its 16 lanes. Float32 sums of up to 13824 products of N(0, 1) values in
+// another order: 1e-4 relative to the sum of |products| bounds their rounding difference by far.
+TEST_CASE("vae: the CPU skinny product equals at::addmm", "[vae]") {
+  namespace d = ltxmps::pipeline::detail;
+  if (!d::skinny_product_available()) {
+    WARN("skinny product checks skipped: this CPU has no AVX-512 (the transposed product stays at::addmm)");
+    return;
+  }
+  at::manual_seed(0);
+  for (const auto& [n, k, m] : std::vector<std::array<int64_t, 3>>{
+           {1, 16, 3}, {8, 3456, 512}, {5, 13824, 7}, {13, 1000, 100}, {16, 17, 4}, {16, 4321, 65}}) {
+    CAPTURE(n, k, m);
+    const auto x = at::randn({n, k}), w = at::randn({m, k}), b = at::randn({m});
+    const auto bound = 1e-4 * (at::mm(x.abs(), w.abs().t()) + b.abs());
+    CHECK(((d::skinny_product(x, w, b) - at::addmm(b, x, w.t())).abs() <= bound).all().item<bool>());
+    CHECK(((d::skinny_product(x, w, at::Tensor()) - at::mm(x, w.t())).abs() <= bound).all().item<bool>());
+  }
+  CHECK_THROWS_WITH(d::skinny_product(at::randn({2, 5}), at::randn({3, 4}), at::Tensor()),
+                    ltxmps_test::Contains("expected CPU float32 columns [N, K] and weight [M, K]"));
 }
 
 TEST_CASE("vae: pipeline helpers", "[vae]") {

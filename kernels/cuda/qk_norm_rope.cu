@@ -1,6 +1,14 @@
 // The attention's query / key RMS norm across all heads, then the interleaved rotary embedding: one thread block
 // per token normalizes its q row and its k row and rotates both with one read of the token's float32 cos / sin
 // rows (Note [Fused kernel rounding] in fused.hpp).
+//
+// Note [Batch rows of a token together]
+// The cos / sin rows belong to the token: the transformer computes them once for the batch and passes them with a
+// batch stride of 0 (Note [RoPE once per batch] in the pipeline's transformer.cpp), and at the 13B's shape they are
+// 2 x 100 MB of float32 per layer, more than L2 holds. Blocks are numbered token-major (block = t·batch + b), so the
+// batch rows of one token run as neighbouring blocks and all but the first find the token's cos / sin in L2; with
+// batch-major numbering each batch row read them from memory again. Which block computes a row changes nothing in
+// what it computes.
 
 #include "common.cuh"
 
@@ -60,7 +68,7 @@ __device__ __forceinline__ void load_floats(const float* p, int64_t c, float (&o
 template <typename T, int VEC, bool ROPE>
 __global__ void qk_norm_rope_kernel(QkNormRopeLaunch p) {
   static_assert(!ROPE || VEC % 2 == 0, "the rotary embedding works on whole pairs");
-  const int64_t row = blockIdx.x, b = row / p.tokens, t = row % p.tokens;
+  const int64_t b = blockIdx.x % p.batch, t = blockIdx.x / p.batch, row = b * p.tokens + t;
   const T* q = row_of<T>(p.q, b, t);
   const T* k = p.k.data ? row_of<T>(p.k, b, t) : nullptr;
   float sums[2] = {sum_of_squares<T, VEC>(q, p.dim), k ? sum_of_squares<T, VEC>(k, p.dim) : 0.f};

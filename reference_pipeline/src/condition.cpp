@@ -177,7 +177,7 @@ GenerateResult condition(LtxModel& model, const ConditionRequest& r, const ltxmp
   auto coords = prepared.ids.to(at::kFloat);
   coords.select(1, 0).copy_(coords.select(1, 0) * (1.0 / r.frame_rate));
   TransformerInputs grid;
-  grid.video_coords = prompts.guidance ? at::cat({coords, coords}, 0) : coords;
+  grid.video_coords = coords;  // one row for the CFG pair (Note [RoPE once per batch] in transformer.cpp)
   std::optional<TokenConditioning> conditioning;
   if (!inputs.empty())
     conditioning = TokenConditioning{prepared.mask, prepared.latents.clone(), r.image_cond_noise_scale};

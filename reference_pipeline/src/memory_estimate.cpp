@@ -42,8 +42,8 @@
 //    d_ff hidden (three of them for a gated activation), counted in float32 (the `wo` input is upcast), and
 //    the [rows, heads, L, L] position bias, mask and scores.
 //  - transformer loop (and the effects pass): one forward, with 2·batch rows under CFG. Resident for the
-//    whole forward: the hidden states (tokens·D), RoPE's cos and sin (tokens·D each, float32), the projected
-//    caption. Transient inside one block: ten tokens·D tensors in the compute dtype (the norm output, q, k, v,
+//    whole forward: the hidden states (rows·tokens·D), RoPE's cos and sin (tokens·D each, float32, once for all
+//    rows: Note [RoPE once per batch] in transformer.cpp), the projected caption. Transient inside one block: ten tokens·D tensors in the compute dtype (the norm output, q, k, v,
 //    the attention output and its projection, the 4·D feed-forward hidden before and after GELU) plus four
 //    tokens·D float32 temporaries (the RMS norms' statistics and RoPE). SDPA's kernels keep O(tokens) memory
 //    (flash / memory-efficient on CUDA, the flash kernel on the CPU), so the scores are not counted; the
@@ -187,7 +187,7 @@ int64_t transformer_forward(const TransformerConfig& t, const ltxmps::ExecutionP
   const int64_t e = element_bytes(plan.precision.transformer.compute);
   const int64_t hidden = c.mul({rows, tokens, t.inner_dim()}, "the transformer's hidden states");
   const int64_t caption = c.mul({rows, text_tokens, t.caption_channels + t.inner_dim(), e}, "the projected caption");
-  const int64_t resident = c.add({c.mul({hidden, e}, "the hidden states"), c.mul({hidden, 8}, "RoPE's cos and sin"),
+  const int64_t resident = c.add({c.mul({hidden, e}, "the hidden states"), c.mul({tokens, t.inner_dim(), 8}, "RoPE's cos and sin"),
                                   caption},
                                  "the transformer's resident activations");
   const int64_t block = c.mul({hidden, 10 * e + 4 * 4}, "one transformer block's activations");

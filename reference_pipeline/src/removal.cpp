@@ -109,7 +109,7 @@ RemovalResult remove_object(LtxModel& model, const RemovalRequest& r, const ltxm
   const auto timesteps = scheduler.timesteps().to(ctx.device);
   const auto coords = g.rope_coords(1, ctx.device, r.frame_rate);
   TransformerInputs grid;
-  grid.video_coords = prompts.guidance ? at::cat({coords, coords}, 0) : coords;
+  grid.video_coords = coords;  // one row for the CFG pair (Note [RoPE once per batch] in transformer.cpp)
   const auto hooks =
       condition_hooks(ctx, scheduler, prompts, TokenConditioning{kept, packed.clone(), r.image_cond_noise_scale});
   DenoiseSettings settings{r.guidance_scale, 0.0, /*float32_velocity=*/false};

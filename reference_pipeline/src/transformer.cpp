@@ -166,7 +166,14 @@ at::Tensor timestep_projection(const at::Tensor& timesteps) {
 //   cos/sin repeated pairwise (interleaved) and front-padded with D % 6 entries (cos 1, sin 0).
 // The grid is the integer (f, h, w) without rope_interpolation_scale (no division at all), else
 // (f·s_t·p_t/20, h·s_h·p/2048, w·s_w·p/2048), each product evaluated left to right in float32.
-// video_coords [B, 3, S] give (vc_t/20, vc_h/2048, vc_w/2048).
+// video_coords [B or 1, 3, S] give (vc_t/20, vc_h/2048, vc_w/2048).
+//
+// Note [RoPE once per batch]
+// Without video_coords every batch row has the same grid, and the pipelines pass one row of coordinates for the
+// whole CFG batch, so cos / sin are computed for one row and expanded to the batch (stride 0). Each value comes from
+// the same float32 operations on the same inputs as in a per-row computation, so nothing changes in the result;
+// what goes is the [B, S, D] float32 pair in memory (2 x 201 MB at the 13B's shape with CFG) and, in the fused q/k
+// kernel, one read of it per extra batch row (Note [Batch rows of a token together] in ltxmps_kernels).
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const TransformerConfig& config, const TransformerInputs& in,
                                                int64_t batch, const c10::Device& device) {
   constexpr double base_num_frames = 20.0, base_height = 2048.0, base_width = 2048.0, theta = 10000.0;
@@ -180,7 +187,7 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const TransformerConfig& config, 
   } else {
     auto axes = at::meshgrid({at::arange(*in.num_frames, f32), at::arange(*in.height, f32), at::arange(*in.width, f32)},
                              "ij");
-    auto g = at::stack(axes, 0).unsqueeze(0).repeat({batch, 1, 1, 1, 1});  // [B, 3, F, H, W]
+    auto g = at::stack(axes, 0).unsqueeze(0);  // [1, 3, F, H, W]
     if (in.rope_interpolation_scale) {
       const auto& s = *in.rope_interpolation_scale;
       g.narrow(1, 0, 1).copy_(g.narrow(1, 0, 1).mul(s[0]).mul(config.patch_size_t).div(base_num_frames));
@@ -200,7 +207,7 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const TransformerConfig& config, 
     cos = at::cat({at::ones_like(cos.narrow(-1, 0, D % 6)), cos}, -1);
     sin = at::cat({at::zeros_like(cos.narrow(-1, 0, D % 6)), sin}, -1);
   }
-  return {cos, sin};
+  return {cos.expand({batch, -1, -1}), sin.expand({batch, -1, -1})};
 }
 
 // Note [Fused and reference paths]
@@ -384,8 +391,9 @@ void check_inputs(const TransformerConfig& config, const TransformerInputs& in) 
   }
   if (in.video_coords) {
     const auto& vc = *in.video_coords;
-    LTXMPS_CHECK(vc.dim() == 3 && vc.size(0) == B && vc.size(1) == 3 && vc.size(2) == S,
-                 "transformer forward: video_coords must be [", B, ", 3, ", S, "], got ", vc.sizes());
+    LTXMPS_CHECK(vc.dim() == 3 && (vc.size(0) == B || vc.size(0) == 1) && vc.size(1) == 3 && vc.size(2) == S,
+                 "transformer forward: video_coords must be [", B, ", 3, ", S, "] or [1, 3, ", S, "], got ",
+                 vc.sizes());
     return;
   }
   LTXMPS_CHECK(in.num_frames && in.height && in.width,

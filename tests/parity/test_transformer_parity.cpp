@@ -121,6 +121,22 @@ TEST_CASE("transformer parity: per-token timesteps [B, S]", "[parity][transforme
 }
 TEST_CASE("transformer parity: timestep [B, 1]", "[parity][transformer]") { check_case("d24_timestep_b1"); }
 TEST_CASE("transformer parity: explicit video_coords", "[parity][transformer]") { check_case("d24_video_coords"); }
+// Note [RoPE once per batch]: one row of video_coords for the whole batch is the same forward, bit for bit, as that
+// row repeated for every batch row.
+TEST_CASE("transformer: one row of video_coords for the batch equals the row repeated", "[transformer]") {
+  const auto c = find_case("d24_video_coords");
+  const auto model = load_case_model(c);
+  auto in = inputs_of(c);
+  REQUIRE(in.video_coords);
+  const int64_t B = in.hidden_states.size(0);
+  REQUIRE(B > 1);
+  const auto shared = in.video_coords->narrow(0, 0, 1).clone();
+  auto repeated = in;
+  repeated.video_coords = shared.expand({B, -1, -1}).contiguous();
+  auto once = in;
+  once.video_coords = shared;
+  CHECK(at::equal(model.forward(once), model.forward(repeated)));
+}
 TEST_CASE("transformer parity: bf16 (bf16 variant file, bf16 inputs)", "[parity][transformer]") {
   check_case("d24_bf16");
 }
@@ -212,7 +228,7 @@ TEST_CASE("transformer: forward input validation", "[transformer]") {
   {
     auto bad = in;
     bad.video_coords = at::zeros({2, 2, 72});
-    CHECK_THROWS_WITH(model.forward(bad), ltxmps_test::Contains("video_coords must be [2, 3, 72]"));
+    CHECK_THROWS_WITH(model.forward(bad), ltxmps_test::Contains("video_coords must be [2, 3, 72] or [1, 3, 72]"));
   }
   {
     auto bad = in;

@@ -91,7 +91,9 @@ struct TransformerInputs {
   std::optional<int64_t> width;
   ///@}
   std::optional<std::array<double, 3>> rope_interpolation_scale;  ///< (s_t, s_h, s_w)
-  std::optional<at::Tensor> video_coords;                         ///< [B, 3, S] (frame, height, width)
+  /// [B, 3, S] (frame, height, width), or [1, 3, S] for positions shared by every batch row (the CFG pair): RoPE
+  /// is then computed once for the batch.
+  std::optional<at::Tensor> video_coords;
 };
 
 /// @brief Optional read-out of self-attention probabilities (attention-map extraction).

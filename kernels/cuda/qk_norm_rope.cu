@@ -1,6 +1,6 @@
 // The attention's query / key RMS norm across all heads, then the interleaved rotary embedding: one thread block
-// per token normalizes its q row and its k row and rotates both with one read of the token's float32 cos / sin
-// rows (Note [Fused kernel rounding] in fused.hpp).
+// per token and batch row normalizes its q row and its k row, kept in registers between the sums and the output,
+// and rotates both with one read of the token's float32 cos / sin rows (Note [Fused kernel rounding] in fused.hpp).
 //
 // Note [Batch rows of a token together]
 // The cos / sin rows belong to the token: the transformer computes them once for the batch and passes them with a
@@ -15,24 +15,26 @@
 namespace ltxmps::kernels::cuda {
 namespace {
 
+// Each thread keeps its first kQkRowVectors vectors of the q row and of the k row in registers (Note [Row kernels
+// keep their vectors] in common.cuh); with at most 1024 threads that is every vector of rows up to 16384 bfloat16
+// elements. The per-thread sums run over the same vectors in the same order as without them.
+constexpr int kQkRowVectors = 2;
+
 template <typename T, int VEC>
-__device__ float sum_of_squares(const T* x, int64_t dim) {
-  float acc = 0.f;
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < dim; c += int64_t(blockDim.x) * VEC) {
-    const Pack<T, VEC> v = load<T, VEC>(x + c);
+__device__ __forceinline__ float add_squares(float acc, const Pack<T, VEC>& v) {
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      const float f = static_cast<float>(v.v[j]);
-      acc = __fmaf_rn(f, f, acc);
-    }
+  for (int j = 0; j < VEC; ++j) {
+    const float f = static_cast<float>(v.v[j]);
+    acc = __fmaf_rn(f, f, acc);
   }
   return acc;
 }
 
 // at::rms_norm of one vector: x·rstd·weight in float32, rounded once to T (its fused CUDA kernel).
 template <typename T, int VEC>
-__device__ __forceinline__ void normalize(const T* x, const T* weight, float rstd, int64_t c, float (&out)[VEC]) {
-  const Pack<T, VEC> xv = load<T, VEC>(x + c), wv = load<T, VEC>(weight + c);
+__device__ __forceinline__ void normalize(const Pack<T, VEC>& xv, const T* weight, float rstd, int64_t c,
+                                          float (&out)[VEC]) {
+  const Pack<T, VEC> wv = load<T, VEC>(weight + c);
 #pragma unroll
   for (int j = 0; j < VEC; ++j)
     out[j] = round_to<T>(__fmul_rn(__fmul_rn(static_cast<float>(xv.v[j]), rstd), static_cast<float>(wv.v[j])));
@@ -65,37 +67,71 @@ __device__ __forceinline__ void load_floats(const float* p, int64_t c, float (&o
   for (int j = 0; j < VEC; ++j) out[j] = v.v[j];
 }
 
+// q (and k, where k_out is given) of one vector at column c from `qv` (`kv`): normalized, rotated, rounded and
+// stored.
+template <typename T, int VEC, bool ROPE>
+__device__ __forceinline__ void finish_vector(const QkNormRopeLaunch& p, const float* cos_row, const float* sin_row,
+                                              int64_t c, const Pack<T, VEC>& qv, const Pack<T, VEC>& kv,
+                                              float q_rstd, float k_rstd, T* q_out, T* k_out) {
+  float cos[VEC], sin[VEC], v[VEC];
+  if constexpr (ROPE) {
+    load_floats<VEC>(cos_row, c, cos);
+    load_floats<VEC>(sin_row, c, sin);
+  }
+  normalize<T, VEC>(qv, static_cast<const T*>(p.q_weight), q_rstd, c, v);
+  if constexpr (ROPE) rotate<VEC>(v, cos, sin);
+  store_rounded<T, VEC>(q_out, c, v);
+  if (k_out) {
+    normalize<T, VEC>(kv, static_cast<const T*>(p.k_weight), k_rstd, c, v);
+    if constexpr (ROPE) rotate<VEC>(v, cos, sin);
+    store_rounded<T, VEC>(k_out, c, v);
+  }
+}
+
 template <typename T, int VEC, bool ROPE>
 __global__ void qk_norm_rope_kernel(QkNormRopeLaunch p) {
   static_assert(!ROPE || VEC % 2 == 0, "the rotary embedding works on whole pairs");
   const int64_t b = blockIdx.x % p.batch, t = blockIdx.x / p.batch, row = b * p.tokens + t;
   const T* q = row_of<T>(p.q, b, t);
   const T* k = p.k.data ? row_of<T>(p.k, b, t) : nullptr;
-  float sums[2] = {sum_of_squares<T, VEC>(q, p.dim), k ? sum_of_squares<T, VEC>(k, p.dim) : 0.f};
+  const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
+  Pack<T, VEC> qv[kQkRowVectors], kv[kQkRowVectors];
+#pragma unroll
+  for (int i = 0; i < kQkRowVectors; ++i) qv[i] = load<T, VEC>(q + kept_column<VEC>(first + i * step, p.dim));
+  if (k) {  // the test outside the loop, so that nothing separates the loads
+#pragma unroll
+    for (int i = 0; i < kQkRowVectors; ++i) kv[i] = load<T, VEC>(k + kept_column<VEC>(first + i * step, p.dim));
+  }
+  float sums[2] = {0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < kQkRowVectors; ++i) {
+    if (first + i * step >= p.dim) continue;
+    sums[0] = add_squares<T, VEC>(sums[0], qv[i]);
+    if (k) sums[1] = add_squares<T, VEC>(sums[1], kv[i]);
+  }
+  for (int64_t c = first + kQkRowVectors * step; c < p.dim; c += step) {
+    sums[0] = add_squares<T, VEC>(sums[0], load<T, VEC>(q + c));
+    if (k) sums[1] = add_squares<T, VEC>(sums[1], load<T, VEC>(k + c));
+  }
   block_sum<2>(sums);
   const float inv_dim = 1.f / static_cast<float>(p.dim);
   const float q_rstd = rsqrtf(__fadd_rn(sums[0] * inv_dim, p.eps));
   const float k_rstd = rsqrtf(__fadd_rn(sums[1] * inv_dim, p.eps));
-  const T* q_weight = static_cast<const T*>(p.q_weight);
-  const T* k_weight = static_cast<const T*>(p.k_weight);
   T* q_out = static_cast<T*>(p.q_out) + row * p.dim;
   T* k_out = k ? static_cast<T*>(p.k_out) + row * p.dim : nullptr;
   const float* cos_row = ROPE ? row_of<float>(p.cos, b, t) : nullptr;
   const float* sin_row = ROPE ? row_of<float>(p.sin, b, t) : nullptr;
-  for (int64_t c = int64_t(threadIdx.x) * VEC; c < p.dim; c += int64_t(blockDim.x) * VEC) {
-    float cos[VEC], sin[VEC], v[VEC];
-    if constexpr (ROPE) {
-      load_floats<VEC>(cos_row, c, cos);
-      load_floats<VEC>(sin_row, c, sin);
-    }
-    normalize<T, VEC>(q, q_weight, q_rstd, c, v);
-    if constexpr (ROPE) rotate<VEC>(v, cos, sin);
-    store_rounded<T, VEC>(q_out, c, v);
-    if (k) {
-      normalize<T, VEC>(k, k_weight, k_rstd, c, v);
-      if constexpr (ROPE) rotate<VEC>(v, cos, sin);
-      store_rounded<T, VEC>(k_out, c, v);
-    }
+#pragma unroll
+  for (int i = 0; i < kQkRowVectors; ++i) {
+    const int64_t c = first + i * step;
+    if (c >= p.dim) continue;
+    finish_vector<T, VEC, ROPE>(p, cos_row, sin_row, c, qv[i], kv[i], q_rstd, k_rstd, q_out, k_out);
+  }
+  for (int64_t c = first + kQkRowVectors * step; c < p.dim; c += step) {
+    const Pack<T, VEC> qr = load<T, VEC>(q + c);
+    Pack<T, VEC> kr;
+    if (k) kr = load<T, VEC>(k + c);
+    finish_vector<T, VEC, ROPE>(p, cos_row, sin_row, c, qr, kr, q_rstd, k_rstd, q_out, k_out);
   }
 }
 
@@ -105,7 +141,7 @@ void launch_qk_norm_rope(const QkNormRopeLaunch& launch) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(launch.device_index));
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(launch.device_index));
   const dim3 grid(static_cast<unsigned>(launch.batch * launch.tokens));
-  const dim3 block(rows_block_threads(launch.dim, launch.vec, 1024, 1));
+  const dim3 block(rows_block_threads(launch.dim, launch.vec, 1024, kQkRowVectors));
   const bool rope = launch.cos.data != nullptr;
   dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
     using T = decltype(zero);

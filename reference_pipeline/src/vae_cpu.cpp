@@ -1,5 +1,6 @@
-// The CPU float32 lowerings of the VAE: which ATen kernel computes each Conv3d, chosen by its number of output
-// positions, and the channel RMSNorm (with the resnets' modulation) in one pass.
+// The CPU float32 lowerings of the VAE: which kernel computes each Conv3d (ATen's, or for the fewest output
+// positions a product that reads the weight once), chosen by its number of output positions, and the channel
+// RMSNorm (with the resnets' modulation) in one pass.
 
 #include "vae_cpu.hpp"
 

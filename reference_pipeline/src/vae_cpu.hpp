@@ -1,7 +1,7 @@
 #pragma once
 // The CPU lowerings of the VAE's convolutions and channel RMSNorm (vae_cpu.cpp). Private to the pipeline library:
-// vae.cpp is their only user, for float32 activations on the CPU only; every other device and dtype keeps the
-// ATen op sequences of vae.cpp.
+// vae.cpp is their only user, for float32 activations on the CPU only (and the VAE suite, which checks
+// skinny_product against at::addmm); every other device and dtype keeps the ATen op sequences of vae.cpp.
 
 #include "ltxmps_pipeline/vae.hpp"
 

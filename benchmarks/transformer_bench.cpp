@@ -9,11 +9,14 @@
 //                     [--layers N] [--heads N] [--head-dim N] [--latent-frames N] [--latent-height N]
 //                     [--latent-width N] [--text-len N] [--batch N] [--warmup N] [--iters N]
 //                     [--peak-tflops X] [--fp8-matmul 0|1] [--weight-storage compute|fp8] [--fused 0|1]
+//                     [--fp8-attention 0|1]
 //                     [--profile PATH] [--smoke]
 // --fused 0 runs the ATen references of ltxmps_kernels instead of the fused kernels (docs/kernels.md).
 // With FP8 (--fp8-matmul 1, or --weight-storage fp8) the model is built dense, run once for a reference output,
 // then its blocks are quantized (quantize_transformer) and timed; the JSON line adds the FP8 output's error against
 // that dense output: max and mean |fp8 - dense|, each divided by max |dense| (Note [Weight storage]).
+// --fp8-attention 1 runs the self-attention with FP8 operands (ltxmps_kernels/fp8_attention.hpp); its error is
+// reported the same way, against the forward without it (and without FP8 linears when those are off).
 // --profile PATH records 3 more forwards after the timed ones into a Chrome trace (Note [Kernel profile]).
 // Built as ltxmps_transformer_bench (benchmarks/CMakeLists.txt).
 
@@ -80,7 +83,7 @@ int main(int argc, char** argv) try {
        {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
        {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
        {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-matmul", "0"}, {"weight-storage", "compute"},
-       {"fused", "1"}, {"profile", ""}},
+       {"fused", "1"}, {"fp8-attention", "0"}, {"profile", ""}},
       {{"device", "cpu"}, {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"},
        {"channels", "4"}, {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
        {"warmup", "1"}, {"iters", "2"}},
@@ -105,9 +108,13 @@ int main(int argc, char** argv) try {
   else if (opt.at("weight-storage") == "fp8") fp8 = LinearMode::fp8_storage;
   else if (opt.at("fp8-matmul") != "0" || opt.at("weight-storage") != "compute")
     throw std::runtime_error("--fp8-matmul takes 0 or 1, --weight-storage compute or fp8");
+  if (opt.at("fp8-attention") != "0" && opt.at("fp8-attention") != "1")
+    throw std::runtime_error("--fp8-attention takes 0 or 1");
+  const bool fp8_attention = opt.at("fp8-attention") == "1";
   at::Tensor dense_out;
+  if (fp8 != LinearMode::dense || fp8_attention) dense_out = model.forward(in);
+  model.runtime.fp8_attention = fp8_attention;
   if (fp8 != LinearMode::dense) {
-    dense_out = model.forward(in);
     quantize_transformer(model, fp8);
     for (const auto& d : fp8_diagnostics(model)) std::cerr << "transformer_bench: " << d.message << "\n";
   }
@@ -129,11 +136,12 @@ int main(int argc, char** argv) try {
   }
   std::sort(ms.begin(), ms.end());
   std::string fp8_fields;
-  if (fp8 != LinearMode::dense) {
+  if (dense_out.defined()) {
     const auto ref = dense_out.to(at::kDouble);
     const auto diff = (model.forward(in).to(at::kDouble) - ref).abs();
     const double scale = ref.abs().max().item<double>();
-    fp8_fields = c10::str(", \"weights\": \"", to_string(fp8), "\", \"fp8_err_max_scaled\": ",
+    fp8_fields = c10::str(", \"weights\": \"", to_string(fp8), "\", \"fp8_attention\": ", fp8_attention ? 1 : 0,
+                          ", \"fp8_err_max_scaled\": ",
                           diff.max().item<double>() / scale, ", \"fp8_err_mean_scaled\": ",
                           diff.mean().item<double>() / scale);
   }

@@ -38,16 +38,24 @@ fi
 } 2>&1 | tee "$OUT/machine.txt"
 
 TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
+# FP8 attention: the cuDNN frontend's headers from its wheel (carried in .device/wheels, installed into /tmp/site
+# above) and cudnn.h from the nvidia-cudnn wheel beside torch (Note [FP8 attention build]).
+CUDNN_ROOT=$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])' 2>/dev/null || true)
+fe_args=()
+[ -f /tmp/site/include/cudnn_frontend.h ] && [ -n "$CUDNN_ROOT" ] &&
+  fe_args=(-DLTXMPS_CUDNN_FRONTEND_INCLUDE_DIR=/tmp/site/include -DLTXMPS_CUDNN_ROOT="$CUDNN_ROOT")
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" "${fe_args[@]}" \
   -DLTXMPS_BUILD_DOCS=OFF > "$OUT/configure.log" 2>&1 || { tail -50 "$OUT/configure.log"; exit 1; }
 # Keep going past a failing target so that the suites that did build still run; the failure is reported.
 targets=()
 add() { targets+=("$@"); }
 has removal && add ltxmps_gpu_tests ltxmps_gpu_model_tests ltxmps_effects_mask_tests ltxmps_effects_bench ltxmps_pipeline_bench
-has speed && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests ltxmps_transformer_bench \
+has speed && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests ltxmps_gpu_fp8_attention_tests ltxmps_transformer_bench \
                  ltxmps_pipeline_bench ltxmps_memory_bench ltxmps_cli
-has kernels && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests
+has kernels && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests \
+                   ltxmps_gpu_fp8_attention_tests
 has fp8 && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests \
+               ltxmps_gpu_fp8_attention_tests \
                ltxmps_transformer_bench ltxmps_memory_bench
 has profile && add ltxmps_transformer_bench
 has seed && add ltxmps_seed_job_bench ltxmps_gpu_model_tests ltxmps_t5_streaming_tests
@@ -89,17 +97,20 @@ if has bench || has all; then
   vae_modes
 fi
 if has speed || has kernels || has fp8; then
-  for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_fp8_tests ltxmps_gpu_fp8_tests; do
+  for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_fp8_tests ltxmps_gpu_fp8_tests \
+               ltxmps_gpu_fp8_attention_tests; do
     build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
     echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
   done
 fi
-# The 2B and 13B forwards (fused bf16, FP8 matmul, diffusers eager) and the 13B FP8 weight storage against resident,
+# The 2B and 13B forwards (fused bf16, FP8 matmul, FP8 matmul + FP8 attention, FP8 attention, diffusers eager) and
+# the 13B FP8 weight storage against resident,
 # appended to the JSON lines file $1.
 forwards() {
   for cfg in 2b 13b; do
     local args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
-    for mode in "--fused 1" "--fused 1 --fp8-matmul 1"; do
+    for mode in "--fused 1" "--fused 1 --fp8-matmul 1" "--fused 1 --fp8-matmul 1 --fp8-attention 1" \
+                "--fused 1 --fp8-attention 1"; do
       echo "== transformer $cfg C++ $mode"; build-gpu/benchmarks/ltxmps_transformer_bench $args $mode | tee -a "$1"
     done
     echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$1"

@@ -217,6 +217,7 @@ inline std::string to_text(const ExecutionPlan& plan) {
   component("transformer ", plan.precision.transformer);
   os << "    block linears: " << (transformer_weights_fp8(plan) ? "fp8" : "compute") << " storage, "
      << (plan.precision.fp8_matmul ? "fp8 matmul" : "compute-dtype matmul") << " (Note [Weight storage])\n";
+  if (plan.precision.fp8_attention) os << "    self-attention: fp8 (Note [FP8 attention is opt-in])\n";
   component("text encoder", plan.precision.text_encoder);
   component("vae         ", plan.precision.vae);
   os << "  latents     : " << dtype_name(plan.precision.latents) << "\n";
@@ -310,7 +311,7 @@ inline std::string to_json(const ExecutionPlan& plan) {
      << ", \"vae_slicing\": " << json_bool(s.vae_slicing) << ", \"upcast_attention\": "
      << (s.upcast_attention ? json_bool(*s.upcast_attention) : "null") << ", \"mps_bf16\": "
      << json_string(s.mps_bf16 == MpsBf16Policy::allow ? "allow" : "downgrade")
-     << ", \"fp8_matmul\": " << json_bool(s.fp8_matmul)
+     << ", \"fp8_matmul\": " << json_bool(s.fp8_matmul) << ", \"fp8_attention\": " << json_bool(s.fp8_attention)
      << ", \"weight_storage\": " << json_string(to_string(s.weight_storage))
      << ", \"stream_weights\": " << json_string(to_string(s.stream_weights))
      << ", \"max_device_memory\": " << s.max_device_memory << "}"
@@ -322,7 +323,8 @@ inline std::string to_json(const ExecutionPlan& plan) {
      << ", \"vae\": " << detail::json_component(plan.precision.vae)
      << ", \"latents\": " << json_string(dtype_name(plan.precision.latents))
      << ", \"transformer_weights\": " << json_string(to_string(plan.precision.transformer_weights))
-     << ", \"fp8_matmul\": " << json_bool(plan.precision.fp8_matmul) << "}"
+     << ", \"fp8_matmul\": " << json_bool(plan.precision.fp8_matmul)
+     << ", \"fp8_attention\": " << json_bool(plan.precision.fp8_attention) << "}"
      << ", \"attention\": " << json_string(to_string(plan.attention.kernel))
      << ", \"offload\": {\"enabled\": " << json_bool(plan.offload.enabled)
      << ", \"home\": " << json_string(plan.offload.home.str())

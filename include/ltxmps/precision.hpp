@@ -126,6 +126,9 @@ struct LoaderSettings {
   MpsBf16Policy mps_bf16 = MpsBf16Policy::downgrade;
   /// Row-wise scaled FP8 (e4m3) matrix multiplies for the transformer's linear layers (sm_89 / sm_90 and newer).
   bool fp8_matmul = false;
+  /// FP8 (e4m3) operands for the transformer's self-attention, cuDNN's FP8 flash attention (sm_90 and newer;
+  /// Note [FP8 attention] in ltxmps_kernels/fp8_attention.hpp). Never chosen automatically.
+  bool fp8_attention = false;
   /// How the transformer's weights are stored.
   WeightStorage weight_storage = WeightStorage::automatic;
   /// Whether the transformer's blocks are streamed from pinned host memory.
@@ -163,6 +166,8 @@ struct PrecisionPlan {
   WeightStorage transformer_weights = WeightStorage::compute;
   /// Row-wise scaled FP8 matmuls in the transformer's blocks (implies transformer_weights == fp8).
   bool fp8_matmul = false;
+  /// The transformer's self-attention with per-tensor FP8 operands (LoaderSettings::fp8_attention).
+  bool fp8_attention = false;
 };
 
 // Note [bf16 on MPS]
@@ -309,6 +314,37 @@ inline void check_fp8_matmul(const LoaderSettings& settings, const c10::Device& 
                 "compute; use weight_storage auto or fp8");
 }
 
+// Note [FP8 attention is opt-in]
+// FP8 attention quantizes q, k, v, the softmax's probabilities and the output to e4m3 with one scale per tensor:
+// each keeps 3 mantissa bits, so the attention output moves by a few per cent (more where attention is sharp),
+// against FP8 matmul's ~1 % from row-wise scaled GEMMs. It saves a third of the 13B's attention time on Hopper and
+// little at head dim 64, so it is never chosen by the planner: only asked for, and refused where cuDNN has no FP8
+// attention (before sm_90) or the precision is not a half-precision one.
+inline void resolve_fp8_attention(const LoaderSettings& settings, const c10::Device& device, const Capabilities& caps,
+                                  PrecisionPlan& plan, std::vector<Diagnostic>& out) {
+  if (!settings.fp8_attention) return;
+  if (!device.is_cuda())
+    throw Error("fp8_attention (--fp8-attention) needs an NVIDIA GPU of compute capability >= 9.0 (Hopper or "
+                "newer); the plan's device is " + device.str());
+  const auto* info = cuda_info(caps, device);
+  if (info == nullptr || !info->capability_known())
+    throw Error("fp8_attention (--fp8-attention): the compute capability of " + device.str() +
+                " is unknown (LibTorch without CUDA headers), so FP8 attention support cannot be checked");
+  if (info->major < 9)
+    throw Error("fp8_attention (--fp8-attention): " + device.str() + " (sm_" + std::to_string(info->major) +
+                std::to_string(info->minor) + ", " + info->name +
+                ") has no cuDNN FP8 attention (needs compute capability >= 9.0: Hopper or newer)");
+  if (plan.resolved != Precision::bf16 && plan.resolved != Precision::fp16)
+    throw Error(std::string("fp8_attention (--fp8-attention) takes bf16 or fp16 activations, but the precision "
+                            "resolved to ") + to_string(plan.resolved) + "; use precision bf16, fp16 or auto");
+  plan.fp8_attention = true;
+  note(out, Severity::info, "precision.transformer", "precision.attention.fp8",
+       "FP8 attention as requested: the blocks' self-attention on " + device.str() +
+           " with e4m3 q, k, v, probabilities and output, one float32 scale per tensor (cuDNN's FP8 flash "
+           "attention); changes the output by a few per cent; cross-attention stays " + to_string(plan.resolved) +
+           " (Note [FP8 attention is opt-in])");
+}
+
 inline void resolve_transformer_weights(const LoaderSettings& settings, const c10::Device& device,
                                         const Capabilities& caps, PrecisionPlan& plan, std::vector<Diagnostic>& out) {
   const std::string dtype = to_string(plan.resolved);
@@ -365,6 +401,7 @@ inline PrecisionPlan resolve_precision(const LoaderSettings& settings, const c10
   const at::ScalarType model_dtype = to_scalar_type(p);
   plan.transformer = ComponentPrecision{model_dtype, model_dtype, {}};
   detail::resolve_transformer_weights(settings, device, caps, plan, out);
+  detail::resolve_fp8_attention(settings, device, caps, plan, out);
   plan.text_encoder = ComponentPrecision{model_dtype, model_dtype, {}};
   plan.text_encoder.keep_in_fp32_modules = t5_fp32_modules(model_dtype);
   if (!plan.text_encoder.keep_in_fp32_modules.empty()) {

@@ -86,10 +86,24 @@ struct DequantizeFp8Launch {
   void* out = nullptr;           ///< contiguous [rows, cols]
 };
 
+/// FP8 quantization of a whole contiguous tensor with one scale (cuDNN FP8 attention's inputs): its codes go to q
+/// (numel bytes), its float32 scale to *scale; amax is a device word the launch uses as scratch.
+struct QuantizeFp8TensorLaunch {
+  c10::ScalarType dtype = c10::ScalarType::Float;  ///< of x
+  int device_index = 0;
+  int64_t numel = 0;
+  int vec = 1;  ///< elements per vector access: 1, 2, 4 or 8, dividing numel
+  const void* x = nullptr;
+  void* q = nullptr;
+  float* scale = nullptr;
+  unsigned* amax = nullptr;
+};
+
 void launch_norm_modulate(const NormModulateLaunch& launch);
 void launch_gated_residual(const GatedResidualLaunch& launch);
 void launch_qk_norm_rope(const QkNormRopeLaunch& launch);
 void launch_quantize_fp8(const QuantizeFp8Launch& launch);
 void launch_dequantize_fp8(const DequantizeFp8Launch& launch);
+void launch_quantize_fp8_tensor(const QuantizeFp8TensorLaunch& launch);
 
 }  // namespace ltxmps::kernels::cuda

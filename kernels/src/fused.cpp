@@ -484,6 +484,32 @@ at::Tensor dequantize_fp8_rows(const at::Tensor& q, const at::Tensor& scale, at:
   return out;
 }
 
+std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor_reference(const at::Tensor& x) {
+  auto [q, scale] = quantize_fp8_rows_reference(x.reshape({1, -1}));
+  return {q.view(x.sizes()), scale};
+}
+
+std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor(const at::Tensor& x) {
+  const bool take = built_with_cuda() && x.defined() && x.is_cuda() && kernel_dtype(x.scalar_type()) &&
+                    x.is_contiguous() && x.numel() > 0;
+  if (!take) return quantize_fp8_tensor_reference(x);
+  auto q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
+  auto scale = at::empty({1}, x.options().dtype(at::kFloat));
+  auto amax = at::empty({1}, x.options().dtype(at::kInt));
+  cuda::QuantizeFp8TensorLaunch l;
+  l.dtype = x.scalar_type();
+  l.device_index = device_index(x);
+  l.numel = x.numel();
+  l.x = x.data_ptr();
+  l.q = q.data_ptr();
+  l.scale = scale.data_ptr<float>();
+  l.amax = reinterpret_cast<unsigned*>(amax.data_ptr<int>());
+  l.vec = vector_width(l.numel, x.element_size(), {operand(l.x, x.element_size()), operand(l.q, 1)});
+  cuda::launch_quantize_fp8_tensor(l);
+  ++fused_call_count;
+  return {std::move(q), std::move(scale)};
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Report
 
@@ -556,6 +582,7 @@ std::vector<Diagnostic> kernel_report(const c10::Device& device, at::ScalarType 
       {"quantize_fp8_rows", "FP8 row quantization: amax, scale and e4m3 codes in one read of the row"},
       {"dequantize_fp8_rows", "FP8 storage's weight dequantization: codes times row scale, one pass"},
       {"quantize_fp8_rows_gelu_tanh", "FP8 matmul's feed-forward: the tanh GELU and the row quantization in one pass"},
+      {"quantize_fp8_tensor", "FP8 attention's per-tensor quantization of q, k and v: an amax and a quantize pass"},
   };
   std::vector<Diagnostic> out;
   for (const auto& e : kEntries) {

@@ -18,5 +18,6 @@ void launch_gated_residual(const GatedResidualLaunch&) { not_built("launch_gated
 void launch_qk_norm_rope(const QkNormRopeLaunch&) { not_built("launch_qk_norm_rope"); }
 void launch_quantize_fp8(const QuantizeFp8Launch&) { not_built("launch_quantize_fp8"); }
 void launch_dequantize_fp8(const DequantizeFp8Launch&) { not_built("launch_dequantize_fp8"); }
+void launch_quantize_fp8_tensor(const QuantizeFp8TensorLaunch&) { not_built("launch_quantize_fp8_tensor"); }
 
 }  // namespace ltxmps::kernels::cuda

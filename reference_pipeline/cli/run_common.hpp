@@ -114,6 +114,7 @@ struct PlanFlags {
   bool vae_slicing = false;
   bool skip_memory_check = false;  ///< --skip-memory-check
   bool fp8_matmul = false;               ///< --fp8-matmul
+  bool fp8_attention = false;            ///< --fp8-attention
   std::string weight_storage = "auto";   ///< --weight-storage
   std::string max_gpu_memory = "auto";   ///< --max-gpu-memory
   std::string stream_weights = "auto";   ///< --stream-weights
@@ -128,6 +129,9 @@ inline void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
   cmd->add_flag("--fp8-matmul", f.fp8_matmul,
                 "multiply the transformer's block linears in FP8 (e4m3, row-wise scales; CUDA sm_89/sm_90+, bf16; "
                 "slightly changes the results)");
+  cmd->add_flag("--fp8-attention", f.fp8_attention,
+                "run the transformer's self-attention with FP8 operands (cuDNN; CUDA sm_90+, bf16/fp16; changes the "
+                "results by a few per cent)");
   cmd->add_option("--weight-storage", f.weight_storage,
                   "transformer block weights: auto (the memory budget decides), compute (the compute dtype), fp8 "
                   "(e4m3 with per-channel scales, half the memory; not on MPS)")
@@ -163,6 +167,7 @@ inline ltxmps::LoaderSettings loader_settings(const PlanFlags& f) {
   s.vae_tiling = f.vae_tiling;
   s.vae_slicing = f.vae_slicing;
   s.fp8_matmul = f.fp8_matmul;
+  s.fp8_attention = f.fp8_attention;
   s.weight_storage = ltxmps::parse_weight_storage(f.weight_storage);
   s.max_device_memory = ltxmps::parse_memory_size(f.max_gpu_memory, "--max-gpu-memory");
   s.stream_weights = ltxmps::parse_stream_weights(f.stream_weights, "--stream-weights");

@@ -9,6 +9,9 @@
 
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
+#include "ltxmps/error.hpp"
+#include "ltxmps_kernels/fp8_attention.hpp"
+
 #include <optional>
 #include <unordered_set>
 #include <vector>
@@ -69,6 +72,11 @@ TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan) {
   r.attention = ltxmps::AttentionOptions(plan.attention.kernel);
   if (plan.precision.fp8_matmul) r.block_linears = LinearMode::fp8_matmul;
   else if (ltxmps::transformer_weights_fp8(plan)) r.block_linears = LinearMode::fp8_storage;
+  if (plan.precision.fp8_attention) {
+    const auto reason = ltxmps::kernels::fp8_attention_unavailable(execution_device(plan));
+    LTXMPS_CHECK(reason.empty(), "fp8_attention (--fp8-attention): ", reason);
+    r.fp8_attention = true;
+  }
   return r;
 }
 

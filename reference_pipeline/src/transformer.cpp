@@ -6,6 +6,7 @@
 #include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
+#include "ltxmps_kernels/fp8_attention.hpp"
 #include "ltxmps_kernels/fused.hpp"
 
 #include "ltxmps/error.hpp"
@@ -274,6 +275,10 @@ at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttenti
   // [B, S, D] -> [B, S, H, Dh] -> [B, H, S, Dh] (views, as diffusers' native backend permutes; SDPA's flash and
   // memory-efficient kernels read this layout in place, and their output permuted back is contiguous [B, S, D])
   const auto split_heads = [heads](const at::Tensor& t) { return t.unflatten(2, {heads, -1}).permute({0, 2, 1, 3}); };
+  if (ctx.runtime.fp8_attention && !context.defined() && !bias.defined() && capture_layer < 0) {
+    const double scale = ctx.runtime.attention.scale.value_or(1.0 / std::sqrt(double(q.size(2) / heads)));
+    return apply_linear(w.to_out_0, kernels::fp8_attention(q, k, v, heads, scale));
+  }
   auto qh = split_heads(q);
   auto kh = split_heads(k);
   auto vh = split_heads(v);

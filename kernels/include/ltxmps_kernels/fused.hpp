@@ -155,6 +155,15 @@ std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_reference(const at::Tensor& 
 ///        `at::gelu(rows, "tanh")`, contiguous). Elsewhere, and for what the kernel does not take, the ATen ops.
 std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_gelu_tanh(const at::Tensor& rows, at::Tensor* activation = nullptr);
 
+/// @brief Quantizes the whole of `x` to e4m3 with one scale: `quantize_fp8_rows(x.reshape({1, -1}))` with the
+///        codes in x's shape. Returns {q float8_e4m3fn, scale float32 [1]}.
+///
+/// On CUDA (contiguous float32 / float16 / bfloat16) an amax pass and a quantize pass, each over the whole GPU; the
+/// codes and the scale are the reference's bits. The per-tensor format of FP8 attention's q, k and v.
+std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor(const at::Tensor& x);
+/// @brief `quantize_fp8_rows_reference(x.reshape({1, -1}))`, codes reshaped to x's shape.
+std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor_reference(const at::Tensor& x);
+
 /// @brief `q · scale[:, None]` in `dtype`: each float32 product rounded once to `dtype`. q is float8_e4m3fn
 ///        [N, K], scale float32 [N].
 ///

@@ -72,6 +72,10 @@ struct TransformerRuntime {
   /// The fused kernels of ltxmps_kernels where they apply (CUDA); false runs their ATen references everywhere,
   /// which is the unfused op sequence. On the CPU both give the same bits (docs/kernels.md).
   bool fused_kernels = true;
+  /// The blocks' self-attention through ltxmps::kernels::fp8_attention (cuDNN's FP8 attention on CUDA, its ATen
+  /// model elsewhere; Note [FP8 attention] in ltxmps_kernels/fp8_attention.hpp). Cross-attention and a layer whose
+  /// attention is captured keep `attention`.
+  bool fp8_attention = false;
 };
 
 /// @brief Forward arguments, named after diffusers' `LTXVideoTransformer3DModel.forward`.

@@ -73,7 +73,10 @@ TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan) {
   if (plan.precision.fp8_matmul) r.block_linears = LinearMode::fp8_matmul;
   else if (ltxmps::transformer_weights_fp8(plan)) r.block_linears = LinearMode::fp8_storage;
   if (plan.precision.fp8_attention) {
-    const auto reason = ltxmps::kernels::fp8_attention_unavailable(execution_device(plan));
+    // The planner checked the device; what this build and the loaded cuDNN can do is known only here (a plan for a
+    // simulated machine describes that machine, not this build).
+    const auto reason = plan.machine.simulated ? std::string()
+                                               : ltxmps::kernels::fp8_attention_unavailable(execution_device(plan));
     LTXMPS_CHECK(reason.empty(), "fp8_attention (--fp8-attention): ", reason);
     r.fp8_attention = true;
   }

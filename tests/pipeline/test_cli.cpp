@@ -115,6 +115,13 @@ TEST_CASE("ltxmps plan prints this or a simulated machine's plan", "[cli]") {
   const auto fp8_cpu = run_ltxmps({"plan", "--device", "cpu", "--fp8-matmul"});
   CHECK(fp8_cpu.code == 2);
   CHECK_THAT(fp8_cpu.err, ContainsAll({"cannot plan the run on --device cpu: fp8_matmul (--fp8-matmul) needs"}));
+  const auto fp8_attention_cpu = run_ltxmps({"plan", "--device", "cpu", "--fp8-attention"});
+  CHECK(fp8_attention_cpu.code == 2);
+  CHECK_THAT(fp8_attention_cpu.err,
+             ContainsAll({"cannot plan the run on --device cpu: fp8_attention (--fp8-attention) needs"}));
+  const auto fp8_attention_hopper = run_ltxmps({"plan", "--simulate", "cuda", "--precision", "bf16", "--fp8-attention"});
+  CHECK(fp8_attention_hopper.code == 0);
+  CHECK_THAT(fp8_attention_hopper.out, ContainsAll({"self-attention: fp8", "precision.attention.fp8"}));
   const auto bad_device = run_ltxmps({"plan", "--device", "cuda:x"});
   CHECK(bad_device.code == 2);
   CHECK_THAT(bad_device.err, ContainsAll({"--device", "cuda:x", "must be a number"}));

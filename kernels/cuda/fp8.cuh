@@ -159,10 +159,14 @@ struct RowScale {
   bool by_inverse;
 };
 
-__device__ __forceinline__ RowScale row_scale(float amax) {
-  const float scale = fp8_row_scale(amax);
+// How store_quantized divides by `scale`: through its reciprocal where that gives the true quotient.
+__device__ __forceinline__ RowScale divisor(float scale) {
   const bool by_inverse = scale >= 0x1p-92f && scale <= FLT_MAX;  // false for NaN
   return {scale, by_inverse ? __frcp_rn(scale) : 0.f, by_inverse};
+}
+
+__device__ __forceinline__ RowScale row_scale(float amax) {
+  return divisor(fp8_row_scale(amax));
 }
 
 // x / scale in float32 as the reference divides (Note [Division by the row scale]), rounded once to e4m3 and

@@ -10,7 +10,7 @@
 // batch-major numbering each batch row read them from memory again. Which block computes a row changes nothing in
 // what it computes.
 
-#include "common.cuh"
+#include "fp8.cuh"
 
 namespace ltxmps::kernels::cuda {
 namespace {
@@ -67,12 +67,33 @@ __device__ __forceinline__ void load_floats(const float* p, int64_t c, float (&o
   for (int j = 0; j < VEC; ++j) out[j] = v.v[j];
 }
 
-// q (and k, where k_out is given) of one vector at column c from `qv` (`kv`): normalized, rotated, rounded and
+// Where one of q and k goes: the row in dtype, or (FP8) its e4m3 codes with the tensor's scale.
+template <typename T>
+struct QkOut {
+  T* out = nullptr;
+  uint8_t* codes = nullptr;
+  RowScale scale{};
+};
+
+template <typename T, int VEC, bool FP8>
+__device__ __forceinline__ void store_out(const QkOut<T>& o, int64_t c, const float (&v)[VEC]) {
+  if constexpr (FP8) {
+    Pack<T, VEC> r;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) r.v[j] = static_cast<T>(v[j]);
+    store_quantized<T, VEC>(o.codes + c, r, o.scale);
+  } else {
+    store_rounded<T, VEC>(o.out, c, v);
+  }
+}
+
+// q (and k, where k is given) of one vector at column c from `qv` (`kv`): normalized, rotated, rounded and
 // stored.
-template <typename T, int VEC, bool ROPE>
+template <typename T, int VEC, bool ROPE, bool FP8>
 __device__ __forceinline__ void finish_vector(const QkNormRopeLaunch& p, const float* cos_row, const float* sin_row,
                                               int64_t c, const Pack<T, VEC>& qv, const Pack<T, VEC>& kv,
-                                              float q_rstd, float k_rstd, T* q_out, T* k_out) {
+                                              float q_rstd, float k_rstd, const QkOut<T>& q_out, bool k,
+                                              const QkOut<T>& k_out) {
   float cos[VEC], sin[VEC], v[VEC];
   if constexpr (ROPE) {
     load_floats<VEC>(cos_row, c, cos);
@@ -80,15 +101,35 @@ __device__ __forceinline__ void finish_vector(const QkNormRopeLaunch& p, const f
   }
   normalize<T, VEC>(qv, static_cast<const T*>(p.q_weight), q_rstd, c, v);
   if constexpr (ROPE) rotate<VEC>(v, cos, sin);
-  store_rounded<T, VEC>(q_out, c, v);
-  if (k_out) {
+  store_out<T, VEC, FP8>(q_out, c, v);
+  if (k) {
     normalize<T, VEC>(kv, static_cast<const T*>(p.k_weight), k_rstd, c, v);
     if constexpr (ROPE) rotate<VEC>(v, cos, sin);
-    store_rounded<T, VEC>(k_out, c, v);
+    store_out<T, VEC, FP8>(k_out, c, v);
   }
 }
 
-template <typename T, int VEC, bool ROPE>
+// Note [FP8 q and k]
+// FP8 attention takes q and k as e4m3 with one scale per tensor. An amax pass over them would read both again
+// before the quantization; a bound known before the kernel runs avoids it: RMS-normalized, |x_i|·rstd <= √D, so
+// every output element, rotated pairs included (a rotation keeps the pair's length, at most the row's), is at most
+// √D · max|w| in magnitude, up to the roundings to the dtype. The scale max|w| · float(√D · (1 + 2^-6) / 448) keeps
+// every code within e4m3's range with room for those roundings. Each block reduces max|w| over the weight vector
+// itself (the same value in every block, so the same scale), and the first block stores it. Typical values then sit
+// a factor of about √D below the range's top, which costs e4m3 nothing while they stay normal (above 2^-6 of it).
+template <typename T, int VEC>
+__device__ __forceinline__ float weight_abs_max(const T* w, int64_t first, int64_t step, int64_t dim) {
+  float m = 0.f;
+  for (int64_t c = first; c < dim; c += step) m = abs_max<T, VEC>(m, load<T, VEC>(w + c));
+  return m;
+}
+
+__device__ __forceinline__ float fp8_bound_scale(float weight_max, float factor) {
+  const float s = __fmul_rn(weight_max, factor);
+  return s != s ? s : fmaxf(s, FLT_MIN);
+}
+
+template <typename T, int VEC, bool ROPE, bool FP8>
 __global__ void qk_norm_rope_kernel(QkNormRopeLaunch p) {
   static_assert(!ROPE || VEC % 2 == 0, "the rotary embedding works on whole pairs");
   const int64_t b = blockIdx.x % p.batch, t = blockIdx.x / p.batch, row = b * p.tokens + t;
@@ -117,22 +158,51 @@ __global__ void qk_norm_rope_kernel(QkNormRopeLaunch p) {
   const float inv_dim = 1.f / static_cast<float>(p.dim);
   const float q_rstd = rsqrtf(__fadd_rn(sums[0] * inv_dim, p.eps));
   const float k_rstd = rsqrtf(__fadd_rn(sums[1] * inv_dim, p.eps));
-  T* q_out = static_cast<T*>(p.q_out) + row * p.dim;
-  T* k_out = k ? static_cast<T*>(p.k_out) + row * p.dim : nullptr;
+  QkOut<T> q_out, k_out;
+  if constexpr (FP8) {
+    float wmax[2] = {weight_abs_max<T, VEC>(static_cast<const T*>(p.q_weight), first, step, p.dim),
+                     k ? weight_abs_max<T, VEC>(static_cast<const T*>(p.k_weight), first, step, p.dim) : 0.f};
+    block_reduce(wmax, NanMaxOp{});
+    const float q_scale = fp8_bound_scale(wmax[0], p.fp8_bound_factor);
+    const float k_scale = fp8_bound_scale(wmax[1], p.fp8_bound_factor);
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      *p.q_scale = q_scale;
+      if (k) *p.k_scale = k_scale;
+    }
+    q_out.codes = static_cast<uint8_t*>(p.q_fp8) + row * p.dim;
+    q_out.scale = divisor(q_scale);
+    if (k) {
+      k_out.codes = static_cast<uint8_t*>(p.k_fp8) + row * p.dim;
+      k_out.scale = divisor(k_scale);
+    }
+  } else {
+    q_out.out = static_cast<T*>(p.q_out) + row * p.dim;
+    if (k) k_out.out = static_cast<T*>(p.k_out) + row * p.dim;
+  }
   const float* cos_row = ROPE ? row_of<float>(p.cos, b, t) : nullptr;
   const float* sin_row = ROPE ? row_of<float>(p.sin, b, t) : nullptr;
+  const bool has_k = k != nullptr;
 #pragma unroll
   for (int i = 0; i < kQkRowVectors; ++i) {
     const int64_t c = first + i * step;
     if (c >= p.dim) continue;
-    finish_vector<T, VEC, ROPE>(p, cos_row, sin_row, c, qv[i], kv[i], q_rstd, k_rstd, q_out, k_out);
+    finish_vector<T, VEC, ROPE, FP8>(p, cos_row, sin_row, c, qv[i], kv[i], q_rstd, k_rstd, q_out, has_k, k_out);
   }
   for (int64_t c = first + kQkRowVectors * step; c < p.dim; c += step) {
     const Pack<T, VEC> qr = load<T, VEC>(q + c);
     Pack<T, VEC> kr;
     if (k) kr = load<T, VEC>(k + c);
-    finish_vector<T, VEC, ROPE>(p, cos_row, sin_row, c, qr, kr, q_rstd, k_rstd, q_out, k_out);
+    finish_vector<T, VEC, ROPE, FP8>(p, cos_row, sin_row, c, qr, kr, q_rstd, k_rstd, q_out, has_k, k_out);
   }
+}
+
+template <typename T, int VEC, bool ROPE>
+void launch_qk_kernel(const QkNormRopeLaunch& launch, dim3 grid, dim3 block, cudaStream_t stream) {
+  if (launch.q_fp8)
+    qk_norm_rope_kernel<T, VEC, ROPE, true><<<grid, block, 0, stream>>>(launch);
+  else
+    qk_norm_rope_kernel<T, VEC, ROPE, false><<<grid, block, 0, stream>>>(launch);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -148,15 +218,13 @@ void launch_qk_norm_rope(const QkNormRopeLaunch& launch) {
     constexpr int VEC = decltype(vec)::value;
     if constexpr (VEC % 2 == 0) {
       if (rope) {
-        qk_norm_rope_kernel<T, VEC, true><<<grid, block, 0, stream>>>(launch);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_qk_kernel<T, VEC, true>(launch, grid, block, stream);
         return;
       }
     } else {
       TORCH_CHECK(!rope, "ltxmps_kernels: the rotary embedding needs an even vector width, got ", VEC);
     }
-    qk_norm_rope_kernel<T, VEC, false><<<grid, block, 0, stream>>>(launch);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_qk_kernel<T, VEC, false>(launch, grid, block, stream);
   });
 }
 

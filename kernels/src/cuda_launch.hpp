@@ -58,6 +58,13 @@ struct QkNormRopeLaunch {
   const void* k_weight = nullptr;
   void* q_out = nullptr;  ///< contiguous
   void* k_out = nullptr;  ///< contiguous, when k is given
+  /// Instead of q_out / k_out: e4m3 codes of the outputs (contiguous), each tensor with the one scale
+  /// max(max|weight| · fp8_bound_factor, FLT_MIN) written to *q_scale / *k_scale (Note [FP8 q and k]).
+  void* q_fp8 = nullptr;
+  void* k_fp8 = nullptr;
+  float* q_scale = nullptr;
+  float* k_scale = nullptr;
+  float fp8_bound_factor = 0.f;
 };
 
 /// FP8 row quantization: row r of x [rows, cols] starts at x + r·row_stride (elements of dtype, last dimension

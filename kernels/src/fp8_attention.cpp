@@ -9,6 +9,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cfloat>
+#include <cmath>
+
 #ifdef LTXMPS_KERNELS_WITH_CUDNN_FRONTEND
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -47,30 +50,83 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                heads, " heads");
 }
 
+void check_fp8_inputs(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads) {
+  check_inputs(q.q, k.q, v.q, heads);
+  LTXMPS_CHECK(q.q.scalar_type() == at::kFloat8_e4m3fn, "fp8_attention: the codes must be float8_e4m3fn, got ",
+               q.q.scalar_type());
+  for (const auto* t : {&q, &k, &v})
+    LTXMPS_CHECK(t->scale.defined() && t->scale.scalar_type() == at::kFloat && t->scale.numel() == 1 &&
+                     t->scale.device() == t->q.device(),
+                 "fp8_attention: each scale must be one float32 value on its codes' device");
+}
+
 // [B, S, H·Dh] -> [B, H, S, Dh]
 at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
   return x.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
 }
 
+Fp8Tensor as_fp8_tensor(std::pair<at::Tensor, at::Tensor> p) {
+  return {std::move(p.first), std::move(p.second)};
+}
+
+// A scale in float32 of the bounded q/k quantization: max|w| · factor, at least FLT_MIN (a NaN stays NaN).
+Fp8Tensor quantize_by_bound(const at::Tensor& x, const at::Tensor& weight) {
+  const auto weight_max = weight.defined() ? at::linalg_vector_norm(weight, INFINITY, {}, /*keepdim=*/false)
+                                                 .to(at::kFloat)
+                                                 .reshape({1})
+                                           : at::ones({1}, x.options().dtype(at::kFloat));
+  const auto scale =
+      weight_max.mul(static_cast<double>(fp8_qk_bound_factor(x.size(-1)))).clamp_min_(FLT_MIN);
+  auto q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
+  at::div_out(q, x, scale);
+  return {std::move(q), scale};
+}
+
 }  // namespace
+
+float fp8_qk_bound_factor(int64_t dim) {
+  return static_cast<float>(std::sqrt(static_cast<double>(dim)) * (1.0 + 1.0 / 64) / kFp8E4m3Max);
+}
+
+std::pair<Fp8Tensor, Fp8Tensor> qk_rms_norm_rope_fp8_reference(const at::Tensor& q, const at::Tensor& k,
+                                                               const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                               double eps, const at::Tensor& cos,
+                                                               const at::Tensor& sin) {
+  LTXMPS_CHECK(q.sizes() == k.sizes(), "qk_rms_norm_rope_fp8: q and k must have one shape, got ", q.sizes(), " and ",
+               k.sizes());
+  const auto [qn, kn] = qk_rms_norm_rope_reference(q, k, q_weight, k_weight, eps, cos, sin);
+  return {quantize_by_bound(qn, q_weight), quantize_by_bound(kn, k_weight)};
+}
+
+Fp8Rows fp8_attention_rows_reference(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads,
+                                     double scale) {
+  check_fp8_inputs(q, k, v, heads);
+  const auto values = [heads](const Fp8Tensor& t) { return split_heads(t.q.to(at::kFloat).mul_(t.scale), heads); };
+  const auto scores = at::matmul(values(q), values(k).transpose(-1, -2)).mul_(scale);
+  const auto e = (scores - std::get<0>(scores.max(-1, /*keepdim=*/true))).exp_();
+  const auto sum = e.sum(-1, /*keepdim=*/true);
+  const auto e_q = e.mul(kFp8E4m3Max).to(at::kFloat8_e4m3fn).to(at::kFloat).div_(kFp8E4m3Max);
+  const auto o = at::matmul(e_q, values(v)).div_(sum).permute({0, 2, 1, 3}).flatten(2, 3);  // [B, S, D]
+  const int64_t rows = o.size(0) * o.size(1);
+  return {o.reshape({rows, o.size(2)}).div(v.scale).to(at::kFloat8_e4m3fn), v.scale.expand({rows}).contiguous()};
+}
 
 at::Tensor fp8_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
                                    double scale) {
   check_inputs(q, k, v, heads);
-  const auto dequantized = [heads](const at::Tensor& x) {
-    const auto [codes, s] = quantize_fp8_tensor_reference(x.contiguous());
-    return std::make_pair(split_heads(codes.to(at::kFloat).mul_(s), heads), s);
-  };
-  const auto [qf, sq] = dequantized(q);
-  const auto [kf, sk] = dequantized(k);
-  const auto [vf, sv] = dequantized(v);
-  const auto scores = at::matmul(qf, kf.transpose(-1, -2)).mul_(scale);
-  const auto e = (scores - std::get<0>(scores.max(-1, /*keepdim=*/true))).exp_();
-  const auto sum = e.sum(-1, /*keepdim=*/true);
-  const auto e_q = e.mul(kFp8E4m3Max).to(at::kFloat8_e4m3fn).to(at::kFloat).div_(kFp8E4m3Max);
-  const auto o = at::matmul(e_q, vf).div_(sum);
-  const auto o_q = o.div(sv).to(at::kFloat8_e4m3fn).to(at::kFloat).mul_(sv);
-  return o_q.permute({0, 2, 1, 3}).flatten(2, 3).to(q.scalar_type());
+  const auto quantize = [](const at::Tensor& x) { return as_fp8_tensor(quantize_fp8_tensor_reference(x.contiguous())); };
+  const auto rows = fp8_attention_rows_reference(quantize(q), quantize(k), quantize(v), heads, scale);
+  return dequantize_fp8_rows_reference(rows.q, rows.scale, q.scalar_type()).view(q.sizes());
+}
+
+at::Tensor fp8_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, double scale) {
+  check_inputs(q, k, v, heads);
+  if (q.is_cuda())
+    LTXMPS_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
+                 "fp8_attention: q, k and v must be bfloat16 or float16 on CUDA, got ", q.scalar_type());
+  const auto quantize = [](const at::Tensor& x) { return as_fp8_tensor(quantize_fp8_tensor(x.contiguous())); };
+  const auto rows = fp8_attention_rows(quantize(q), quantize(k), quantize(v), heads, scale);
+  return dequantize_fp8_rows(rows.q, rows.scale, q.scalar_type()).view(q.sizes());
 }
 
 #ifdef LTXMPS_KERNELS_WITH_CUDNN_FRONTEND
@@ -222,33 +278,32 @@ std::string fp8_attention_unavailable(const c10::Device& device) {
   return {};
 }
 
-at::Tensor fp8_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, double scale) {
-  check_inputs(q, k, v, heads);
-  if (!q.is_cuda()) return fp8_attention_reference(q, k, v, heads, scale);
-  const auto reason = fp8_attention_unavailable(q.device());
+Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads, double scale) {
+  check_fp8_inputs(q, k, v, heads);
+  if (!q.q.is_cuda()) return fp8_attention_rows_reference(q, k, v, heads, scale);
+  const auto reason = fp8_attention_unavailable(q.q.device());
   LTXMPS_CHECK(reason.empty(), "fp8_attention: ", reason);
-  LTXMPS_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
-               "fp8_attention: q, k and v must be bfloat16 or float16 on CUDA, got ", q.scalar_type());
-  LTXMPS_CHECK(k.device() == q.device() && v.device() == q.device(), "fp8_attention: q, k and v must be on one device");
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t B = q.size(0), S = q.size(1), D = q.size(2), Dh = D / heads;
-  const auto [q8, sq] = quantize_fp8_tensor(q.contiguous());
-  const auto [k8, sk] = quantize_fp8_tensor(k.contiguous());
-  const auto [v8, sv] = quantize_fp8_tensor(v.contiguous());
-  const auto f32 = q.options().dtype(at::kFloat);
+  LTXMPS_CHECK(k.q.device() == q.q.device() && v.q.device() == q.q.device(),
+               "fp8_attention: q, k and v must be on one device");
+  const c10::cuda::CUDAGuard guard(q.q.device());
+  const int64_t B = q.q.size(0), S = q.q.size(1), D = q.q.size(2), Dh = D / heads;
+  const auto qc = q.q.contiguous(), kc = k.q.contiguous(), vc = v.q.contiguous();
+  const auto f32 = q.scale.options();
   const auto descale_s = at::full({1}, 1.0 / kFp8E4m3Max, f32), scale_s = at::full({1}, kFp8E4m3Max, f32);
-  const auto scale_o = at::reciprocal(sv);  // |O| <= amax(v) = 448 · sv: O · scale_o stays within e4m3
+  const auto scale_o = at::reciprocal(v.scale);  // |O| <= amax(v) <= 448 · v.scale: O · scale_o stays in range
   auto amax = at::empty({2}, f32);
-  auto o8 = at::empty({B, S, D}, q.options().dtype(at::kFloat8_e4m3fn));
-  const int device = q.device().index();
+  auto o8 = at::empty({B * S, D}, qc.options());
+  const int device = q.q.device().index();
   std::lock_guard<std::mutex> lock(cudnn_mutex());
   const auto& G = graph_for(device, B, heads, S, Dh, static_cast<float>(scale));
-  auto workspace = at::empty({std::max<int64_t>(G.workspace, 1)}, q.options().dtype(at::kByte));
+  auto workspace = at::empty({std::max<int64_t>(G.workspace, 1)}, qc.options().dtype(at::kByte));
   std::unordered_map<TensorAttr, void*> pack{
-      {G.q, q8.data_ptr()},         {G.k, k8.data_ptr()},           {G.v, v8.data_ptr()},
-      {G.o, o8.data_ptr()},         {G.descale_q, sq.data_ptr()},   {G.descale_k, sk.data_ptr()},
-      {G.descale_v, sv.data_ptr()}, {G.descale_s, descale_s.data_ptr()}, {G.scale_s, scale_s.data_ptr()},
-      {G.scale_o, scale_o.data_ptr()}, {G.amax_s, amax.data_ptr<float>()}, {G.amax_o, amax.data_ptr<float>() + 1}};
+      {G.q, qc.data_ptr()},           {G.k, kc.data_ptr()},
+      {G.v, vc.data_ptr()},           {G.o, o8.data_ptr()},
+      {G.descale_q, q.scale.data_ptr()}, {G.descale_k, k.scale.data_ptr()},
+      {G.descale_v, v.scale.data_ptr()}, {G.descale_s, descale_s.data_ptr()},
+      {G.scale_s, scale_s.data_ptr()},   {G.scale_o, scale_o.data_ptr()},
+      {G.amax_s, amax.data_ptr<float>()}, {G.amax_o, amax.data_ptr<float>() + 1}};
   const auto handle = cudnn_handle(device);
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
   const auto stream_status = fe::detail::set_stream(handle, stream);
@@ -256,8 +311,8 @@ at::Tensor fp8_attention(const at::Tensor& q, const at::Tensor& k, const at::Ten
                fe::detail::get_error_string(stream_status));
   check_step(G.graph->execute(handle, pack, workspace.data_ptr()), "execute",
              c10::str("[B ", B, ", H ", heads, ", S ", S, ", Dh ", Dh, "]"));
-  // Every row of O has amax(v)'s scale: the row dequantization with that scale repeated.
-  return dequantize_fp8_rows(o8.view({B * S, D}), sv.expand({B * S}).contiguous(), q.scalar_type()).view({B, S, D});
+  // Every row of O has v's scale.
+  return {std::move(o8), v.scale.expand({B * S}).contiguous()};
 }
 
 #else  // no cuDNN frontend in this build
@@ -272,10 +327,10 @@ std::string fp8_attention_unavailable(const c10::Device& device) {
          "LTXMPS_CUDNN_FRONTEND_INCLUDE_DIR, or without CUDA kernels)";
 }
 
-at::Tensor fp8_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, double scale) {
-  check_inputs(q, k, v, heads);
-  LTXMPS_CHECK(!q.is_cuda(), "fp8_attention: ", fp8_attention_unavailable(q.device()));
-  return fp8_attention_reference(q, k, v, heads, scale);
+Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads, double scale) {
+  check_fp8_inputs(q, k, v, heads);
+  LTXMPS_CHECK(!q.q.is_cuda(), "fp8_attention: ", fp8_attention_unavailable(q.q.device()));
+  return fp8_attention_rows_reference(q, k, v, heads, scale);
 }
 
 #endif

@@ -3,6 +3,8 @@
 
 #include "ltxmps_kernels/fused.hpp"
 
+#include "ltxmps_kernels/fp8_attention.hpp"
+
 #include "cuda_launch.hpp"
 
 #include "ltxmps/error.hpp"
@@ -329,8 +331,10 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
 namespace {
 
 // One launch for q alone (k undefined), or for q and k of the same shape with an optional rotary embedding.
+// With `fp8`, the kernel writes e4m3 codes and the bounded scales into *fp8 instead of q_out / k_out.
 bool launch_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_weight, const at::Tensor& k_weight,
-               double eps, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& q_out, at::Tensor& k_out) {
+               double eps, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& q_out, at::Tensor& k_out,
+               std::pair<Fp8Tensor, Fp8Tensor>* fp8 = nullptr) {
   cuda::QkNormRopeLaunch l;
   const auto qr = rows_of(q, q);
   if (!qr || !q_weight.defined() || !vector_ok(q, q_weight)) return false;
@@ -345,8 +349,23 @@ bool launch_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_wei
     l.cos = *cr;
     l.sin = *sr;
   }
-  q_out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  if (k.defined()) k_out = at::empty(k.sizes(), k.options().memory_format(at::MemoryFormat::Contiguous));
+  if (fp8) {
+    const auto codes = q.options().dtype(at::kFloat8_e4m3fn).memory_format(at::MemoryFormat::Contiguous);
+    fp8->first = {at::empty(q.sizes(), codes), at::empty({1}, q.options().dtype(at::kFloat))};
+    l.q_fp8 = fp8->first.q.data_ptr();
+    l.q_scale = fp8->first.scale.data_ptr<float>();
+    if (k.defined()) {
+      fp8->second = {at::empty(k.sizes(), codes), at::empty({1}, q.options().dtype(at::kFloat))};
+      l.k_fp8 = fp8->second.q.data_ptr();
+      l.k_scale = fp8->second.scale.data_ptr<float>();
+    }
+    l.fp8_bound_factor = fp8_qk_bound_factor(q.size(2));
+  } else {
+    q_out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
+    if (k.defined()) k_out = at::empty(k.sizes(), k.options().memory_format(at::MemoryFormat::Contiguous));
+    l.q_out = q_out.data_ptr();
+    l.k_out = k.defined() ? k_out.data_ptr() : nullptr;
+  }
   l.dtype = q.scalar_type();
   l.device_index = device_index(q);
   l.batch = q.size(0);
@@ -356,11 +375,10 @@ bool launch_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_wei
   l.q = *qr;
   l.q_weight = q_weight.data_ptr();
   l.k_weight = k.defined() ? k_weight.data_ptr() : nullptr;
-  l.q_out = q_out.data_ptr();
-  l.k_out = k.defined() ? k_out.data_ptr() : nullptr;
   const size_t e = q.element_size(), f = sizeof(float);
   l.vec = vector_width(l.dim, e, {{l.q, e}, {l.k, e}, {l.cos, f}, {l.sin, f}, operand(l.q_weight, e),
-                                  operand(l.k_weight, e), operand(l.q_out, e), operand(l.k_out, e)});
+                                  operand(l.k_weight, e), operand(l.q_out, e), operand(l.k_out, e),
+                                  operand(l.q_fp8, 1), operand(l.k_fp8, 1)});
   if (cos.defined() && l.vec % 2 != 0) return false;  // pairs must not straddle two vectors
   cuda::launch_qk_norm_rope(l);
   ++fused_call_count;
@@ -384,6 +402,18 @@ std::pair<at::Tensor, at::Tensor> qk_rms_norm_rope(const at::Tensor& q, const at
     }
   }
   return qk_rms_norm_rope_reference(q, k, q_weight, k_weight, eps, cos, sin);
+}
+
+std::pair<Fp8Tensor, Fp8Tensor> qk_rms_norm_rope_fp8(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                     double eps, const at::Tensor& cos, const at::Tensor& sin) {
+  if (cuda_candidate(q) && cuda_candidate(k) && k.scalar_type() == q.scalar_type() && k.device() == q.device() &&
+      q.sizes() == k.sizes()) {
+    at::Tensor unused_q, unused_k;
+    std::pair<Fp8Tensor, Fp8Tensor> out;
+    if (launch_qk(q, k, q_weight, k_weight, eps, cos, sin, unused_q, unused_k, &out)) return out;
+  }
+  return qk_rms_norm_rope_fp8_reference(q, k, q_weight, k_weight, eps, cos, sin);
 }
 
 at::Tensor linear_gelu_tanh(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

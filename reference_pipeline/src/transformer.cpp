@@ -237,6 +237,8 @@ struct ForwardContext {
   bool fp8_rows() const { return runtime.fused_kernels && runtime.block_linears == LinearMode::fp8_matmul; }
 };
 
+constexpr double kQkNormEps = 1e-5;
+
 // q = norm_q(q), k = norm_k(k) (torch.nn.RMSNorm(D, eps=1e-5) across all heads: at::rms_norm, as torch calls it),
 // then RoPE when `rope` is given. A capture that reads q and k before RoPE (`apply_rope` false) gets them in
 // `q_normed` / `k_normed` from the unfused steps.
@@ -244,7 +246,7 @@ std::pair<at::Tensor, at::Tensor> normalize_qk(const ForwardContext& ctx, const 
                                                const at::Tensor& q, const at::Tensor& k,
                                                const std::pair<at::Tensor, at::Tensor>* rope, bool keep_unrotated,
                                                at::Tensor& q_normed, at::Tensor& k_normed) {
-  constexpr double eps = 1e-5;
+  constexpr double eps = kQkNormEps;
   if (keep_unrotated) {
     std::tie(q_normed, k_normed) =
         kernels::qk_rms_norm_rope_reference(q, k, w.norm_q_weight, w.norm_k_weight, eps, {}, {});
@@ -255,6 +257,33 @@ std::pair<at::Tensor, at::Tensor> normalize_qk(const ForwardContext& ctx, const 
   const at::Tensor cos = rope ? rope->first : at::Tensor(), sin = rope ? rope->second : at::Tensor();
   return ctx.fused() ? kernels::qk_rms_norm_rope(q, k, w.norm_q_weight, w.norm_k_weight, eps, cos, sin)
                      : kernels::qk_rms_norm_rope_reference(q, k, w.norm_q_weight, w.norm_k_weight, eps, cos, sin);
+}
+
+// Note [FP8 self-attention in the block]
+// With runtime.fp8_attention the self-attention's q and k leave the q/k norm and RoPE kernel as e4m3 with scales
+// bounded from the norm weights (no amax pass; Note [FP8 q and k] in the kernels), v is quantized per tensor, and
+// cuDNN's FP8 attention writes its output as e4m3 with v's scale. Under FP8 matmul those codes are to_out's input
+// rows as they are (one scale repeated per row): no dequantization and no second quantization, and one rounding
+// fewer than quantizing the dequantized output per row. Without the fused kernels the q/k step runs its reference,
+// which gives the same codes up to the norm's reduction order.
+at::Tensor fp8_self_attention(const ForwardContext& ctx, const TransformerAttentionWeights& w, const at::Tensor& q,
+                              const at::Tensor& k, const at::Tensor& v,
+                              const std::pair<at::Tensor, at::Tensor>* rope) {
+  const int64_t heads = ctx.config.num_attention_heads;
+  const at::Tensor cos = rope ? rope->first : at::Tensor(), sin = rope ? rope->second : at::Tensor();
+  const auto [q8, k8] =
+      ctx.fused() ? kernels::qk_rms_norm_rope_fp8(q, k, w.norm_q_weight, w.norm_k_weight, kQkNormEps, cos, sin)
+                  : kernels::qk_rms_norm_rope_fp8_reference(q, k, w.norm_q_weight, w.norm_k_weight, kQkNormEps, cos,
+                                                            sin);
+  const auto [v8, v_scale] = kernels::quantize_fp8_tensor(v.contiguous());
+  const double scale = ctx.runtime.attention.scale.value_or(1.0 / std::sqrt(double(q.size(2) / heads)));
+  const auto out = kernels::fp8_attention_rows(q8, k8, {v8, v_scale}, heads, scale);
+  auto sizes = q.sizes().vec();
+  if (w.to_out_0.mode == LinearMode::fp8_matmul) {
+    sizes.back() = w.to_out_0.out_features();
+    return apply_fp8_matmul(w.to_out_0, out, q.scalar_type()).view(sizes);
+  }
+  return apply_linear(w.to_out_0, kernels::dequantize_fp8_rows(out.q, out.scale, q.scalar_type()).view(sizes));
 }
 
 // LTXAttention + LTXVideoAttnProcessor. `context` is undefined for self-attention; `rope` only for attn1;
@@ -269,16 +298,14 @@ at::Tensor attention_forward(const ForwardContext& ctx, const TransformerAttenti
   auto q = apply_linear(w.to_q, x, x_fp8);
   auto k = apply_linear(w.to_k, kv_input, kv_fp8);
   auto v = apply_linear(w.to_v, kv_input, kv_fp8);
+  if (ctx.runtime.fp8_attention && !context.defined() && !bias.defined() && capture_layer < 0)
+    return fp8_self_attention(ctx, w, q, k, v, rope);
   at::Tensor q_normed, k_normed;  // what a capture without RoPE reads
   const bool keep_unrotated = capture_layer >= 0 && !ctx.capture->apply_rope;
   std::tie(q, k) = normalize_qk(ctx, w, q, k, rope, keep_unrotated, q_normed, k_normed);
   // [B, S, D] -> [B, S, H, Dh] -> [B, H, S, Dh] (views, as diffusers' native backend permutes; SDPA's flash and
   // memory-efficient kernels read this layout in place, and their output permuted back is contiguous [B, S, D])
   const auto split_heads = [heads](const at::Tensor& t) { return t.unflatten(2, {heads, -1}).permute({0, 2, 1, 3}); };
-  if (ctx.runtime.fp8_attention && !context.defined() && !bias.defined() && capture_layer < 0) {
-    const double scale = ctx.runtime.attention.scale.value_or(1.0 / std::sqrt(double(q.size(2) / heads)));
-    return apply_linear(w.to_out_0, kernels::fp8_attention(q, k, v, heads, scale));
-  }
   auto qh = split_heads(q);
   auto kh = split_heads(k);
   auto vh = split_heads(v);

@@ -1,6 +1,6 @@
-// FP8 attention on CUDA: the per-tensor quantization kernel against its reference bit for bit, cuDNN's FP8
-// attention against exact attention and against its ATen model (both within the FP8 bound of
-// tests/kernels/test_fp8_attention.cpp), and a bf16 transformer forward with FP8 self-attention. Without CUDA, in
+// FP8 attention on CUDA: the per-tensor quantization and the q/k kernel with e4m3 outputs against their
+// references, cuDNN's FP8 attention against exact attention and against its ATen model (both within the FP8 bound
+// of tests/kernels/test_fp8_attention.cpp), and bf16 transformer forwards with FP8 self-attention. Without CUDA, in
 // a build without the cuDNN frontend, or below sm_90, the suite reports SKIPPED (exit code 77) with its reason.
 #define CATCH_CONFIG_RUNNER  // Catch2 v2: this file provides main() (v3 ignores the macro)
 #include "catch_compat.hpp"
@@ -114,6 +114,33 @@ TEST_CASE("fp8_attention: cuDNN's FP8 attention within the FP8 bound of exact at
   CHECK_THROWS_WITH(kernels::fp8_attention(f32, f32, f32, 1, 0.125), ltxmps_test::Contains("bfloat16"));
 }
 
+TEST_CASE("qk_rms_norm_rope_fp8: the kernel's codes are the reference's up to the norm's reduction order",
+          "[gpu][fp8_attention]") {
+  for (const auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
+    for (const int64_t D : {int64_t(2048), int64_t(4096), int64_t(100)}) {
+      INFO("dtype " << dtype << ", D " << D);
+      const int64_t B = 2, S = 33;
+      const auto q = randn({B, S, D}, dtype, 30, 2.0), k = randn({B, S, D}, dtype, 31);
+      const auto wq = randn({D}, dtype, 32, 0.3).add_(1.0), wk = randn({D}, dtype, 33, 0.3).add_(1.0);
+      const auto angles = randn({1, S, D / 2}, at::kFloat, 34, 3.0).repeat_interleave(2, -1);
+      const auto cos = angles.cos(), sin = angles.sin();
+      std::pair<kernels::Fp8Tensor, kernels::Fp8Tensor> got;
+      CHECK(fused_calls_in([&] { got = kernels::qk_rms_norm_rope_fp8(q, k, wq, wk, 1e-5, cos, sin); }) == 1);
+      const auto ref = kernels::qk_rms_norm_rope_fp8_reference(q, k, wq, wk, 1e-5, cos, sin);
+      for (const auto& [g, r] : {std::make_pair(got.first, ref.first), std::make_pair(got.second, ref.second)}) {
+        CHECK(same_bits(g.scale, r.scale));  // a maximum: exact in any order
+        // The rows in dtype may differ by a unit in the last place where the float32 sum of squares is added in
+        // another order (the qk kernel's bound, docs/kernels.md); a code then differs by at most one e4m3 step.
+        const auto gc = g.q.to(at::kDouble), rc = r.q.to(at::kDouble);
+        const double differing = (gc != rc).to(at::kDouble).mean().item<double>();
+        INFO("fraction of differing codes " << differing);
+        CHECK(differing <= 0.01);
+        CHECK(at::all((gc - rc).abs() <= rc.abs() / 8 + std::ldexp(1.0, -9)).item<bool>());
+      }
+    }
+  }
+}
+
 TEST_CASE("a bf16 transformer forward with FP8 self-attention stays within the FP8 bound of the one without",
           "[gpu][fp8_attention]") {
   // Two blocks, one FP8 attention each (the CPU suite's bound for this test), bf16's own rounding well below it.
@@ -121,6 +148,14 @@ TEST_CASE("a bf16 transformer forward with FP8 self-attention stays within the F
   INFO("rms error / rms(output) " << err);
   CHECK(err > 0);
   CHECK(err <= 2 * kFp8AttentionRmsBound);
+  // Under FP8 matmul the attention's e4m3 output feeds to_out as it is (Note [FP8 self-attention in the block]):
+  // against the FP8-matmul forward without FP8 attention, the same bound.
+  ltxmps::pipeline::TransformerRuntime fp8_matmul{kCuda, at::kBFloat16, {}};
+  fp8_matmul.block_linears = ltxmps::pipeline::LinearMode::fp8_matmul;
+  const double err_fp8 = ltxmps_test::fp8_attention_forward_error(fp8_matmul, 2, 64, 4, 8, 8);
+  INFO("with FP8 matmul: rms error / rms(output) " << err_fp8);
+  CHECK(err_fp8 > 0);
+  CHECK(err_fp8 <= 2 * kFp8AttentionRmsBound);
 }
 
 int main(int argc, char* argv[]) {

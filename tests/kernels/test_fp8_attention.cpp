@@ -79,6 +79,46 @@ TEST_CASE("fp8_attention_reference: a constant v comes back as that constant wit
   CHECK(at::allclose(out, v, 0.0, 0.75 / 8));
 }
 
+TEST_CASE("qk_rms_norm_rope_fp8_reference: codes under the bound scale, within e4m3 precision of the norm",
+          "[kernels][fp8]") {
+  const int64_t B = 2, S = 12, D = 48;
+  const auto q = randn({B, S, D}, 20, 3.0).to(at::kBFloat16), k = randn({B, S, D}, 21).to(at::kBFloat16);
+  const auto wq = randn({D}, 22, 0.5).add_(1.0).to(at::kBFloat16), wk = randn({D}, 23, 2.0).to(at::kBFloat16);
+  const auto angles = randn({1, S, D / 2}, 24, 3.0).repeat_interleave(2, -1);
+  const auto cos = angles.cos(), sin = angles.sin();
+  const auto [qn, kn] = kernels::qk_rms_norm_rope_reference(q, k, wq, wk, 1e-5, cos, sin);
+  const auto [q8, k8] = kernels::qk_rms_norm_rope_fp8_reference(q, k, wq, wk, 1e-5, cos, sin);
+  const auto check = [&](const kernels::Fp8Tensor& t, const at::Tensor& normed, const at::Tensor& w) {
+    REQUIRE(t.q.scalar_type() == at::kFloat8_e4m3fn);
+    REQUIRE(t.q.sizes() == normed.sizes());
+    const float factor = kernels::fp8_qk_bound_factor(D);
+    const float expected = w.abs().max().item<float>() * factor;  // one float32 product
+    CHECK(t.scale.item<float>() == expected);
+    CHECK(factor == static_cast<float>(std::sqrt(48.0) * (1 + 1.0 / 64) / 448));
+    const auto codes = t.q.to(at::kFloat);
+    CHECK(codes.abs().max().item<float>() <= 448.0f);  // the bound holds: no code saturates, none is NaN
+    CHECK_FALSE(codes.isnan().any().item<bool>());
+    const auto back = codes.to(at::kDouble) * t.scale.item<double>(), x = normed.to(at::kDouble);
+    CHECK(at::all((back - x).abs() <= x.abs() / 16 + t.scale.item<double>() * std::ldexp(1.0, -10)).item<bool>());
+  };
+  check(q8, qn, wq);
+  check(k8, kn, wk);
+}
+
+TEST_CASE("fp8_attention_rows_reference: the output's codes carry v's scale on every row", "[kernels][fp8]") {
+  const auto x = randn({2, 20, 32}, 25);
+  const auto quantize = [](const at::Tensor& t) {
+    auto [q, s] = kernels::quantize_fp8_tensor_reference(t);
+    return kernels::Fp8Tensor{q, s};
+  };
+  const auto v = quantize(x * 3);
+  const auto rows = kernels::fp8_attention_rows_reference(quantize(x), quantize(x.flip(1)), v, 2, 0.25);
+  CHECK(rows.q.sizes() == at::IntArrayRef({40, 32}));
+  CHECK(at::equal(rows.scale, v.scale.expand({40})));
+  CHECK(at::equal(kernels::fp8_attention_reference(x, x.flip(1), x * 3, 2, 0.25),
+                  kernels::dequantize_fp8_rows_reference(rows.q, rows.scale, at::kFloat).view({2, 20, 32})));
+}
+
 TEST_CASE("fp8_attention: bad arguments name what was expected", "[kernels][fp8]") {
   const auto q = randn({1, 8, 16}, 7);
   const auto is_error = [](auto f, const std::string& what) {

@@ -13,6 +13,8 @@
 /// rounded score can change which key wins): unlike FP8 matmul's row-wise scaled GEMMs this is a visible
 /// approximation, and it is never chosen unless asked for.
 
+#include "ltxmps_kernels/fused.hpp"
+
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
@@ -28,19 +30,51 @@ bool built_with_fp8_attention() noexcept;
 ///        frontend, a CUDA device of compute capability 9.0 or newer, cuDNN 9.1 or newer).
 std::string fp8_attention_unavailable(const c10::Device& device);
 
+/// @brief A whole tensor in FP8: e4m3 codes and their one float32 scale ([1]); the value is code · scale.
+struct Fp8Tensor {
+  at::Tensor q;      ///< float8_e4m3fn codes
+  at::Tensor scale;  ///< float32 [1]
+};
+
+/// @brief The attention of FP8 q, k, v ([B, S, D] codes, D = heads · head_dim, one shape): its output as FP8 rows,
+///        codes [B·S, D] (heads merged) with every row's scale the same, amax(v)'s (Note [FP8 attention]). These
+///        rows go straight into an FP8 matmul; dequantize_fp8_rows() gives the values.
+///
+/// On CUDA cuDNN's FP8 attention (an ltxmps::Error naming the reason where fp8_attention_unavailable() is not
+/// empty or cuDNN refuses the shape); elsewhere fp8_attention_rows_reference().
+Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads, double scale);
+
+/// @brief The same arithmetic in ATen ops (float32, [B, H, S, S] scores: small inputs only): the scores of the
+///        dequantized q and k, their row maximum, `e = exp(s - max)` quantized with scale 448, `(e_q·v) / sum(e)`,
+///        the output quantized with v's scale. cuDNN takes its maxima per tile of keys as it goes (flash attention),
+///        so its codes round differently but carry the same error.
+Fp8Rows fp8_attention_rows_reference(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads,
+                                     double scale);
+
+/// @brief `qk_rms_norm_rope(...)` with its outputs as Fp8Tensor: the rows rounded to q's dtype as that function
+///        writes them, then divided by a scale bounded before the kernel runs, `max(max|w| · fp8_qk_bound_factor(D),
+///        FLT_MIN)` for each of q and k (Note [FP8 q and k] in kernels/cuda/qk_norm_rope.cu): no amax pass. q and k
+///        of one shape (self-attention). On CUDA one kernel writes only the codes; elsewhere the reference.
+std::pair<Fp8Tensor, Fp8Tensor> qk_rms_norm_rope_fp8(const at::Tensor& q, const at::Tensor& k,
+                                                     const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                     double eps, const at::Tensor& cos, const at::Tensor& sin);
+/// @brief qk_rms_norm_rope_reference(), then the division by the bounded scale into e4m3 (one ATen division each).
+std::pair<Fp8Tensor, Fp8Tensor> qk_rms_norm_rope_fp8_reference(const at::Tensor& q, const at::Tensor& k,
+                                                               const at::Tensor& q_weight, const at::Tensor& k_weight,
+                                                               double eps, const at::Tensor& cos,
+                                                               const at::Tensor& sin);
+/// @brief float(√dim · (1 + 2^-6) / 448): the normalized rows' bound per unit of max|w|, with room for roundings.
+float fp8_qk_bound_factor(int64_t dim);
+
 /// @brief `softmax(q_h·k_hᵀ·scale)·v_h` per head h with FP8 operands (Note [FP8 attention]).
 ///
-/// q, k, v: [B, S, D] of one dtype (bfloat16 or float16 for the kernel), D = heads · head_dim; q, k and v are
-/// quantized per tensor (quantize_fp8_tensor), the output is dequantized to q's dtype: [B, S, D], heads merged as
-/// SDPA's output permuted back. On CUDA this is cuDNN's FP8 attention and throws ltxmps::Error, naming the reason,
-/// where fp8_attention_unavailable() is not empty or cuDNN refuses the shape; elsewhere it runs
-/// fp8_attention_reference().
+/// q, k, v: [B, S, D] of one dtype (bfloat16 or float16 on CUDA), D = heads · head_dim: each quantized per tensor
+/// (quantize_fp8_tensor), fp8_attention_rows(), the output dequantized to q's dtype: [B, S, D], heads merged as
+/// SDPA's output permuted back.
 at::Tensor fp8_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads, double scale);
 
-/// @brief The same arithmetic in ATen ops (float32, [B, H, S, S] scores: small inputs only): the per-tensor
-///        quantizations of q, k and v, the scores, their row maximum, `e = exp(s - max)` quantized with scale 448,
-///        `(e_q·v_q) / sum(e)`, the output quantized with scale 448 / amax(v). cuDNN takes its maxima per tile of keys
-///        as it goes (flash attention), so its result rounds differently but carries the same error.
+/// @brief fp8_attention() with the references: quantize_fp8_tensor_reference(), fp8_attention_rows_reference(),
+///        dequantize_fp8_rows_reference().
 at::Tensor fp8_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
                                    double scale);
 

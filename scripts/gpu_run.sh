@@ -150,7 +150,8 @@ if has profile; then
   # Where the forward's GPU time goes, before (ATen references) and after (fused kernels), beside diffusers:
   # PyTorch profiler (Kineto) Chrome traces of 3 forwards each after 2 warm-up + 3 timed ones (this machine has no
   # nsys), tabulated by benchmarks/kernel_profile.py. The traces are deleted: the device tool returns few files.
-  # PROFILE_ARGS picks the shape (default the 2B; "--layers 48 --head-dim 128" the 13B), PROFILE_RUNS the variants.
+  # PROFILE_ARGS picks the shape (default the 2B; "--layers 48 --head-dim 128" the 13B), PROFILE_RUNS the variants
+  # (unfused fused fp8 fp8storage diffusers by default; fp8attn: FP8 matmul and FP8 attention).
   pargs=${PROFILE_ARGS:-}; runs=" ${PROFILE_RUNS:-unfused fused fp8 fp8storage diffusers} "; tables=()
   prof() { local name=$1 label=$2; shift 2; [[ "$runs" == *" $name "* ]] || return 0; echo "== profile $name $pargs"
            if "$@" $pargs --warmup 2 --iters 3 --profile "$OUT/fwd_$name.json" 2>>"$OUT/profile.log" |
@@ -160,6 +161,8 @@ if has profile; then
   prof fused "ltxmps fused" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1
   prof fp8 "ltxmps fp8" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1
   prof fp8storage "ltxmps fp8 storage" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --weight-storage fp8
+  prof fp8attn "ltxmps fp8 + fp8 attention" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1 \
+    --fp8-attention 1
   prof diffusers "diffusers" python3 benchmarks/transformer_bench.py
   python3 benchmarks/kernel_profile.py "${tables[@]}" > "$OUT/kernel_profile.md" 2>&1
   head -12 "$OUT/kernel_profile.md"

@@ -11,14 +11,24 @@ namespace {
 constexpr int kTensorThreads = 256;
 constexpr int kTensorUnroll = 4;  // vectors a thread loads before it uses the first
 
-// A thread's kTensorUnroll vectors from `base` on, kTensorThreads apart, all loaded before the first is used.
-template <typename T, int VEC>
-__device__ __forceinline__ void load_unrolled(const T* x, int64_t vectors, int64_t base,
-                                              Pack<T, VEC> (&v)[kTensorUnroll]) {
+// Calls f(i, vector i) for every vector of x that this thread owns: a grid-stride walk in which each thread loads
+// kTensorUnroll vectors, kTensorThreads apart, before it hands the first to f.
+template <typename T, int VEC, typename F>
+__device__ __forceinline__ void for_each_vector(const T* x, int64_t vectors, const F& f) {
+  const int64_t step = int64_t(gridDim.x) * kTensorThreads * kTensorUnroll;
+  for (int64_t base = int64_t(blockIdx.x) * kTensorThreads * kTensorUnroll + threadIdx.x; base < vectors;
+       base += step) {
+    Pack<T, VEC> v[kTensorUnroll];
 #pragma unroll
-  for (int u = 0; u < kTensorUnroll; ++u) {
-    const int64_t i = base + int64_t(u) * kTensorThreads;
-    if (i < vectors) v[u] = load<T, VEC>(x + i * VEC);
+    for (int u = 0; u < kTensorUnroll; ++u) {
+      const int64_t i = base + int64_t(u) * kTensorThreads;
+      if (i < vectors) v[u] = load<T, VEC>(x + i * VEC);
+    }
+#pragma unroll
+    for (int u = 0; u < kTensorUnroll; ++u) {
+      const int64_t i = base + int64_t(u) * kTensorThreads;
+      if (i < vectors) f(i, v[u]);
+    }
   }
 }
 
@@ -30,15 +40,7 @@ __device__ __forceinline__ void load_unrolled(const T* x, int64_t vectors, int64
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kTensorThreads) tensor_amax_kernel(const T* x, int64_t vectors, unsigned* amax) {
   float m[1] = {0.f};
-  const int64_t step = int64_t(gridDim.x) * kTensorThreads * kTensorUnroll;
-  for (int64_t base = int64_t(blockIdx.x) * kTensorThreads * kTensorUnroll + threadIdx.x; base < vectors;
-       base += step) {
-    Pack<T, VEC> v[kTensorUnroll];
-    load_unrolled<T, VEC>(x, vectors, base, v);
-#pragma unroll
-    for (int u = 0; u < kTensorUnroll; ++u)
-      if (base + int64_t(u) * kTensorThreads < vectors) m[0] = abs_max<T, VEC>(m[0], v[u]);
-  }
+  for_each_vector<T, VEC>(x, vectors, [&](int64_t, const Pack<T, VEC>& v) { m[0] = abs_max<T, VEC>(m[0], v); });
   block_reduce(m, NanMaxOp{});
   if (threadIdx.x == 0) atomicMax(amax, __float_as_uint(fabsf(m[0])));
 }
@@ -48,17 +50,8 @@ __global__ void __launch_bounds__(kTensorThreads)
     tensor_quantize_kernel(const T* x, int64_t vectors, const unsigned* amax, uint8_t* q, float* scale_out) {
   const RowScale scale = row_scale(__uint_as_float(*amax));
   if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale.scale;
-  const int64_t step = int64_t(gridDim.x) * kTensorThreads * kTensorUnroll;
-  for (int64_t base = int64_t(blockIdx.x) * kTensorThreads * kTensorUnroll + threadIdx.x; base < vectors;
-       base += step) {
-    Pack<T, VEC> v[kTensorUnroll];
-    load_unrolled<T, VEC>(x, vectors, base, v);
-#pragma unroll
-    for (int u = 0; u < kTensorUnroll; ++u) {
-      const int64_t i = base + int64_t(u) * kTensorThreads;
-      if (i < vectors) store_quantized<T, VEC>(q + i * VEC, v[u], scale);
-    }
-  }
+  for_each_vector<T, VEC>(x, vectors,
+                          [&](int64_t i, const Pack<T, VEC>& v) { store_quantized<T, VEC>(q + i * VEC, v, scale); });
 }
 
 }  // namespace

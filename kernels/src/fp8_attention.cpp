@@ -65,10 +65,6 @@ at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
   return x.unflatten(2, {heads, -1}).permute({0, 2, 1, 3});
 }
 
-Fp8Tensor as_fp8_tensor(std::pair<at::Tensor, at::Tensor> p) {
-  return {std::move(p.first), std::move(p.second)};
-}
-
 // A scale in float32 of the bounded q/k quantization: max|w| · factor, at least FLT_MIN (a NaN stays NaN).
 Fp8Tensor quantize_by_bound(const at::Tensor& x, const at::Tensor& weight) {
   const auto weight_max = weight.defined() ? at::linalg_vector_norm(weight, INFINITY, {}, /*keepdim=*/false)
@@ -114,7 +110,7 @@ Fp8Rows fp8_attention_rows_reference(const Fp8Tensor& q, const Fp8Tensor& k, con
 at::Tensor fp8_attention_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t heads,
                                    double scale) {
   check_inputs(q, k, v, heads);
-  const auto quantize = [](const at::Tensor& x) { return as_fp8_tensor(quantize_fp8_tensor_reference(x.contiguous())); };
+  const auto quantize = [](const at::Tensor& x) { return quantize_fp8_tensor_reference(x.contiguous()); };
   const auto rows = fp8_attention_rows_reference(quantize(q), quantize(k), quantize(v), heads, scale);
   return dequantize_fp8_rows_reference(rows.q, rows.scale, q.scalar_type()).view(q.sizes());
 }
@@ -124,7 +120,7 @@ at::Tensor fp8_attention(const at::Tensor& q, const at::Tensor& k, const at::Ten
   if (q.is_cuda())
     LTXMPS_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
                  "fp8_attention: q, k and v must be bfloat16 or float16 on CUDA, got ", q.scalar_type());
-  const auto quantize = [](const at::Tensor& x) { return as_fp8_tensor(quantize_fp8_tensor(x.contiguous())); };
+  const auto quantize = [](const at::Tensor& x) { return quantize_fp8_tensor(x.contiguous()); };
   const auto rows = fp8_attention_rows(quantize(q), quantize(k), quantize(v), heads, scale);
   return dequantize_fp8_rows(rows.q, rows.scale, q.scalar_type()).view(q.sizes());
 }
@@ -239,6 +235,9 @@ Fp8AttentionGraph build_graph(cudnnHandle_t handle, int64_t b, int64_t h, int64_
   return G;
 }
 
+// Note [FP8 attention availability]
+// Whether this machine can run the kernel (a device of sm_90+, a cuDNN that opens and is 9.1+) cannot change while
+// the process runs, so it is asked once, where a shape's graph is first built, not on every forward's every layer.
 const Fp8AttentionGraph& graph_for(int device, int64_t b, int64_t h, int64_t s, int64_t d, float scale) {
   using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, uint32_t>;
   static std::map<Key, Fp8AttentionGraph> graphs;
@@ -246,7 +245,11 @@ const Fp8AttentionGraph& graph_for(int device, int64_t b, int64_t h, int64_t s, 
   std::memcpy(&scale_bits, &scale, sizeof scale);
   const Key key{device, b, h, s, d, scale_bits};
   auto it = graphs.find(key);
-  if (it == graphs.end()) it = graphs.emplace(key, build_graph(cudnn_handle(device), b, h, s, d, scale)).first;
+  if (it == graphs.end()) {
+    const auto reason = fp8_attention_unavailable(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
+    LTXMPS_CHECK(reason.empty(), "fp8_attention: ", reason);
+    it = graphs.emplace(key, build_graph(cudnn_handle(device), b, h, s, d, scale)).first;
+  }
   return it->second;
 }
 
@@ -281,8 +284,6 @@ std::string fp8_attention_unavailable(const c10::Device& device) {
 Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads, double scale) {
   check_fp8_inputs(q, k, v, heads);
   if (!q.q.is_cuda()) return fp8_attention_rows_reference(q, k, v, heads, scale);
-  const auto reason = fp8_attention_unavailable(q.q.device());
-  LTXMPS_CHECK(reason.empty(), "fp8_attention: ", reason);
   LTXMPS_CHECK(k.q.device() == q.q.device() && v.q.device() == q.q.device(),
                "fp8_attention: q, k and v must be on one device");
   const c10::cuda::CUDAGuard guard(q.q.device());

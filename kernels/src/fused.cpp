@@ -514,12 +514,12 @@ at::Tensor dequantize_fp8_rows(const at::Tensor& q, const at::Tensor& scale, at:
   return out;
 }
 
-std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor_reference(const at::Tensor& x) {
+Fp8Tensor quantize_fp8_tensor_reference(const at::Tensor& x) {
   auto [q, scale] = quantize_fp8_rows_reference(x.reshape({1, -1}));
   return {q.view(x.sizes()), scale};
 }
 
-std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor(const at::Tensor& x) {
+Fp8Tensor quantize_fp8_tensor(const at::Tensor& x) {
   const bool take = built_with_cuda() && x.defined() && x.is_cuda() && kernel_dtype(x.scalar_type()) &&
                     x.is_contiguous() && x.numel() > 0;
   if (!take) return quantize_fp8_tensor_reference(x);

@@ -275,9 +275,9 @@ at::Tensor fp8_self_attention(const ForwardContext& ctx, const TransformerAttent
       ctx.fused() ? kernels::qk_rms_norm_rope_fp8(q, k, w.norm_q_weight, w.norm_k_weight, kQkNormEps, cos, sin)
                   : kernels::qk_rms_norm_rope_fp8_reference(q, k, w.norm_q_weight, w.norm_k_weight, kQkNormEps, cos,
                                                             sin);
-  const auto [v8, v_scale] = kernels::quantize_fp8_tensor(v.contiguous());
+  const auto v8 = kernels::quantize_fp8_tensor(v.contiguous());
   const double scale = ctx.runtime.attention.scale.value_or(1.0 / std::sqrt(double(q.size(2) / heads)));
-  const auto out = kernels::fp8_attention_rows(q8, k8, {v8, v_scale}, heads, scale);
+  const auto out = kernels::fp8_attention_rows(q8, k8, v8, heads, scale);
   auto sizes = q.sizes().vec();
   if (w.to_out_0.mode == LinearMode::fp8_matmul) {
     sizes.back() = w.to_out_0.out_features();

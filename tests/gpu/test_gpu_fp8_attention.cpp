@@ -7,6 +7,7 @@
 #if LTXMPS_CATCH_V3
 #include <catch2/catch_session.hpp>
 #endif
+#include "gpu/gpu_kernel_checks.hpp"
 #include "kernels/fp8_attention_test_support.hpp"
 
 #include "ltxmps_kernels/fp8_attention.hpp"
@@ -25,52 +26,35 @@
 
 namespace kernels = ltxmps::kernels;
 using ltxmps_test::exact_attention;
+using ltxmps_test::fused_calls_in;
+using ltxmps_test::kCuda;
 using ltxmps_test::kFp8AttentionRmsBound;
+using ltxmps_test::randn;
 using ltxmps_test::rms;
-
-namespace {
-
-const c10::Device kCuda("cuda:0");
-
-at::Tensor randn(std::vector<int64_t> shape, at::ScalarType dtype, uint64_t seed, double scale = 1.0) {
-  auto g = ltxmps::make_cpu_generator(seed);
-  return ltxmps::randn(shape, g).mul_(scale).to(kCuda, dtype);
-}
-
-bool same_bits(const at::Tensor& a, const at::Tensor& b) {
-  return a.sizes() == b.sizes() && at::equal(a.contiguous().view(at::kByte).cpu(), b.contiguous().view(at::kByte).cpu());
-}
-
-uint64_t fused_calls_in(const std::function<void()>& f) {
-  const auto before = kernels::fused_calls();
-  f();
-  return kernels::fused_calls() - before;
-}
-
-}  // namespace
+using ltxmps_test::same_bits;
 
 TEST_CASE("quantize_fp8_tensor: the kernel's codes and scale are the reference's bits", "[gpu][fp8_attention]") {
   for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
     for (const int64_t n : {int64_t(1), int64_t(7), int64_t(4096), int64_t(3 * 1000 * 1001), int64_t(1 << 22)}) {
       INFO("dtype " << dtype << ", numel " << n);
       const auto x = randn({n}, dtype, static_cast<uint64_t>(n), 5.0);
-      std::pair<at::Tensor, at::Tensor> got;
+      kernels::Fp8Tensor got;
       CHECK(fused_calls_in([&] { got = kernels::quantize_fp8_tensor(x); }) == 1);
       const auto ref = kernels::quantize_fp8_tensor_reference(x);
-      CHECK(same_bits(got.first, ref.first));
-      CHECK(same_bits(got.second, ref.second));
+      CHECK(same_bits(got.q, ref.q));
+      CHECK(same_bits(got.scale, ref.scale));
     }
   }
   // A NaN anywhere makes the scale NaN (the reference's NaN-propagating amax); an infinity makes it infinite.
   auto x = randn({1000}, at::kBFloat16, 3);
   x[517] = NAN;
-  CHECK(std::isnan(kernels::quantize_fp8_tensor(x).second.item<float>()));
+  CHECK(std::isnan(kernels::quantize_fp8_tensor(x).scale.item<float>()));
   x[517] = INFINITY;
-  CHECK(std::isinf(kernels::quantize_fp8_tensor(x).second.item<float>()));
+  CHECK(std::isinf(kernels::quantize_fp8_tensor(x).scale.item<float>()));
   // A misaligned start narrows the vector access and keeps the bits.
   const auto big = randn({4099}, at::kBFloat16, 4);
   const auto window = big.narrow(0, 1, 4096);
-  CHECK(same_bits(kernels::quantize_fp8_tensor(window).first, kernels::quantize_fp8_tensor_reference(window).first));
+  CHECK(same_bits(kernels::quantize_fp8_tensor(window).q, kernels::quantize_fp8_tensor_reference(window).q));
 }
 
 TEST_CASE("fp8_attention: cuDNN's FP8 attention within the FP8 bound of exact attention and of its model",

@@ -8,6 +8,7 @@
 #if LTXMPS_CATCH_V3
 #include <catch2/catch_session.hpp>
 #endif
+#include "gpu/gpu_kernel_checks.hpp"
 #include "kernels/fp8_test_rows.hpp"
 
 #include "ltxmps_kernels/fused.hpp"
@@ -25,18 +26,15 @@
 #include <map>
 
 namespace kernels = ltxmps::kernels;
+using ltxmps_test::fused_calls_in;
+using ltxmps_test::kCuda;
+using ltxmps_test::randn;
+using ltxmps_test::same_bits;
 
 namespace {
 
-const c10::Device kCuda("cuda:0");
-
 int mantissa_bits(at::ScalarType dtype) {
   return dtype == at::kBFloat16 ? 7 : dtype == at::kHalf ? 10 : 23;
-}
-
-at::Tensor randn(std::vector<int64_t> shape, at::ScalarType dtype, uint64_t seed, double scale = 1.0) {
-  auto g = ltxmps::make_cpu_generator(seed);
-  return ltxmps::randn(shape, g).mul_(scale).to(kCuda, dtype);
 }
 
 // A [B, S, D] activation as the model has it (contiguous), as a column window of a wider tensor (strided rows),
@@ -88,13 +86,6 @@ void check_kernel(const at::Tensor& out, const at::Tensor& ref, bool strict_roun
 
 const at::ScalarType kDtypes[] = {at::kFloat, at::kBFloat16, at::kHalf};
 const int64_t kDims[] = {2048, 1000, 998, 7};  // vectors of 8, 8 (4 for float32), 2, 1 elements
-
-// Runs `f` and returns how many fused CUDA calls it made.
-uint64_t fused_calls_in(const std::function<void()>& f) {
-  const auto before = kernels::fused_calls();
-  f();
-  return kernels::fused_calls() - before;
-}
 
 }  // namespace
 
@@ -227,24 +218,6 @@ TEST_CASE("linear_gelu_tanh: the cuBLASLt epilogue against linear then GELU", "[
 }
 
 namespace {
-
-// Note [FP8 kernel checks]
-// The FP8 kernels do the reference's float32 operations on the same values (Note [FP8 row quantization] in
-// fused.cpp), so codes, scales and dequantized values must be its bits, compared as integers. The one exception is
-// which NaN a NaN carries: where the reference and the kernel both give NaN, any NaN matches (a row holding a NaN
-// is lost either way; its payload is the hardware's, not the formula's). Infinities are compared bit for bit.
-bool same_bits(const at::Tensor& a, const at::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  REQUIRE(a.scalar_type() == b.scalar_type());
-  const auto x = a.to(at::kCPU).contiguous(), y = b.to(at::kCPU).contiguous();
-  const auto bits = [](const at::Tensor& t) {
-    if (t.element_size() == 1) return t.view(at::kByte).to(at::kInt);
-    if (t.element_size() == 2) return t.view(at::kShort).to(at::kInt);
-    return t.view(at::kInt);
-  };
-  const auto both_nan = x.to(at::kFloat).isnan().logical_and(y.to(at::kFloat).isnan());
-  return bits(x).eq(bits(y)).logical_or(both_nan).all().item<bool>();
-}
 
 at::Tensor fp8_input(int64_t M, int64_t K, at::ScalarType dtype, uint64_t seed) {
   return ltxmps_test::fp8_test_rows(M, K, seed).to(kCuda, dtype);

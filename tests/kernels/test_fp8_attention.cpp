@@ -107,10 +107,7 @@ TEST_CASE("qk_rms_norm_rope_fp8_reference: codes under the bound scale, within e
 
 TEST_CASE("fp8_attention_rows_reference: the output's codes carry v's scale on every row", "[kernels][fp8]") {
   const auto x = randn({2, 20, 32}, 25);
-  const auto quantize = [](const at::Tensor& t) {
-    auto [q, s] = kernels::quantize_fp8_tensor_reference(t);
-    return kernels::Fp8Tensor{q, s};
-  };
+  const auto quantize = [](const at::Tensor& t) { return kernels::quantize_fp8_tensor_reference(t); };
   const auto v = quantize(x * 3);
   const auto rows = kernels::fp8_attention_rows_reference(quantize(x), quantize(x.flip(1)), v, 2, 0.25);
   CHECK(rows.q.sizes() == at::IntArrayRef({40, 32}));

@@ -30,12 +30,6 @@ bool built_with_fp8_attention() noexcept;
 ///        frontend, a CUDA device of compute capability 9.0 or newer, cuDNN 9.1 or newer).
 std::string fp8_attention_unavailable(const c10::Device& device);
 
-/// @brief A whole tensor in FP8: e4m3 codes and their one float32 scale ([1]); the value is code · scale.
-struct Fp8Tensor {
-  at::Tensor q;      ///< float8_e4m3fn codes
-  at::Tensor scale;  ///< float32 [1]
-};
-
 /// @brief The attention of FP8 q, k, v ([B, S, D] codes, D = heads · head_dim, one shape): its output as FP8 rows,
 ///        codes [B·S, D] (heads merged) with every row's scale the same, amax(v)'s (Note [FP8 attention]). These
 ///        rows go straight into an FP8 matmul; dequantize_fp8_rows() gives the values.

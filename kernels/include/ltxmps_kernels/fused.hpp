@@ -46,6 +46,12 @@ struct Fp8Rows {
   at::Tensor scale;  ///< [rows] float32
 };
 
+/// @brief A whole tensor in FP8: e4m3 codes and their one float32 scale ([1]); the value is code · scale.
+struct Fp8Tensor {
+  at::Tensor q;      ///< float8_e4m3fn codes
+  at::Tensor scale;  ///< float32 [1]
+};
+
 /// @brief Where an entry point also returns the FP8 rows of its output (codes [M, D], scales [M], M the output's
 ///        rows): exactly `quantize_fp8_rows(out.reshape({-1, D}))`, bit for bit, written by the same kernel that
 ///        writes `out` when that kernel runs (Note [Fused FP8 rows] in kernels/cuda/fp8.cuh), by the separate
@@ -156,13 +162,13 @@ std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_reference(const at::Tensor& 
 std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_gelu_tanh(const at::Tensor& rows, at::Tensor* activation = nullptr);
 
 /// @brief Quantizes the whole of `x` to e4m3 with one scale: `quantize_fp8_rows(x.reshape({1, -1}))` with the
-///        codes in x's shape. Returns {q float8_e4m3fn, scale float32 [1]}.
+///        codes in x's shape.
 ///
 /// On CUDA (contiguous float32 / float16 / bfloat16) an amax pass and a quantize pass, each over the whole GPU; the
 /// codes and the scale are the reference's bits. The per-tensor format of FP8 attention's q, k and v.
-std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor(const at::Tensor& x);
+Fp8Tensor quantize_fp8_tensor(const at::Tensor& x);
 /// @brief `quantize_fp8_rows_reference(x.reshape({1, -1}))`, codes reshaped to x's shape.
-std::pair<at::Tensor, at::Tensor> quantize_fp8_tensor_reference(const at::Tensor& x);
+Fp8Tensor quantize_fp8_tensor_reference(const at::Tensor& x);
 
 /// @brief `q · scale[:, None]` in `dtype`: each float32 product rounded once to `dtype`. q is float8_e4m3fn
 ///        [N, K], scale float32 [N].

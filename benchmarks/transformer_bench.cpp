@@ -3,12 +3,15 @@
 // Same defaults (2B: 28 layers, 32 heads x 64, caption 4096, in/out 128; bf16; latent 16 x 16 x 24 = 6144
 // tokens; 128 text tokens; batch 2; RoPE scale (8/25, 32, 32)). The weights are random, generated in memory
 // on the device (no file). Prints one JSON line with the median and min milliseconds over --iters timed
-// runs after --warmup, the FLOPs of one forward (the formula of transformer_bench.py), TFLOP/s and MFU.
+// runs after --warmup, the FLOPs of one forward (the formula of transformer_bench.py), TFLOP/s and MFU: against
+// --peak-tflops (dense bf16, default an H100/H200's 989), or --fp8-peak-tflops (dense FP8, default 1979) when FP8
+// matmul or FP8 attention runs (FP8 weight storage computes in bf16).
 //
 //   transformer_bench [--device cuda] [--precision bf16|fp16|fp32] [--attention sdpa|upcast]
 //                     [--layers N] [--heads N] [--head-dim N] [--latent-frames N] [--latent-height N]
 //                     [--latent-width N] [--text-len N] [--batch N] [--warmup N] [--iters N]
-//                     [--peak-tflops X] [--fp8-matmul 0|1] [--weight-storage compute|fp8] [--fused 0|1]
+//                     [--peak-tflops X] [--fp8-peak-tflops X] [--fp8-matmul 0|1] [--weight-storage compute|fp8]
+//                     [--fused 0|1]
 //                     [--fp8-attention 0|1]
 //                     [--profile PATH] [--smoke]
 // --fused 0 runs the ATen references of ltxmps_kernels instead of the fused kernels (docs/kernels.md).
@@ -82,7 +85,7 @@ int main(int argc, char** argv) try {
       {{"device", "cuda"}, {"precision", "bf16"}, {"attention", "sdpa"}, {"layers", "28"}, {"heads", "32"},
        {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
        {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
-       {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-matmul", "0"}, {"weight-storage", "compute"},
+       {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-peak-tflops", "1979"}, {"fp8-matmul", "0"}, {"weight-storage", "compute"},
        {"fused", "1"}, {"fp8-attention", "0"}, {"profile", ""}},
       {{"device", "cpu"}, {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"},
        {"channels", "4"}, {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
@@ -149,6 +152,8 @@ int main(int argc, char** argv) try {
   const double flops = forward_flops(config.num_layers, config.inner_dim(), config.cross_attention_dim,
                                      config.caption_channels, config.in_channels, config.out_channels, S, L, B);
   const double tflops = flops / (median * 1e-3) / 1e12;
+  const bool fp8_compute = fp8 == LinearMode::fp8_matmul || fp8_attention;
+  const double peak = std::stod(opt.at(fp8_compute ? "fp8-peak-tflops" : "peak-tflops"));
   std::printf(
       "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"attention\": \"%s\", \"fused\": %d, "
       "\"layers\": %lld, "
@@ -158,7 +163,7 @@ int main(int argc, char** argv) try {
       runtime.fused_kernels ? 1 : 0,
       static_cast<long long>(config.num_layers), static_cast<long long>(config.inner_dim()), static_cast<long long>(S),
       static_cast<long long>(L), static_cast<long long>(B), median, ms.front(), static_cast<long long>(iters),
-      flops / 1e9, tflops, tflops / std::stod(opt.at("peak-tflops")), fp8_fields.c_str(), profile_field.c_str());
+      flops / 1e9, tflops, tflops / peak, fp8_fields.c_str(), profile_field.c_str());
   return 0;
 } catch (const ltxmps::bench::BadArgument& e) {
   std::cerr << "transformer_bench: " << e.what() << "\n";

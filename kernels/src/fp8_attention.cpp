@@ -152,11 +152,14 @@ const std::string& open_cudnn() {
 
 using TensorAttr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
-// One built cuDNN graph for a shape: the graph, its tensors (the variant pack's keys) and its workspace size.
+// One built cuDNN graph for a shape: the graph, its tensors (the variant pack's keys), its workspace size, and the
+// device values that are the same in every call: the probabilities' scales 448 and 1/448 and room for the two amax
+// outputs, which nothing reads.
 struct Fp8AttentionGraph {
   std::shared_ptr<fe::graph::Graph> graph;
   TensorAttr q, k, v, o, descale_q, descale_k, descale_v, descale_s, scale_s, scale_o, amax_s, amax_o;
   int64_t workspace = 0;
+  at::Tensor descale_s_value, scale_s_value, amax_values;
 };
 
 // Note [cuDNN handles and graphs]
@@ -193,7 +196,8 @@ TensorAttr scalar_input(fe::graph::Graph& g, const char* name) {
                       .set_data_type(fe::DataType_t::FLOAT));
 }
 
-Fp8AttentionGraph build_graph(cudnnHandle_t handle, int64_t b, int64_t h, int64_t s, int64_t d, float scale) {
+Fp8AttentionGraph build_graph(cudnnHandle_t handle, int device, int64_t b, int64_t h, int64_t s, int64_t d,
+                              float scale) {
   const std::string shape = c10::str("[B ", b, ", H ", h, ", S ", s, ", Dh ", d, "]");
   Fp8AttentionGraph G;
   G.graph = std::make_shared<fe::graph::Graph>();
@@ -232,6 +236,10 @@ Fp8AttentionGraph build_graph(cudnnHandle_t handle, int64_t b, int64_t h, int64_
   check_step(g.check_support(handle), "check_support", shape);
   check_step(g.build_plans(handle), "build_plans", shape);
   check_step(g.get_workspace_size(G.workspace), "get_workspace_size", shape);
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
+  G.descale_s_value = at::full({1}, 1.0 / kFp8E4m3Max, f32);
+  G.scale_s_value = at::full({1}, kFp8E4m3Max, f32);
+  G.amax_values = at::empty({2}, f32);
   return G;
 }
 
@@ -240,7 +248,8 @@ Fp8AttentionGraph build_graph(cudnnHandle_t handle, int64_t b, int64_t h, int64_
 // the process runs, so it is asked once, where a shape's graph is first built, not on every forward's every layer.
 const Fp8AttentionGraph& graph_for(int device, int64_t b, int64_t h, int64_t s, int64_t d, float scale) {
   using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, uint32_t>;
-  static std::map<Key, Fp8AttentionGraph> graphs;
+  // Never destroyed, as the handles: at exit cuDNN and the CUDA allocator may be gone before static destructors run.
+  static auto& graphs = *new std::map<Key, Fp8AttentionGraph>();
   uint32_t scale_bits = 0;
   std::memcpy(&scale_bits, &scale, sizeof scale);
   const Key key{device, b, h, s, d, scale_bits};
@@ -248,7 +257,7 @@ const Fp8AttentionGraph& graph_for(int device, int64_t b, int64_t h, int64_t s, 
   if (it == graphs.end()) {
     const auto reason = fp8_attention_unavailable(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device)));
     LTXMPS_CHECK(reason.empty(), "fp8_attention: ", reason);
-    it = graphs.emplace(key, build_graph(cudnn_handle(device), b, h, s, d, scale)).first;
+    it = graphs.emplace(key, build_graph(cudnn_handle(device), device, b, h, s, d, scale)).first;
   }
   return it->second;
 }
@@ -289,10 +298,7 @@ Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tens
   const c10::cuda::CUDAGuard guard(q.q.device());
   const int64_t B = q.q.size(0), S = q.q.size(1), D = q.q.size(2), Dh = D / heads;
   const auto qc = q.q.contiguous(), kc = k.q.contiguous(), vc = v.q.contiguous();
-  const auto f32 = q.scale.options();
-  const auto descale_s = at::full({1}, 1.0 / kFp8E4m3Max, f32), scale_s = at::full({1}, kFp8E4m3Max, f32);
   const auto scale_o = at::reciprocal(v.scale);  // |O| <= amax(v) <= 448 · v.scale: O · scale_o stays in range
-  auto amax = at::empty({2}, f32);
   auto o8 = at::empty({B * S, D}, qc.options());
   const int device = q.q.device().index();
   std::lock_guard<std::mutex> lock(cudnn_mutex());
@@ -302,9 +308,9 @@ Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tens
       {G.q, qc.data_ptr()},           {G.k, kc.data_ptr()},
       {G.v, vc.data_ptr()},           {G.o, o8.data_ptr()},
       {G.descale_q, q.scale.data_ptr()}, {G.descale_k, k.scale.data_ptr()},
-      {G.descale_v, v.scale.data_ptr()}, {G.descale_s, descale_s.data_ptr()},
-      {G.scale_s, scale_s.data_ptr()},   {G.scale_o, scale_o.data_ptr()},
-      {G.amax_s, amax.data_ptr<float>()}, {G.amax_o, amax.data_ptr<float>() + 1}};
+      {G.descale_v, v.scale.data_ptr()}, {G.descale_s, G.descale_s_value.data_ptr()},
+      {G.scale_s, G.scale_s_value.data_ptr()}, {G.scale_o, scale_o.data_ptr()},
+      {G.amax_s, G.amax_values.data_ptr<float>()}, {G.amax_o, G.amax_values.data_ptr<float>() + 1}};
   const auto handle = cudnn_handle(device);
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
   const auto stream_status = fe::detail::set_stream(handle, stream);

@@ -6,8 +6,9 @@
 // prompt embeddings [1, 128, 4096] instead of T5-XXL, 768x512x121, 30 steps, guidance 3 (CFG on), seed 0.
 // Prints one JSON line: seconds per denoising step (mean over the steps after the first), total seconds of
 // generate() (loop + decode), the split of that total at the last step's end (t2v and remove: "loop_seconds",
-// "decode_seconds"), and the peak CUDA memory. --repeat N runs the job N times in the process and reports
-// the fastest run (the first pays one-time costs: allocator growth, kernel selection, oneDNN primitive creation).
+// "decode_seconds"), and the peak CUDA memory, also per phase (PhasePeaks). --repeat N runs the job N times in the
+// process and reports the fastest run (the first pays one-time costs: allocator growth, kernel selection, oneDNN
+// primitive creation).
 //
 // --job two-pass: multi_scale() as diffusers' documented 0.9.7-dev example runs it (docs/pipelines.md, "The
 // two-pass flow"): the 0.9.7 VAE config (bench_configs.hpp) and an LTXLatentUpsamplerModel() (mid 512, 4 blocks
@@ -119,6 +120,7 @@ LtxModel random_model(const Args& a, const ltxmps::ExecutionPlan& plan) {
   LtxModel model;
   model.transformer = TransformerModel::from_weights(tc, tr, random_source(tr.device, tr.dtype));
   model.vae = VaeModel::from_weights(vc, vr, random_source(vr.device, vr.dtype));
+  model.vae.tiling = vae_tiling(plan);  // removal and two-pass: tiles, as the official script and the example
   model.random_weights = true;
   model.vae.latents_mean = at::zeros({vc.latent_channels}, at::TensorOptions().device(vr.device));
   model.vae.latents_std = at::ones({vc.latent_channels}, at::TensorOptions().device(vr.device));
@@ -132,10 +134,44 @@ PromptEmbeddings random_prompts(int64_t tokens, int64_t channels, at::ScalarType
                           mask.clone()};
 }
 
-/// Progress events with the time they arrived, the device synchronized first (so a step's time is its kernels').
+/// The peak device memory of each phase of a job, in the phases' order; over several runs, each phase's highest.
+/// A phase ends at a progress event (PhasePeaks::mark), which restarts the device's peak counter: "loop" (t2v,
+/// remove: everything up to the last denoising step's end), "first_pass", "upsample", "second_pass_loop" (two-pass)
+/// and "decode" (what follows the last step: the VAE decode, postprocessing and the final resize).
+struct PhasePeaks {
+  std::vector<std::pair<std::string, int64_t>> peaks;
+
+  void mark(const c10::Device& device, const std::string& phase) {
+    const auto peak = ltxmps::memory_stats(device).peak_allocated;
+    if (!peak) return;  // no statistics on this device
+    ltxmps::reset_peak_memory(device);
+    for (auto& [name, bytes] : peaks)
+      if (name == phase) {
+        bytes = std::max(bytes, *peak);
+        return;
+      }
+    peaks.emplace_back(phase, *peak);
+  }
+  Json json() const {
+    Json out = Json::object();
+    for (const auto& [name, bytes] : peaks) out[name] = bytes;
+    return out;
+  }
+  int64_t highest() const {
+    int64_t out = -1;
+    for (const auto& p : peaks) out = std::max(out, p.second);
+    return out;
+  }
+};
+
+/// Progress events with the time they arrived, the device synchronized first (so a step's time is its kernels'),
+/// and the phases' memory peaks.
 struct Timeline {
-  explicit Timeline(c10::Device d) : device(d) {}
+  Timeline(c10::Device d, PhasePeaks& p, std::string first_phase)
+      : device(d), peaks(p), phase(std::move(first_phase)) {}
   c10::Device device;
+  PhasePeaks& peaks;
+  std::string phase;  ///< the phase running now
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::vector<std::pair<Progress, double>> events;
 
@@ -145,8 +181,12 @@ struct Timeline {
       if (p.stage != "denoise" && p.stage != "upsample") return;
       ltxmps::synchronize(device);
       events.emplace_back(p, now());
+      peaks.mark(device, phase);
+      if (p.stage == "upsample") phase = p.done == 0 ? "upsample" : "second_pass_loop";
     };
   }
+  /// The job has returned: what ran after the last denoising step was the decode.
+  void finish() { peaks.mark(device, "decode"); }
   /// The time of the first `stage` event with `done`; `fallback` if there is none.
   double time_of(const std::string& stage, int64_t done, double fallback) const {
     for (const auto& [p, t] : events)
@@ -184,8 +224,8 @@ double rounded(double x, int digits) {
 
 /// One t2v generation or one object removal.
 RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan& plan,
-                     const PromptEmbeddings& prompts) {
-  Timeline timeline{plan.device};
+                     const PromptEmbeddings& prompts, PhasePeaks& peaks) {
+  Timeline timeline{plan.device, peaks, "loop"};
   RunResult out;
   if (a.opt.at("job") == "remove") {
     // Object removal (the official loop): a random clip and a mask over its middle third.
@@ -208,6 +248,7 @@ RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan
   }
   ltxmps::synchronize(plan.device);
   out.total = timeline.now();
+  timeline.finish();
   const auto steps = timeline.steps(0, out.total + 1);
   out.seconds_per_step = per_step(steps);
   out.loop_end = steps.empty() ? 0.0 : steps.back();
@@ -225,7 +266,7 @@ Json pass_json(int64_t frames, int64_t height, int64_t width, const std::vector<
 /// The two-pass flow, split into passes at the "upsample" progress events: the first pass ends where the upsampler
 /// starts; the second pass (its loop, the decode and the final resize) starts where it ends.
 RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const Args& a,
-                       const ltxmps::ExecutionPlan& plan, const PromptEmbeddings& prompts) {
+                       const ltxmps::ExecutionPlan& plan, const PromptEmbeddings& prompts, PhasePeaks& peaks) {
   MultiScaleRequest r;  // the 0.9.7-dev example's rescale, decode timestep and noise
   r.height = a.num("height"), r.width = a.num("width"), r.num_frames = a.num("frames");
   r.num_inference_steps = a.num("steps");
@@ -234,11 +275,12 @@ RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const A
   r.second_pass_steps = a.num("second-pass-steps");
   r.second_pass_strength = a.real("second-pass-strength");
   r.prompt_embeddings = prompts;
-  Timeline timeline{plan.device};
+  Timeline timeline{plan.device, peaks, "first_pass"};
   const auto result = multi_scale(model, upsampler, r, plan, ltxmps::null_sink(), timeline.callback());
   ltxmps::synchronize(plan.device);
   RunResult out;
   out.total = timeline.now();
+  timeline.finish();
   out.frames = result.resized_frames.defined() ? result.resized_frames : result.frames;
   const double up_start = timeline.time_of("upsample", 0, out.total);
   const double up_end = timeline.time_of("upsample", 1, out.total);
@@ -268,7 +310,7 @@ ltxmps::ExecutionPlan job_plan(const Args& a) {
   return ltxmps::resolve(settings);
 }
 
-Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResult& best) {
+Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResult& best, const PhasePeaks& peaks) {
   Json line{{"impl", "ltxmps"},
             {"job", a.opt.at("job")},
             {"device", plan.device.str()},
@@ -279,7 +321,8 @@ Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResu
             {"layers", a.num("layers")},
             {"seconds_per_step", rounded(best.seconds_per_step, 4)},
             {"total_seconds", rounded(best.total, 3)},
-            {"peak_memory_bytes", ltxmps::memory_stats(plan.device).peak_allocated.value_or(-1)},
+            {"peak_memory_bytes", peaks.highest()},
+            {"peak_memory_bytes_by_phase", peaks.json()},
             {"frames_shape", best.frames.sizes().vec()}};
   if (a.two_pass()) {
     line.update(best.passes);
@@ -306,12 +349,14 @@ int main(int argc, char** argv) try {
                                 : LatentUpsamplerModel{};
 
   ltxmps::reset_peak_memory(plan.device);
+  PhasePeaks peaks;
   RunResult best;
   for (int64_t run = 0; run < std::max<int64_t>(1, a.num("repeat")); ++run) {
-    auto result = a.two_pass() ? run_two_pass(model, upsampler, a, plan, prompts) : run_single(model, a, plan, prompts);
+    auto result = a.two_pass() ? run_two_pass(model, upsampler, a, plan, prompts, peaks)
+                               : run_single(model, a, plan, prompts, peaks);
     if (best.total < 0 || result.total < best.total) best = std::move(result);
   }
-  std::printf("%s\n", result_json(a, plan, best).dump().c_str());
+  std::printf("%s\n", result_json(a, plan, best, peaks).dump().c_str());
   return 0;
 } catch (const ltxmps::bench::BadArgument& e) {
   std::cerr << "pipeline_bench: " << e.what() << "\n";

@@ -8,8 +8,9 @@ Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096) and A
 config) with random weights, random prompt embeddings [1, 128, 4096] (no T5-XXL), 768x512x121, 30 steps,
 guidance 3, generator torch.Generator().manual_seed(0). Prints one JSON line: seconds per denoising step (mean
 over the steps after the first), total seconds of the call (loop + decode), the split of that total at the last
-step's end (t2v and remove: "loop_seconds", "decode_seconds") and the peak CUDA memory. --repeat N
-calls the pipeline N times in the process and reports the fastest call.
+step's end (t2v and remove: "loop_seconds", "decode_seconds") and the peak CUDA memory, also per phase (as
+pipeline_bench.cpp's PhasePeaks). --repeat N calls the pipeline N times in the process and reports the fastest
+call.
 
 --job two-pass: diffusers' documented 0.9.7-dev example (LTXConditionPipeline at
 round_to_nearest_resolution_acceptable_by_vae(int(size * scale)) with output_type="latent",
@@ -112,6 +113,16 @@ class Timer:
 
     def __init__(self, device):
         self.device, self.start_time, self.steps = device, 0.0, []
+        self.phase, self.peaks = "loop", {}
+
+    def mark(self, phase=None):
+        """The peak CUDA memory since the last mark becomes (the highest of) `phase`'s (default: the running one):
+        the same phases as pipeline_bench.cpp's PhasePeaks."""
+        if self.device.type != "cuda":
+            return
+        name = phase or self.phase
+        self.peaks[name] = max(self.peaks.get(name, -1), torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats()
 
     def sync(self):
         if self.device.type == "cuda":
@@ -127,6 +138,7 @@ class Timer:
 
     def on_step(self, pipeline, i, t, kwargs):
         self.steps.append(self.now())
+        self.mark()
         return kwargs
 
 
@@ -149,10 +161,12 @@ def run_single(a, transformer, vae, prompts, timer):
         video = torch.rand(a.frames, 3, a.height, a.width, generator=torch.Generator().manual_seed(0))
         extra = dict(conditions=[LTXVideoCondition(video=video, frame_index=0, strength=1.0)])
     timer.start()
+    timer.phase = "loop"
     frames = pipe(**prompts, height=a.height, width=a.width, num_frames=a.frames, num_inference_steps=a.steps,
                   guidance_scale=a.guidance, generator=torch.Generator().manual_seed(0), output_type="pt",
                   callback_on_step_end=timer.on_step, **extra).frames
     total = timer.now()
+    timer.mark("decode")
     loop_end = timer.steps[-1] if timer.steps else 0.0
     return total, per_step(timer.steps), frames, dict(loop_seconds=round(loop_end, 3),
                                                       decode_seconds=round(total - loop_end, 3))
@@ -177,12 +191,15 @@ def run_two_pass(a, transformer, vae, upsampler, prompts, timer):
                   decode_timestep=0.05, decode_noise_scale=0.025, image_cond_noise_scale=0.0,
                   callback_on_step_end=timer.on_step)
     timer.start()
+    timer.phase = "first_pass"
     latents = pipe(**shared, height=h1, width=w1, num_inference_steps=a.steps,
                    generator=torch.Generator().manual_seed(0), output_type="latent").frames
     first_end, first_steps = timer.now(), list(timer.steps)
+    timer.mark()
     upsampled = pipe_upsample(latents=latents, output_type="latent").frames
     up_end = timer.now()
-    timer.steps = []
+    timer.mark("upsample")
+    timer.steps, timer.phase = [], "second_pass_loop"
     frames = pipe(**shared, height=2 * h1, width=2 * w1, num_inference_steps=a.second_pass_steps,
                   denoise_strength=a.second_pass_strength, latents=upsampled,
                   generator=torch.Generator().manual_seed(0), output_type="pt").frames
@@ -190,6 +207,7 @@ def run_two_pass(a, transformer, vae, upsampler, prompts, timer):
     frames = F.interpolate(frames.float().cpu().flatten(0, 1), size=(a.height, a.width), mode="bicubic",
                            align_corners=False, antialias=True).clamp(0, 1).unflatten(0, (b, f))
     total = timer.now()
+    timer.mark("decode")
     passes = dict(first_pass=pass_fields(a.frames, h1, w1, first_steps, first_end),
                   upsample_seconds=round(up_end - first_end, 3),
                   second_pass=pass_fields(a.frames, 2 * h1, 2 * w1, timer.steps, total - up_end),
@@ -224,7 +242,8 @@ def main():
     print(json.dumps(dict(impl="diffusers", job=a.job, device=str(device), precision=a.precision,
                           size=[a.frames, a.height, a.width], steps=a.steps, guidance=a.guidance, layers=a.layers,
                           seconds_per_step=round(step, 4), total_seconds=round(total, 3),
-                          peak_memory_bytes=torch.cuda.max_memory_allocated() if device.type == "cuda" else -1,
+                          peak_memory_bytes=max(timer.peaks.values(), default=-1),
+                          peak_memory_bytes_by_phase=timer.peaks,
                           frames_shape=list(frames.shape), **passes)))
 
 

@@ -2,7 +2,8 @@
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
 # (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh MODE [MODE ...]
-# MODE: tests | bench | removal | memory | speed | fp8 | vae | kernels | profile | workflow | seed | all (default all);
+# MODE: tests | bench | removal | memory | speed | fp8 | vae | kernels | profile | workflow | twopass | seed | all
+# (default all);
 # several modes share one build.
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
@@ -18,6 +19,7 @@
 #   seed:    the whole seed job (13B + T5-XXL + 0.9.7 VAE from files written by the bench) under an 8 GiB budget:
 #            peak device memory per phase, host memory while loading; the T5 streaming suites.
 #   workflow: the 0.9.7 two-pass flow at the 13B shape (C++ and diffusers) and the VAE decode modes.
+#   twopass: the two-pass flow of `workflow` alone (its JSON lines carry the peak memory of each phase).
 #   memory:  the memory-budget and streaming suites and the weight-mode benchmarks at the 13B shape (ltxmps and
 #            diffusers), plotted into $OUT/memory.png, building only their targets.
 set -uo pipefail
@@ -60,6 +62,7 @@ has fp8 && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_test
 has profile && add ltxmps_transformer_bench
 has seed && add ltxmps_seed_job_bench ltxmps_gpu_model_tests ltxmps_t5_streaming_tests
 has workflow && add ltxmps_pipeline_bench ltxmps_vae_bench ltxmps_t5_bench
+has twopass && add ltxmps_pipeline_bench
 has vae && add ltxmps_vae_bench ltxmps_gpu_model_tests
 has memory && add ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests ltxmps_memory_bench \
                   ltxmps_headers_cxx17 ltxmps_headers_cxx20
@@ -137,11 +140,13 @@ if has vae; then
   echo "ltxmps_gpu_model_tests: $(tail -2 "$OUT/ltxmps_gpu_model_tests.log" | tr '\n' ' ')"
   vae_modes; vae_modes  # two rounds
 fi
-if has workflow; then
+if has workflow || has twopass; then
   large="--layers 48 --heads 32 --head-dim 128 --height 512 --width 768 --frames 121"
   two="--job two-pass $large --steps 8 --second-pass-steps 10 --second-pass-strength 0.4 --guidance 3 --repeat 2"
   echo "== two-pass 13B 768x512x121, 8 + 4 steps C++"; build-gpu/benchmarks/ltxmps_pipeline_bench $two | tee -a "$OUT/two_pass_bench.jsonl"
   echo "== two-pass diffusers"; python3 benchmarks/pipeline_bench.py $two | tee -a "$OUT/two_pass_bench.jsonl"
+fi
+if has workflow; then
   vae_modes
   echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"

@@ -110,8 +110,7 @@ LtxModel make_embedded_default_model(const ltxmps::ExecutionPlan& plan) {
   if (const auto ahead = streamed_blocks_ahead(plan))
     stream_transformer_blocks(model.transformer, execution_device(plan), *ahead);
   model.vae = VaeModel::from_weights(EmbeddedDefault::vae_config(), vae_runtime(plan), draw);
-  if (plan.vae.tiling) model.vae.tiling.enable_tiling();  // diffusers' default tile sizes, as load_ltx_model
-  model.vae.tiling.use_slicing = plan.vae.slicing;
+  model.vae.tiling = vae_tiling(plan);  // as load_ltx_model
   return model;
 }
 

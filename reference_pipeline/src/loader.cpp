@@ -82,8 +82,7 @@ LtxModel load_ltx_model(const LtxFolder& folder, const ltxmps::ExecutionPlan& pl
   }
   for (const auto& d : fp8_diagnostics(model.transformer)) sink(d);
   model.vae = load_vae(root / "vae", vae_runtime(plan), options.variant, folder.vae);
-  if (plan.vae.tiling) model.vae.tiling.enable_tiling();
-  model.vae.tiling.use_slicing = plan.vae.slicing;
+  model.vae.tiling = vae_tiling(plan);
   if (options.load_text_encoder) {
     model.tokenizer = T5Tokenizer::load(root / "tokenizer");
     if (plan.weights.planned && plan.weights.text_encoder.mode == ltxmps::WeightMode::streamed)

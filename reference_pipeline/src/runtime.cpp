@@ -90,6 +90,13 @@ VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan) {
   return r;
 }
 
+VaeTiling vae_tiling(const ltxmps::ExecutionPlan& plan) {
+  VaeTiling t;
+  if (plan.vae.tiling) t.enable_tiling();
+  t.use_slicing = plan.vae.slicing;
+  return t;
+}
+
 T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan) {
   T5Runtime r;
   r.device = home_device(plan);

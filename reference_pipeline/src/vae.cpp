@@ -123,7 +123,9 @@ at::Tensor inject_noise(const at::Tensor& h, const at::Tensor& per_channel_scale
 // channel_rms_norm, the modulation `h * (1 + scale) + shift` where given, then SiLU in place: `at::silu(h)` would keep
 // the normalized h alive beside its SiLU during the convolution that follows (diffusers' `hidden_states =
 // self.nonlinearity(hidden_states)` frees it first). h is always a fresh tensor here, never `x`, so the in-place
-// form holds one full-size activation less than either. CPU float32 normalizes in one pass (vae_cpu.cpp).
+// form holds one full-size activation less than either. Callers assign the result to the variable that held `x`
+// where `x` is not needed afterwards, so that it is released before the convolution (diffusers rebinds
+// `hidden_states` at each step to the same effect). CPU float32 normalizes in one pass (vae_cpu.cpp).
 at::Tensor norm_silu(const at::Tensor& x, const at::Tensor& shift = {}, const at::Tensor& scale = {}) {
   at::Tensor h;
   if (detail::is_cpu_float(x)) {
@@ -151,7 +153,8 @@ at::Tensor resnet_forward(const VaeResnetWeights& r, const at::Tensor& inputs, c
   }
   auto h = conv3d(r.conv1, norm_silu(inputs, shift_1, scale_1));
   if (r.per_channel_scale1.defined()) h = inject_noise(h, r.per_channel_scale1, generator);
-  h = conv3d(r.conv2, norm_silu(h, shift_2, scale_2));  // dropout is the identity in eval mode
+  h = norm_silu(h, shift_2, scale_2);  // conv1's output is released before conv2 runs (Note [VAE activation lifetimes])
+  h = conv3d(r.conv2, h);              // dropout is the identity in eval mode
   if (r.per_channel_scale2.defined()) h = inject_noise(h, r.per_channel_scale2, generator);
   at::Tensor shortcut = inputs;
   if (r.norm3_weight.defined()) {
@@ -371,7 +374,8 @@ at::Tensor run_encoder(const VaeModel& m, const at::Tensor& video, FiniteChecks&
     checks.check(h, "encoder.down_blocks." + std::to_string(i));
   }
   for (const auto& r : encoder.mid_block.resnets) h = resnet_forward(r, h, {}, nullptr);
-  h = conv3d(encoder.conv_out, norm_silu(h));
+  h = norm_silu(h);  // released before conv_out runs (Note [VAE activation lifetimes])
+  h = conv3d(encoder.conv_out, h);
   checks.check(h, "encoder.conv_out");
   // The last channel is the single log-variance channel; it is repeated to latent_channels channels.
   const auto last = h.narrow(1, h.size(1) - 1, 1).repeat({1, h.size(1) - 2, 1, 1, 1});
@@ -413,7 +417,8 @@ at::Tensor run_decoder(const VaeModel& m, const at::Tensor& latents, const at::T
     shift = mod.select(1, 0);
     scale = mod.select(1, 1);
   }
-  h = conv3d(decoder.conv_out, norm_silu(h, shift, scale));
+  h = norm_silu(h, shift, scale);  // the last block's output is released before conv_out runs
+  h = conv3d(decoder.conv_out, h);
   checks.check(h, "conv_out");
   // Unpatchify with the encoder's channel convention (c, pt, pw, ph).
   const int64_t p = m.config.patch_size, pt = m.config.patch_size_t;

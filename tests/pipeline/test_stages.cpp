@@ -73,6 +73,23 @@ TEST_CASE("runtime_for: one source for each component's device and dtypes", "[st
   CHECK(home_device(plan) == execution_device(plan));
 }
 
+TEST_CASE("vae_tiling: the plan's tiles and slices, as diffusers' enable_tiling() and enable_slicing()", "[stages]") {
+  ltxmps::LoaderSettings s;
+  s.device = "cpu";
+  CHECK_FALSE(vae_tiling(ltxmps::resolve(s, ltxmps::Capabilities::cpu_only())).use_tiling);
+  s.vae_tiling = true;
+  s.vae_slicing = true;
+  const auto t = vae_tiling(ltxmps::resolve(s, ltxmps::Capabilities::cpu_only()));
+  VaeTiling defaults;
+  defaults.enable_tiling();
+  CHECK(t.use_tiling);
+  CHECK(t.use_slicing);
+  CHECK(t.tile_sample_min_height == defaults.tile_sample_min_height);
+  CHECK(t.tile_sample_stride_width == defaults.tile_sample_stride_width);
+  CHECK(defaults.tile_sample_min_height == 512);  // AutoencoderKLLTXVideo's
+  CHECK(defaults.tile_sample_stride_height == 448);
+}
+
 TEST_CASE("LatentGrid: pixels, latents and tokens", "[stages]") {
   const auto vae = EmbeddedDefault::vae_config();  // 32 / 8
   auto transformer = EmbeddedDefault::transformer_config();

@@ -26,6 +26,9 @@ c10::Device execution_device(const ltxmps::ExecutionPlan& plan);
 TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan);
 /// @brief The VAE's runtime for `plan`.
 VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan);
+/// @brief The VAE tiling `plan` asks for: diffusers' enable_tiling() defaults when `plan.vae.tiling`, slicing when
+///        `plan.vae.slicing`. Every model a pipeline runs takes it, loaded or built from weights in memory.
+VaeTiling vae_tiling(const ltxmps::ExecutionPlan& plan);
 /// @brief The T5 encoder's runtime for `plan` (its float32 modules come from the plan's precision).
 T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan);
 /// @brief The latent upsampler's runtime for `plan`: the home device and the VAE's compute dtype.

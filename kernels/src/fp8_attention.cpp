@@ -196,8 +196,8 @@ TensorAttr scalar_input(fe::graph::Graph& g, const char* name) {
                       .set_data_type(fe::DataType_t::FLOAT));
 }
 
-Fp8AttentionGraph build_graph(cudnnHandle_t handle, int device, int64_t b, int64_t h, int64_t s, int64_t d,
-                              float scale) {
+// The graph of one shape up to cuDNN's support check: everything but compiling the kernel.
+Fp8AttentionGraph supported_graph(cudnnHandle_t handle, int64_t b, int64_t h, int64_t s, int64_t d, float scale) {
   const std::string shape = c10::str("[B ", b, ", H ", h, ", S ", s, ", Dh ", d, "]");
   Fp8AttentionGraph G;
   G.graph = std::make_shared<fe::graph::Graph>();
@@ -234,6 +234,14 @@ Fp8AttentionGraph build_graph(cudnnHandle_t handle, int device, int64_t b, int64
   check_step(g.build_operation_graph(handle), "build_operation_graph", shape);
   check_step(g.create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans", shape);
   check_step(g.check_support(handle), "check_support", shape);
+  return G;
+}
+
+Fp8AttentionGraph build_graph(cudnnHandle_t handle, int device, int64_t b, int64_t h, int64_t s, int64_t d,
+                              float scale) {
+  const std::string shape = c10::str("[B ", b, ", H ", h, ", S ", s, ", Dh ", d, "]");
+  Fp8AttentionGraph G = supported_graph(handle, b, h, s, d, scale);
+  auto& g = *G.graph;
   check_step(g.build_plans(handle), "build_plans", shape);
   check_step(g.get_workspace_size(G.workspace), "get_workspace_size", shape);
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(c10::kCUDA, static_cast<c10::DeviceIndex>(device));
@@ -290,6 +298,33 @@ std::string fp8_attention_unavailable(const c10::Device& device) {
   return {};
 }
 
+// Note [FP8 attention head shapes]
+// cuDNN documents head dimensions up to 256 for Hopper's FP8 attention but not every one below, and which it takes can
+// change with its version; so the loaded cuDNN is asked, with the model's heads and head dimension at one sequence
+// length (support does not depend on it for unpadded inputs), before a model's weights are read. The check stops
+// before the kernel is compiled; the forward builds its own graph per shape.
+std::string fp8_attention_unsupported(const c10::Device& device, int64_t heads, int64_t head_dim) {
+  if (auto reason = fp8_attention_unavailable(device); !reason.empty()) return reason;
+  if (heads < 1 || head_dim < 1) return c10::str("no attention heads of ", heads, " x ", head_dim);
+  const int index = device.has_index() ? device.index() : c10::cuda::current_device();
+  using Key = std::tuple<int, int64_t, int64_t>;
+  static auto& answers = *new std::map<Key, std::string>();
+  std::lock_guard<std::mutex> lock(cudnn_mutex());
+  const Key key{index, heads, head_dim};
+  if (const auto it = answers.find(key); it != answers.end()) return it->second;
+  std::string answer;
+  try {
+    const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+    (void)supported_graph(cudnn_handle(index), 1, heads, 256, head_dim, scale);
+  } catch (const std::exception& e) {
+    answer = c10::str("cuDNN's FP8 attention does not take ", heads, " heads of dimension ", head_dim, " on cuda:",
+                      index, ": ", e.what());
+  }
+  answers.emplace(key, answer);
+  return answer;
+}
+
 Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads, double scale) {
   check_fp8_inputs(q, k, v, heads);
   if (!q.q.is_cuda()) return fp8_attention_rows_reference(q, k, v, heads, scale);
@@ -332,6 +367,10 @@ std::string fp8_attention_unavailable(const c10::Device& device) {
   if (!device.is_cuda()) return c10::str("FP8 attention runs on CUDA only; the device is ", device);
   return "this build has no FP8 attention (configured without the cuDNN frontend headers, "
          "LTXMPS_CUDNN_FRONTEND_INCLUDE_DIR, or without CUDA kernels)";
+}
+
+std::string fp8_attention_unsupported(const c10::Device& device, int64_t, int64_t) {
+  return fp8_attention_unavailable(device);
 }
 
 Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tensor& v, int64_t heads, double scale) {

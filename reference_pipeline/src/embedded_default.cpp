@@ -97,6 +97,7 @@ LtxModel make_embedded_default_model(const ltxmps::ExecutionPlan& plan) {
     return random_weight(generator, name, shape);
   };
 
+  check_fp8_attention_heads(plan, EmbeddedDefault::transformer_config());
   LtxModel model;
   model.random_weights = true;
   model.byte_tokenizer = true;

@@ -69,6 +69,7 @@ LtxFolder inspect_ltx_folder(const fs::path& root, const LoadOptions& options) {
 LtxModel load_ltx_model(const LtxFolder& folder, const ltxmps::ExecutionPlan& plan, const LoadOptions& options,
                         const ltxmps::DiagnosticSink& sink) {
   const auto& root = folder.root;
+  check_fp8_attention_heads(plan, folder.transformer);
   LtxModel model;
   model.root = root;
   model.pipeline_class = folder.pipeline_class;

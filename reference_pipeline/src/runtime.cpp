@@ -83,6 +83,14 @@ TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan) {
   return r;
 }
 
+void check_fp8_attention_heads(const ltxmps::ExecutionPlan& plan, const TransformerConfig& config) {
+  if (!plan.precision.fp8_attention || plan.machine.simulated) return;
+  const auto reason = ltxmps::kernels::fp8_attention_unsupported(execution_device(plan), config.num_attention_heads,
+                                                                 config.attention_head_dim);
+  LTXMPS_CHECK(reason.empty(), "fp8_attention (--fp8-attention): the transformer's self-attention (",
+               config.num_attention_heads, " heads x ", config.attention_head_dim, ") cannot run in FP8: ", reason);
+}
+
 VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan) {
   VaeRuntime r;
   r.device = home_device(plan);

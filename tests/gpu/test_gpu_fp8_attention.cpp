@@ -98,6 +98,32 @@ TEST_CASE("fp8_attention: cuDNN's FP8 attention within the FP8 bound of exact at
   CHECK_THROWS_WITH(kernels::fp8_attention(f32, f32, f32, 1, 0.125), ltxmps_test::Contains("bfloat16"));
 }
 
+TEST_CASE("fp8_attention_unsupported: cuDNN's answer for a head shape is what the attention then does",
+          "[gpu][fp8_attention]") {
+  // The head dims of the released models run; for the others (the embedded default's 8 among them) the question
+  // answered before loading must agree with what a forward meets.
+  CHECK(kernels::fp8_attention_unsupported(kCuda, 32, 64).empty());
+  CHECK(kernels::fp8_attention_unsupported(kCuda, 32, 128).empty());
+  for (const int64_t head_dim : {8, 16, 24, 32, 40, 64, 96, 128, 256}) {
+    const auto reason = kernels::fp8_attention_unsupported(kCuda, 2, head_dim);
+    INFO("head dim " << head_dim << ": " << (reason.empty() ? std::string("supported") : reason));
+    CHECK(reason == kernels::fp8_attention_unsupported(kCuda, 2, head_dim));  // kept, and the same
+    const std::vector<int64_t> shape{1, 384, 2 * head_dim};
+    const auto q = randn(shape, at::kBFloat16, 15), k = randn(shape, at::kBFloat16, 16);
+    const auto v = randn(shape, at::kBFloat16, 17);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    if (reason.empty()) {
+      at::Tensor out;
+      CHECK_NOTHROW(out = kernels::fp8_attention(q, k, v, 2, scale));
+      if (out.defined())
+        CHECK(rms(out.to(at::kDouble) - exact_attention(q, k, v, 2, scale)) / rms(v) <= kFp8AttentionRmsBound);
+    } else {
+      CHECK(reason.find("head") != std::string::npos);
+      CHECK_THROWS_AS(kernels::fp8_attention(q, k, v, 2, scale), ltxmps::Error);
+    }
+  }
+}
+
 TEST_CASE("qk_rms_norm_rope_fp8: the kernel's codes are the reference's up to the norm's reduction order",
           "[gpu][fp8_attention]") {
   for (const auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {

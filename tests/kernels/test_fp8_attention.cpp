@@ -130,6 +130,7 @@ TEST_CASE("fp8_attention: bad arguments name what was expected", "[kernels][fp8]
   CHECK(is_error([&] { kernels::fp8_attention(q, q, q, 3, 0.25); }, "not a multiple of 3 heads"));
   CHECK(is_error([&] { kernels::fp8_attention(q, q.to(at::kBFloat16), q, 2, 0.25); }, "share a dtype"));
   CHECK(!kernels::fp8_attention_unavailable(c10::kCPU).empty());
+  CHECK_THAT(kernels::fp8_attention_unsupported(c10::kCPU, 4, 8), ltxmps_test::Contains("CUDA only"));
 }
 
 TEST_CASE("the planner refuses FP8 attention off Hopper and reports it where it runs", "[kernels][fp8]") {

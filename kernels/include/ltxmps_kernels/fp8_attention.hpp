@@ -30,6 +30,11 @@ bool built_with_fp8_attention() noexcept;
 ///        frontend, a CUDA device of compute capability 9.0 or newer, cuDNN 9.1 or newer).
 std::string fp8_attention_unavailable(const c10::Device& device);
 
+/// @brief Why cuDNN's FP8 attention cannot run `heads` heads of dimension `head_dim` on `device`: empty when it can.
+///        fp8_attention_unavailable()'s reason, or cuDNN's own refusal of the head shape, asked without compiling a
+///        kernel (so a model can be refused before its weights are read); the answer is kept per device and shape.
+std::string fp8_attention_unsupported(const c10::Device& device, int64_t heads, int64_t head_dim);
+
 /// @brief The attention of FP8 q, k, v ([B, S, D] codes, D = heads · head_dim, one shape): its output as FP8 rows,
 ///        codes [B·S, D] (heads merged) with every row's scale the same, amax(v)'s (Note [FP8 attention]). These
 ///        rows go straight into an FP8 matmul; dequantize_fp8_rows() gives the values.

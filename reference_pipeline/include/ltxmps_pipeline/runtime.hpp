@@ -24,6 +24,9 @@ c10::Device execution_device(const ltxmps::ExecutionPlan& plan);
 
 /// @brief The transformer's runtime for `plan` (home device, compute dtype, attention kernel).
 TransformerRuntime transformer_runtime(const ltxmps::ExecutionPlan& plan);
+/// @brief Throws when `plan` asks for FP8 attention and cuDNN cannot run it for `config`'s heads (Note [FP8 attention
+///        head shapes]); the loaders call it before reading any weight. A plan for a simulated machine is not asked.
+void check_fp8_attention_heads(const ltxmps::ExecutionPlan& plan, const TransformerConfig& config);
 /// @brief The VAE's runtime for `plan`.
 VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan);
 /// @brief The VAE tiling `plan` asks for: diffusers' enable_tiling() defaults when `plan.vae.tiling`, slicing when

@@ -30,7 +30,8 @@ void check_fp8_attention_heads(const ltxmps::ExecutionPlan& plan, const Transfor
 /// @brief The VAE's runtime for `plan`.
 VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan);
 /// @brief The VAE tiling `plan` asks for: diffusers' enable_tiling() defaults when `plan.vae.tiling`, slicing when
-///        `plan.vae.slicing`. Every model a pipeline runs takes it, loaded or built from weights in memory.
+///        `plan.vae.slicing`. The loaders apply it; a VAE built with VaeModel::from_weights() takes it by assignment
+///        (`model.vae.tiling = vae_tiling(plan)`), or it decodes without tiles whatever the plan says.
 VaeTiling vae_tiling(const ltxmps::ExecutionPlan& plan);
 /// @brief The T5 encoder's runtime for `plan` (its float32 modules come from the plan's precision).
 T5Runtime t5_runtime(const ltxmps::ExecutionPlan& plan);

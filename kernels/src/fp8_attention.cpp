@@ -248,6 +248,8 @@ Fp8AttentionGraph build_graph(cudnnHandle_t handle, int device, int64_t b, int64
   G.descale_s_value = at::full({1}, 1.0 / kFp8E4m3Max, f32);
   G.scale_s_value = at::full({1}, kFp8E4m3Max, f32);
   G.amax_values = at::empty({2}, f32);
+  // Filled on this stream; a later call may come on another stream, so the fills finish here, once per shape.
+  c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).synchronize();
   return G;
 }
 
@@ -301,8 +303,10 @@ std::string fp8_attention_unavailable(const c10::Device& device) {
 // Note [FP8 attention head shapes]
 // cuDNN documents head dimensions up to 256 for Hopper's FP8 attention but not every one below, and which it takes can
 // change with its version; so the loaded cuDNN is asked, with the model's heads and head dimension at one sequence
-// length (support does not depend on it for unpadded inputs), before a model's weights are read. The check stops
-// before the kernel is compiled; the forward builds its own graph per shape.
+// length, before a model's weights are read (its refusals name the head dimension: "hidden_dim should be less than or
+// equal to 256 and hidden_dim should be multiple of 16" in cuDNN 9.19; the GPU suite checks that each answer is what
+// the attention then does at other lengths). The check stops before the kernel is compiled; the forward builds its
+// own graph per shape.
 std::string fp8_attention_unsupported(const c10::Device& device, int64_t heads, int64_t head_dim) {
   if (auto reason = fp8_attention_unavailable(device); !reason.empty()) return reason;
   if (heads < 1 || head_dim < 1) return c10::str("no attention heads of ", heads, " x ", head_dim);

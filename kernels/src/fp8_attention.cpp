@@ -196,9 +196,14 @@ TensorAttr scalar_input(fe::graph::Graph& g, const char* name) {
                       .set_data_type(fe::DataType_t::FLOAT));
 }
 
+// How cuDNN's errors name a shape.
+std::string shape_text(int64_t b, int64_t h, int64_t s, int64_t d) {
+  return c10::str("[B ", b, ", H ", h, ", S ", s, ", Dh ", d, "]");
+}
+
 // The graph of one shape up to cuDNN's support check: everything but compiling the kernel.
 Fp8AttentionGraph supported_graph(cudnnHandle_t handle, int64_t b, int64_t h, int64_t s, int64_t d, float scale) {
-  const std::string shape = c10::str("[B ", b, ", H ", h, ", S ", s, ", Dh ", d, "]");
+  const std::string shape = shape_text(b, h, s, d);
   Fp8AttentionGraph G;
   G.graph = std::make_shared<fe::graph::Graph>();
   auto& g = *G.graph;
@@ -239,7 +244,7 @@ Fp8AttentionGraph supported_graph(cudnnHandle_t handle, int64_t b, int64_t h, in
 
 Fp8AttentionGraph build_graph(cudnnHandle_t handle, int device, int64_t b, int64_t h, int64_t s, int64_t d,
                               float scale) {
-  const std::string shape = c10::str("[B ", b, ", H ", h, ", S ", s, ", Dh ", d, "]");
+  const std::string shape = shape_text(b, h, s, d);
   Fp8AttentionGraph G = supported_graph(handle, b, h, s, d, scale);
   auto& g = *G.graph;
   check_step(g.build_plans(handle), "build_plans", shape);
@@ -356,7 +361,7 @@ Fp8Rows fp8_attention_rows(const Fp8Tensor& q, const Fp8Tensor& k, const Fp8Tens
   LTXMPS_CHECK(stream_status == CUDNN_STATUS_SUCCESS, "fp8_attention: cudnnSetStream failed: ",
                fe::detail::get_error_string(stream_status));
   check_step(G.graph->execute(handle, pack, workspace.data_ptr()), "execute",
-             c10::str("[B ", B, ", H ", heads, ", S ", S, ", Dh ", Dh, "]"));
+             shape_text(B, heads, S, Dh));
   // Every row of O has v's scale.
   return {std::move(o8), v.scale.expand({B * S}).contiguous()};
 }

@@ -22,7 +22,9 @@
 //   pipeline_bench [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
 //                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove|two-pass]
 //                  [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
-//                  [--repeat N]
+//                  [--repeat N] [--cuda-graphs 0|1]
+// --cuda-graphs 0 runs every denoising step op by op (the plan's default on CUDA replays a CUDA graph; Note [CUDA
+// graphs in the plan]).
 // --smoke: a 2-layer, 4-head transformer, the same VAE at 64x64x9 and 2 steps (any device; for CI and CPU);
 // two-pass: 96x96x9 (passes 64x64 and 128x128), 2 + int(5 · 0.4) = 2 steps, the 0.9.7 VAE with narrow blocks
 // and an upsampler of width 32 with one block per stage.
@@ -78,7 +80,8 @@ Args parse_args(int argc, char** argv) {
       argc, argv,
       {{"device", "cuda"}, {"precision", "bf16"}, {"height", "512"}, {"width", "768"}, {"frames", "121"},
        {"steps", ""}, {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"}, {"head-dim", "64"}, {"job", "t2v"},
-       {"repeat", "1"}, {"first-pass-scale", "2/3"}, {"second-pass-steps", "10"}, {"second-pass-strength", "0.4"}},
+       {"repeat", "1"}, {"first-pass-scale", "2/3"}, {"second-pass-steps", "10"}, {"second-pass-strength", "0.4"},
+       {"cuda-graphs", "1"}},
       {{"layers", "2"}, {"heads", "4"}, {"height", ""}, {"width", ""}, {"frames", "9"}, {"steps", "2"},
        {"second-pass-steps", "5"}, {"smoke", "1"}},
       "pipeline_bench.cpp");
@@ -86,6 +89,8 @@ Args parse_args(int argc, char** argv) {
   const auto& job = a.opt.at("job");
   if (job != "t2v" && job != "remove" && job != "two-pass")
     throw ltxmps::bench::BadArgument("--job " + job + ": expected t2v, remove or two-pass");
+  if (a.opt.at("cuda-graphs") != "0" && a.opt.at("cuda-graphs") != "1")
+    throw ltxmps::bench::BadArgument("--cuda-graphs " + a.opt.at("cuda-graphs") + ": expected 0 or 1");
   if (a.opt.at("steps").empty()) a.opt["steps"] = a.two_pass() ? "8" : "30";
   for (const char* side : {"height", "width"})
     if (a.opt.at(side).empty()) a.opt[side] = a.two_pass() ? "96" : "64";
@@ -307,6 +312,7 @@ ltxmps::ExecutionPlan job_plan(const Args& a) {
   settings.vae_tiling = model_dtype_vae;
   settings.vae_float32 = !model_dtype_vae;
   settings.precision = ltxmps::parse_precision(a.opt.at("precision"));
+  settings.cuda_graphs = a.opt.at("cuda-graphs") == "1";
   return ltxmps::resolve(settings);
 }
 
@@ -319,6 +325,7 @@ Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResu
             {"steps", a.num("steps")},
             {"guidance", a.real("guidance")},
             {"layers", a.num("layers")},
+            {"cuda_graphs", plan.graphs.denoise_step},
             {"seconds_per_step", rounded(best.seconds_per_step, 4)},
             {"total_seconds", rounded(best.total, 3)},
             {"peak_memory_bytes", peaks.highest()},

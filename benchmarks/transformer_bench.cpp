@@ -12,7 +12,7 @@
 //                     [--latent-width N] [--text-len N] [--batch N] [--warmup N] [--iters N]
 //                     [--peak-tflops X] [--fp8-peak-tflops X] [--fp8-matmul 0|1] [--weight-storage compute|fp8]
 //                     [--fused 0|1]
-//                     [--fp8-attention 0|1]
+//                     [--fp8-attention 0|1] [--cuda-graph 0|1]
 //                     [--profile PATH] [--smoke]
 // --fused 0 runs the ATen references of ltxmps_kernels instead of the fused kernels (docs/kernels.md).
 // With FP8 (--fp8-matmul 1, or --weight-storage fp8) the model is built dense, run once for a reference output,
@@ -20,6 +20,9 @@
 // that dense output: max and mean |fp8 - dense|, each divided by max |dense| (Note [Weight storage]).
 // --fp8-attention 1 runs the self-attention with FP8 operands (ltxmps_kernels/fp8_attention.hpp); its error is
 // reported the same way, against the forward without it (and without FP8 linears when those are off).
+// --cuda-graph 1 times TransformerGraph's replays (Note [CUDA graphs for the denoising step]; the first two of the
+// warm-up forwards are its warm-up and capture); the JSON line adds whether a replay equals the eager forward bit
+// for bit.
 // --profile PATH records 3 more forwards after the timed ones into a Chrome trace (Note [Kernel profile]).
 // Built as ltxmps_transformer_bench (benchmarks/CMakeLists.txt).
 
@@ -27,6 +30,7 @@
 
 #include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
+#include "ltxmps_pipeline/transformer_graph.hpp"
 
 #include "ltxmps/memory.hpp"
 #include "ltxmps/precision.hpp"
@@ -86,7 +90,7 @@ int main(int argc, char** argv) try {
        {"head-dim", "64"}, {"caption-channels", "4096"}, {"channels", "128"}, {"latent-frames", "16"},
        {"latent-height", "16"}, {"latent-width", "24"}, {"text-len", "128"}, {"batch", "2"}, {"warmup", "3"},
        {"iters", "10"}, {"peak-tflops", "989"}, {"fp8-peak-tflops", "1979"}, {"fp8-matmul", "0"},
-       {"weight-storage", "compute"}, {"fused", "1"}, {"fp8-attention", "0"}, {"profile", ""}},
+       {"weight-storage", "compute"}, {"fused", "1"}, {"fp8-attention", "0"}, {"cuda-graph", "0"}, {"profile", ""}},
       {{"device", "cpu"}, {"layers", "2"}, {"heads", "2"}, {"head-dim", "8"}, {"caption-channels", "16"},
        {"channels", "4"}, {"latent-frames", "2"}, {"latent-height", "4"}, {"latent-width", "4"}, {"text-len", "8"},
        {"warmup", "1"}, {"iters", "2"}},
@@ -114,6 +118,7 @@ int main(int argc, char** argv) try {
   if (opt.at("fp8-attention") != "0" && opt.at("fp8-attention") != "1")
     throw std::runtime_error("--fp8-attention takes 0 or 1");
   const bool fp8_attention = opt.at("fp8-attention") == "1";
+  if (opt.at("cuda-graph") != "0" && opt.at("cuda-graph") != "1") throw std::runtime_error("--cuda-graph takes 0 or 1");
   at::Tensor dense_out;
   if (fp8 != LinearMode::dense || fp8_attention) dense_out = model.forward(in);
   model.runtime.fp8_attention = fp8_attention;
@@ -122,31 +127,41 @@ int main(int argc, char** argv) try {
     for (const auto& d : fp8_diagnostics(model)) std::cerr << "transformer_bench: " << d.message << "\n";
   }
 
+  // After any quantization: the graph keeps the weights' addresses.
+  TransformerGraph graph(model, opt.at("cuda-graph") == "1");
   std::vector<double> ms;
   const int64_t warmup = num("warmup"), iters = num("iters");
   for (int64_t i = 0; i < warmup + iters; ++i) {
     ltxmps::synchronize(runtime.device);
     const auto t0 = std::chrono::steady_clock::now();
-    model.forward(in);
+    graph.forward(in);
     ltxmps::synchronize(runtime.device);
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
   std::string profile_field;
   if (!opt.at("profile").empty()) {
-    profile_forwards([&] { model.forward(in); }, runtime.device, opt.at("profile"));
+    profile_forwards([&] { graph.forward(in); }, runtime.device, opt.at("profile"));
     profile_field = c10::str(", \"profile_forwards\": ", kProfileForwards);
   }
   std::sort(ms.begin(), ms.end());
   std::string fp8_fields;
   if (dense_out.defined()) {
     const auto ref = dense_out.to(at::kDouble);
-    const auto diff = (model.forward(in).to(at::kDouble) - ref).abs();
+    const auto diff = (graph.forward(in).to(at::kDouble) - ref).abs();
     const double scale = ref.abs().max().item<double>();
     fp8_fields = c10::str(", \"weights\": \"", to_string(fp8), "\", \"fp8_attention\": ", fp8_attention ? 1 : 0,
                           ", \"fp8_err_max_scaled\": ",
                           diff.max().item<double>() / scale, ", \"fp8_err_mean_scaled\": ",
                           diff.mean().item<double>() / scale);
+  }
+  std::string graph_fields;
+  if (opt.at("cuda-graph") == "1") {
+    const bool bitwise = at::equal(graph.forward(in), model.forward(in));
+    graph_fields = c10::str(", \"cuda_graph\": 1, \"graph_replays\": ", graph.replays(),
+                            ", \"graph_equals_eager\": ", bitwise ? "true" : "false");
+    if (!graph.capture_failure().empty())
+      std::cerr << "transformer_bench: the CUDA graph capture failed: " << graph.capture_failure() << "\n";
   }
   const double median = bench::median_of_sorted(ms);
   const double flops = forward_flops(config.num_layers, config.inner_dim(), config.cross_attention_dim,
@@ -158,12 +173,12 @@ int main(int argc, char** argv) try {
       "{\"impl\": \"ltxmps\", \"device\": \"%s\", \"dtype\": \"%s\", \"attention\": \"%s\", \"fused\": %d, "
       "\"layers\": %lld, "
       "\"dim\": %lld, \"tokens\": %lld, \"text\": %lld, \"batch\": %lld, \"median_ms\": %.3f, \"min_ms\": %.3f, "
-      "\"iters\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f%s%s}\n",
+      "\"iters\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f%s%s%s}\n",
       runtime.device.str().c_str(), opt.at("precision").c_str(), opt.at("attention").c_str(),
       runtime.fused_kernels ? 1 : 0,
       static_cast<long long>(config.num_layers), static_cast<long long>(config.inner_dim()), static_cast<long long>(S),
       static_cast<long long>(L), static_cast<long long>(B), median, ms.front(), static_cast<long long>(iters),
-      flops / 1e9, tflops, tflops / peak, fp8_fields.c_str(), profile_field.c_str());
+      flops / 1e9, tflops, tflops / peak, fp8_fields.c_str(), graph_fields.c_str(), profile_field.c_str());
   return 0;
 } catch (const ltxmps::bench::BadArgument& e) {
   std::cerr << "transformer_bench: " << e.what() << "\n";

@@ -2,7 +2,8 @@
 # One call on the GPU machine (device tool): build, run every test suite and the benchmarks, and leave the
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
 # (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh MODE [MODE ...]
-# MODE: tests | bench | removal | memory | speed | fp8 | vae | kernels | profile | workflow | twopass | seed | all
+# MODE: tests | bench | removal | memory | speed | fp8 | vae | kernels | profile | workflow | twopass | seed | graphs |
+# all
 # (default all);
 # several modes share one build.
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
@@ -20,6 +21,9 @@
 #            peak device memory per phase, host memory while loading; the T5 streaming suites.
 #   workflow: the 0.9.7 two-pass flow at the 13B shape (C++ and diffusers) and the VAE decode modes.
 #   twopass: the two-pass flow of `workflow` alone (its JSON lines carry the peak memory of each phase).
+#   graphs:  the CUDA graph suite, then the 2B and 13B forwards (bf16, FP8 matmul + FP8 attention) eager and as
+#            CUDA graph replays, and the pipeline jobs (t2v and removal at the 2B size, all three at the smoke size)
+#            with and without graphs; diffusers' 2B text-to-video beside them.
 #   memory:  the memory-budget and streaming suites and the weight-mode benchmarks at the 13B shape (ltxmps and
 #            diffusers), plotted into $OUT/memory.png, building only their targets.
 set -uo pipefail
@@ -63,6 +67,7 @@ has profile && add ltxmps_transformer_bench
 has seed && add ltxmps_seed_job_bench ltxmps_gpu_model_tests ltxmps_t5_streaming_tests
 has workflow && add ltxmps_pipeline_bench ltxmps_vae_bench ltxmps_t5_bench
 has twopass && add ltxmps_pipeline_bench
+has graphs && add ltxmps_gpu_graph_tests ltxmps_gpu_tests ltxmps_transformer_bench ltxmps_pipeline_bench
 has vae && add ltxmps_vae_bench ltxmps_gpu_model_tests
 has memory && add ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests ltxmps_memory_bench \
                   ltxmps_headers_cxx17 ltxmps_headers_cxx20
@@ -139,6 +144,33 @@ if has vae; then
   build-gpu/tests/ltxmps_gpu_model_tests > "$OUT/ltxmps_gpu_model_tests.log" 2>&1 || status=1
   echo "ltxmps_gpu_model_tests: $(tail -2 "$OUT/ltxmps_gpu_model_tests.log" | tr '\n' ' ')"
   vae_modes; vae_modes  # two rounds
+fi
+if has graphs; then
+  for suite in ltxmps_gpu_graph_tests ltxmps_gpu_tests; do
+    build-gpu/tests/$suite > "$OUT/$suite.log" 2>&1 || status=1
+    echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
+  done
+  for cfg in 2b 13b; do
+    args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
+    for mode in "" "--fp8-matmul 1 --fp8-attention 1"; do
+      for graph in 0 1; do
+        echo "== transformer $cfg C++ $mode --cuda-graph $graph"
+        build-gpu/benchmarks/ltxmps_transformer_bench $args $mode --cuda-graph $graph | tee -a "$OUT/graph_bench.jsonl"
+      done
+    done
+  done
+  # Each job at full size (2B) and at the smoke size, where the launches are most of a step.
+  for job in t2v remove two-pass; do
+    for size in "" "--smoke --device cuda --steps 10"; do
+      [ "$job" = two-pass ] && [ -z "$size" ] && continue  # the 13B two-pass flow has its own mode (twopass)
+      for graph in 1 0; do
+        echo "== pipeline $job $size C++ --cuda-graphs $graph"
+        build-gpu/benchmarks/ltxmps_pipeline_bench --job $job $size --repeat 2 --cuda-graphs $graph |
+          tee -a "$OUT/graph_bench.jsonl"
+      done
+    done
+  done
+  echo "== pipeline t2v 2B diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/graph_bench.jsonl"
 fi
 if has workflow || has twopass; then
   large="--layers 48 --heads 32 --head-dim 128 --height 512 --width 768 --frames 121"

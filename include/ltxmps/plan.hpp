@@ -47,6 +47,43 @@ struct VaePlan {
   bool slicing = false;
 };
 
+// Note [CUDA graphs in the plan]
+// Every step of a denoising loop runs the transformer forward on inputs of the same shapes, about a thousand kernel
+// launches for the 2B model. On CUDA the pipeline captures that forward into a CUDA graph at the second step and
+// replays it at every later one: the same kernels on the same buffers, so the same bits, with one launch instead of
+// one per op (the GPU no longer waits for the host between short kernels). The pipeline library does the capture
+// (ltxmps_pipeline/transformer_graph.hpp); the plan decides where it applies: on CUDA unless switched off, and not
+// when the transformer's blocks are streamed (their copies are queued by the host between blocks). Off CUDA there
+// are no graphs: MPS and the CPU run the forward op by op.
+
+/// @brief Whether the denoising loop replays the transformer forward as a CUDA graph, and why.
+struct GraphPlan {
+  /// The denoising step's transformer forward is captured once and replayed (Note [CUDA graphs in the plan]).
+  bool denoise_step = false;
+  /// Why.
+  Diagnostic reason;
+};
+
+/// @brief The CUDA graph decision for `settings` on `device` (before the weight plan, which may turn it off).
+inline GraphPlan decide_graphs(const LoaderSettings& settings, const c10::Device& device) {
+  GraphPlan g;
+  g.reason.topic = "graphs";
+  if (!device.is_cuda()) {
+    g.reason.rule = "graphs.not_cuda";
+    g.reason.message = "the denoising step runs op by op: CUDA graphs exist on CUDA only";
+  } else if (!settings.cuda_graphs) {
+    g.reason.rule = "graphs.off.requested";
+    g.reason.message = "the denoising step runs op by op, as requested (cuda_graphs off)";
+  } else {
+    g.denoise_step = true;
+    g.reason.rule = "graphs.denoise_step";
+    g.reason.message = "the denoising step's transformer forward is captured into a CUDA graph at the second step and "
+                       "replayed at every later one: one launch instead of one per op, the same bits (Note [CUDA "
+                       "graphs in the plan])";
+  }
+  return g;
+}
+
 /// @brief Every decision for one run; `diagnostics` explains each of them in order.
 struct ExecutionPlan {
   /// The settings the plan was resolved from.
@@ -67,6 +104,8 @@ struct ExecutionPlan {
   MemoryPlan memory;
   /// VAE options.
   VaePlan vae;
+  /// CUDA graphs for the denoising step.
+  GraphPlan graphs;
   /// Where each component's weights live under the memory budget; `weights.planned` is false until
   /// plan_weights() has seen the component sizes (after the model folder's configs are read).
   WeightPlan weights;
@@ -144,6 +183,8 @@ inline ExecutionPlan resolve(const LoaderSettings& settings, const Capabilities&
 
   plan.vae.tiling = settings.vae_tiling;
   plan.vae.slicing = settings.vae_slicing;
+  plan.graphs = decide_graphs(settings, plan.device);
+  plan.diagnostics.push_back(plan.graphs.reason);
   return plan;
 }
 
@@ -179,6 +220,13 @@ inline void plan_weights(ExecutionPlan& plan, const WeightSizes& sizes) {
   plan.diagnostics.push_back(plan.weights.transformer.reason);
   plan.diagnostics.push_back(plan.weights.text_encoder.reason);
   plan.diagnostics.push_back(plan.weights.vae.reason);
+  if (plan.graphs.denoise_step && is_streamed(plan.weights.transformer.mode)) {
+    plan.graphs.denoise_step = false;
+    plan.graphs.reason = {Severity::info, "graphs", "graphs.off.streamed",
+                          "the denoising step runs op by op: the transformer's blocks are streamed, and their copies "
+                          "are queued by the host between blocks (Note [CUDA graphs in the plan])"};
+    plan.diagnostics.push_back(plan.graphs.reason);
+  }
 }
 
 /// @brief Whether the transformer's block linears are stored in FP8: as requested (the precision plan, FP8 matmul
@@ -229,6 +277,8 @@ inline std::string to_text(const ExecutionPlan& plan) {
   os << "memory:    " << (plan.memory.release_after_heavy_ops ? "release after heavy stages" : "no cache to release")
      << "\n";
   os << "vae:       tiling " << (plan.vae.tiling ? "on" : "off") << ", slicing " << (plan.vae.slicing ? "on" : "off")
+     << "\n";
+  os << "graphs:    " << (plan.graphs.denoise_step ? "the denoising step's transformer forward as a CUDA graph" : "off")
      << "\n";
   if (plan.weights.planned) {
     const auto& w = plan.weights;
@@ -314,7 +364,7 @@ inline std::string to_json(const ExecutionPlan& plan) {
      << ", \"fp8_matmul\": " << json_bool(s.fp8_matmul) << ", \"fp8_attention\": " << json_bool(s.fp8_attention)
      << ", \"weight_storage\": " << json_string(to_string(s.weight_storage))
      << ", \"stream_weights\": " << json_string(to_string(s.stream_weights))
-     << ", \"max_device_memory\": " << s.max_device_memory << "}"
+     << ", \"max_device_memory\": " << s.max_device_memory << ", \"cuda_graphs\": " << json_bool(s.cuda_graphs) << "}"
      << ", \"device\": " << json_string(plan.device.str())
      << ", \"precision\": {\"requested\": " << json_string(to_string(plan.precision.requested))
      << ", \"resolved\": " << json_string(to_string(plan.precision.resolved))
@@ -333,6 +383,7 @@ inline std::string to_json(const ExecutionPlan& plan) {
      << ", \"draw_dtype\": " << json_string(dtype_name(plan.noise.draw_dtype)) << "}"
      << ", \"memory\": {\"release_after_heavy_ops\": " << json_bool(plan.memory.release_after_heavy_ops) << "}"
      << ", \"vae\": {\"tiling\": " << json_bool(plan.vae.tiling) << ", \"slicing\": " << json_bool(plan.vae.slicing)
+     << "}, \"graphs\": {\"denoise_step\": " << json_bool(plan.graphs.denoise_step)
      << "}, \"weights\": " << detail::json_weights(plan.weights) << ", \"diagnostics\": [";
   for (size_t i = 0; i < plan.diagnostics.size(); ++i) {
     const auto& d = plan.diagnostics[i];

@@ -135,6 +135,8 @@ struct LoaderSettings {
   StreamWeights stream_weights = StreamWeights::automatic;
   /// Device memory budget in bytes; 0 = what the device reports free.
   uint64_t max_device_memory = 0;
+  /// Replay the denoising step's transformer forward as one CUDA graph (CUDA only; Note [CUDA graphs in the plan]).
+  bool cuda_graphs = true;
 };
 
 /// @brief The dtypes of one model component.

@@ -32,25 +32,10 @@ __device__ __forceinline__ float fp8_row_scale(float amax) {
 // infinities and NaN, LibTorch releases differ (NaN or saturation, the NaN's sign kept or not), so those values
 // take c10's conversion, the one the reference runs. The other way, every code is exact in float16 and float32;
 // only the NaN codes (0x7f, 0xff) take c10's conversion, so that even their payload is the reference's.
-// The hardware conversion, for values known to be below 464 in magnitude.
-template <int VEC>
-__device__ __forceinline__ Pack<uint8_t, VEC> to_e4m3_in_range(const float (&v)[VEC]) {
-  Pack<uint8_t, VEC> out;
-  if constexpr (VEC == 1) {
-    out.v[0] = __nv_cvt_float_to_fp8(v[0], __NV_SATFINITE, __NV_E4M3);
-  } else {
-#pragma unroll
-    for (int j = 0; j < VEC; j += 2) {
-      const __nv_fp8x2_storage_t two = __nv_cvt_float2_to_fp8x2(make_float2(v[j], v[j + 1]), __NV_SATFINITE, __NV_E4M3);
-      out.v[j] = static_cast<uint8_t>(two & 0xffu);  // the low byte holds the first value
-      out.v[j + 1] = static_cast<uint8_t>(two >> 8);
-    }
-  }
-  return out;
-}
 
-// to_e4m3_in_range stored at dst, each pair's two codes as one 16-bit value (its low byte, the first code, first in
-// memory): a pack of bytes assigned one by one compiles to several shifts and permutes per code.
+// The hardware conversion, for values known to be below 464 in magnitude, stored at dst with each pair's two codes
+// as one 16-bit value (its low byte, the first code, first in memory): a pack of bytes assigned one by one compiles
+// to several shifts and permutes per code.
 template <int VEC>
 __device__ __forceinline__ void store_e4m3_in_range(uint8_t* dst, const float (&v)[VEC]) {
   if constexpr (VEC == 1) {
@@ -64,16 +49,20 @@ __device__ __forceinline__ void store_e4m3_in_range(uint8_t* dst, const float (&
   }
 }
 
+// Any values: the hardware conversion when all are in its range, else c10's conversion for each.
 template <int VEC>
-__device__ __forceinline__ Pack<uint8_t, VEC> to_e4m3(const float (&v)[VEC]) {
+__device__ __forceinline__ void store_e4m3(uint8_t* dst, const float (&v)[VEC]) {
   bool in_range = true;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) in_range = in_range && fabsf(v[j]) < 464.f;  // false for NaN
-  if (in_range) return to_e4m3_in_range<VEC>(v);
+  if (in_range) {
+    store_e4m3_in_range<VEC>(dst, v);
+    return;
+  }
   Pack<uint8_t, VEC> out;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) out.v[j] = c10::Float8_e4m3fn(v[j]).x;
-  return out;
+  store<uint8_t, VEC>(dst, out);
 }
 
 __device__ __forceinline__ float e4m3_value(uint8_t code, unsigned short half_bits) {
@@ -187,7 +176,7 @@ __device__ __forceinline__ void store_quantized(uint8_t* dst, const Pack<T, VEC>
   }
 #pragma unroll
   for (int j = 0; j < VEC; ++j) q[j] = __fdiv_rn(static_cast<float>(x.v[j]), s.scale);
-  store<uint8_t, VEC>(dst, to_e4m3<VEC>(q));
+  store_e4m3<VEC>(dst, q);
 }
 
 // Note [Fused FP8 rows]

@@ -5,6 +5,7 @@
 
 #include "ltxmps_pipeline/output_files.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/transformer_graph.hpp"
 
 #include "ltxmps/error.hpp"
 #include "ltxmps/memory.hpp"
@@ -15,12 +16,13 @@
 #endif
 
 #include <array>
+#include <memory>
 
 namespace ltxmps::pipeline {
 
 namespace {
 
-at::Tensor velocity(const TransformerModel& transformer, const PromptBatch& prompts, const TransformerInputs& grid,
+at::Tensor velocity(TransformerGraph& transformer, const PromptBatch& prompts, const TransformerInputs& grid,
                     const at::Tensor& latents, const at::Tensor& timestep) {
   TransformerInputs in = grid;
   in.hidden_states = (prompts.guidance ? at::cat({latents, latents}, 0) : latents).to(prompts.dtype());
@@ -28,6 +30,32 @@ at::Tensor velocity(const TransformerModel& transformer, const PromptBatch& prom
   in.encoder_attention_mask = prompts.mask;
   in.timestep = timestep;
   return transformer.forward(in);
+}
+
+// The loop's transformer: replayed as a CUDA graph where the plan says so and the model allows it (Note [CUDA graphs
+// in the plan]); else every step is the eager forward. A loop of fewer than three steps would replay once at most,
+// which the warm-up on another stream and the capture cost.
+std::unique_ptr<TransformerGraph> loop_transformer(const StageContext& ctx, const TransformerModel& transformer,
+                                                   int64_t steps) {
+  if (!ctx.plan.graphs.denoise_step || steps < 3)
+    return std::make_unique<TransformerGraph>(transformer, /*enabled=*/false);
+  const auto unavailable = cuda_graph_unavailable(transformer);
+  if (!unavailable.empty())
+    ctx.sink({ltxmps::Severity::info, "graphs", "graphs.unavailable",
+              "denoise: the step runs op by op: " + unavailable});
+  return std::make_unique<TransformerGraph>(transformer, unavailable.empty());
+}
+
+// After the loop: how the steps ran (and why a capture failed, if one did).
+void report_graph(const StageContext& ctx, const TransformerGraph& graph) {
+  if (!graph.capture_failure().empty())
+    ctx.sink({ltxmps::Severity::warning, "graphs", "graphs.capture_failed",
+              "denoise: capturing the transformer forward into a CUDA graph failed, the steps ran op by op: " +
+                  graph.capture_failure()});
+  if (graph.replays() > 0)
+    ctx.sink({ltxmps::Severity::info, "graphs", "graphs.replayed",
+              c10::str("denoise: the transformer forward ran ", graph.eager_forwards(), " time(s) op by op and ",
+                       graph.replays(), " time(s) as a CUDA graph replay")});
 }
 
 at::Tensor guide(const at::Tensor& noise_pred, const PromptBatch& prompts, const DenoiseSettings& s) {
@@ -119,6 +147,7 @@ at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const Transfor
   {
     ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(transformer, d); },
                                  "transformer", ctx.sink);
+    const auto graph = loop_transformer(ctx, transformer, total);  // inside the offload scope: the weights stay put
     FiniteWatch finite(ctx.device, total);
     const auto host_timesteps = timesteps.to(at::kCPU).to(at::kDouble);  // one read before the loop
     for (int64_t i = 0; i < total; ++i) {
@@ -126,7 +155,7 @@ at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const Transfor
       const DenoiseStep step{i, total, timesteps[i], host_timesteps[i].item<double>()};
       if (hooks.before_model) hooks.before_model(step, latents);
       const auto timestep = hooks.timestep(step);
-      auto v = velocity(transformer, prompts, grid, latents, timestep);
+      auto v = velocity(*graph, prompts, grid, latents, timestep);
       if (settings.float32_velocity) v = v.to(at::kFloat);
       const auto noise_pred = guide(v, prompts, settings);
       finite.check(noise_pred, 0, i);
@@ -136,6 +165,7 @@ at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const Transfor
       report(ctx.progress, "denoise", i + 1, total);
     }
     finite.finish();
+    report_graph(ctx, *graph);
   }
   if (ctx.plan.memory.release_after_heavy_ops) ltxmps::release_memory(ctx.device);
   return latents;

@@ -14,6 +14,7 @@
 #include "ltxmps_pipeline/weight_streaming.hpp"
 
 #include "gpu/no_host_sync.hpp"
+#include "gpu/random_weight.hpp"
 
 #include <ltxmps/ltxmps.hpp>
 
@@ -48,14 +49,7 @@ TransformerConfig config(int64_t layers = 8, int64_t heads = 8, int64_t head_dim
   return c;
 }
 
-at::Tensor random_weight(const std::string& name, const std::vector<int64_t>& shape) {
-  auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
-  auto t = ltxmps::randn(shape, g);
-  if (shape.size() == 1) return t.mul_(0.05).add_(name.find("bias") == std::string::npos ? 1.0 : 0.0);
-  int64_t fan_in = 1;
-  for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-  return t.mul_(1.0 / std::sqrt(static_cast<double>(fan_in)));
-}
+using ltxmps_test::random_weight;
 
 TransformerModel cuda_model(const TransformerConfig& c, LinearMode linears = LinearMode::dense) {
   TransformerRuntime runtime;

@@ -7,9 +7,11 @@
 #include "ltxmps_pipeline/pipeline.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/synthetic_clip.hpp"
+#include "ltxmps_pipeline/transformer_graph.hpp"
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -27,6 +29,16 @@ ltxmps::ExecutionPlan cpu_plan() {
   s.device = "cpu";
   s.precision = ltxmps::Precision::fp32;
   return ltxmps::resolve(s, ltxmps::Capabilities::cpu_only());
+}
+
+/// The embedded default at 64x64x9 with two steps.
+GenerateRequest small_request() {
+  GenerateRequest r;
+  r.height = r.width = 64;
+  r.num_frames = 9;
+  r.num_inference_steps = 2;
+  r.max_sequence_length = 16;
+  return r;
 }
 
 /// A weight source that counts what it hands out.
@@ -124,11 +136,7 @@ TEST_CASE("choose_pipeline follows the folder's class and the inputs", "[stages]
 TEST_CASE("a run reports every long stage through one progress callback", "[stages]") {
   const auto plan = cpu_plan();
   auto model = make_embedded_default_model(plan);
-  GenerateRequest r;
-  r.height = r.width = 64;
-  r.num_frames = 9;
-  r.num_inference_steps = 2;
-  r.max_sequence_length = 16;
+  const auto r = small_request();
   std::vector<std::string> seen;
   generate(model, r, plan, ltxmps::null_sink(), [&](const Progress& p) {
     seen.push_back(p.stage + " " + std::to_string(p.done) + "/" + std::to_string(p.total));
@@ -136,6 +144,35 @@ TEST_CASE("a run reports every long stage through one progress callback", "[stag
   CHECK(seen == std::vector<std::string>{"text encoder 0/1", "text encoder 1/1", "denoise 1/2", "denoise 2/2",
                                          "vae decode 0/1", "vae decode 1/1"});
   CHECK_FALSE(model.text_encoder->loaded());  // released before the loop
+}
+
+TEST_CASE("TransformerGraph off CUDA: every forward is the eager one, and the loop says nothing of graphs",
+          "[stages][graphs]") {
+  const auto plan = cpu_plan();
+  auto model = make_embedded_default_model(plan);
+  const auto& t = model.transformer;
+  CHECK_FALSE(cuda_graph_unavailable(t).empty());
+  at::manual_seed(7);
+  TransformerInputs in;
+  in.hidden_states = at::randn({2, 8, t.config.in_channels});
+  in.encoder_hidden_states = at::randn({2, 5, t.config.caption_channels});
+  in.timestep = at::tensor({900.0, 900.0});
+  in.encoder_attention_mask = at::ones({2, 5});
+  in.num_frames = 2;
+  in.height = in.width = 2;
+  TransformerGraph graph(t);
+  for (int i = 0; i < 3; ++i) {
+    in.timestep = in.timestep - 100.0;
+    CHECK(at::equal(graph.forward(in), t.forward(in)));
+  }
+  CHECK(graph.replays() == 0);
+  CHECK(graph.eager_forwards() == 3);
+  CHECK(graph.capture_failure().empty());
+
+  std::vector<std::string> rules;
+  generate(model, small_request(), plan, [&](const ltxmps::Diagnostic& d) { rules.emplace_back(d.rule); });
+  CHECK(std::find(rules.begin(), rules.end(), "graphs.replayed") == rules.end());
+  CHECK(std::find(rules.begin(), rules.end(), "graphs.unavailable") == rules.end());
 }
 
 TEST_CASE("synthetic clip: an object, its shadow outside the object mask", "[stages]") {

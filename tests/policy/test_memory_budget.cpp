@@ -442,3 +442,36 @@ TEST_CASE("FP8 storage's dequantized layer counts in the transformer loop", "[me
   CHECK(plan.offload.enabled);
   CHECK(plan.weights.peak_bytes == static_cast<int64_t>(budget));
 }
+
+TEST_CASE("CUDA graphs: on for CUDA, off when asked, off the GPU and for streamed blocks", "[memory_budget][graphs]") {
+  const auto cuda = ltxmps::resolve(LoaderSettings{}, cuda_card(80));
+  CHECK(cuda.graphs.denoise_step);
+  CHECK(has_rule(cuda.diagnostics, "graphs.denoise_step"));
+  CHECK_THAT(ltxmps::to_text(cuda), Contains("graphs:    the denoising step's transformer forward as a CUDA graph"));
+  const auto json = nlohmann::json::parse(ltxmps::to_json(cuda));
+  CHECK(json.at("graphs").at("denoise_step") == true);
+  CHECK(json.at("settings").at("cuda_graphs") == true);
+
+  LoaderSettings off;
+  off.cuda_graphs = false;
+  const auto asked = ltxmps::resolve(off, cuda_card(80));
+  CHECK_FALSE(asked.graphs.denoise_step);
+  CHECK(asked.graphs.reason.rule == "graphs.off.requested");
+  CHECK(nlohmann::json::parse(ltxmps::to_json(asked)).at("graphs").at("denoise_step") == false);
+
+  for (const auto& caps : {Capabilities::cpu_only(), Capabilities::mps(14, 0)}) {
+    const auto plan = ltxmps::resolve(LoaderSettings{}, caps);
+    CHECK_FALSE(plan.graphs.denoise_step);
+    CHECK(plan.graphs.reason.rule == "graphs.not_cuda");
+    CHECK_THAT(ltxmps::to_text(plan), Contains("graphs:    off"));
+  }
+
+  // The 24 GB card streams the 13B's blocks (above): the weight plan turns the graphs off and says why.
+  const auto streamed = planned(LoaderSettings{}, cuda_card(24), ltx_13b());
+  REQUIRE(streamed.weights.transformer.mode == WeightMode::streamed);
+  CHECK_FALSE(streamed.graphs.denoise_step);
+  CHECK(streamed.graphs.reason.rule == "graphs.off.streamed");
+  CHECK(has_rule(streamed.diagnostics, "graphs.denoise_step"));  // the first decision stays in the record
+  CHECK(has_rule(streamed.diagnostics, "graphs.off.streamed"));
+  CHECK(planned(LoaderSettings{}, cuda_card(80), ltx_13b()).graphs.denoise_step);
+}

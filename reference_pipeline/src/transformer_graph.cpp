@@ -1,0 +1,241 @@
+// The transformer forward as a CUDA graph (Note [CUDA graphs for the denoising step] in transformer_graph.hpp).
+
+#include "ltxmps_pipeline/transformer_graph.hpp"
+
+#include "ltxmps/error.hpp"
+#include "ltxmps/version.hpp"
+
+#if defined(LTXMPS_WITH_CUDA)
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <utility>
+
+namespace ltxmps::pipeline {
+
+std::string cuda_graph_unavailable(const TransformerModel& model) {
+#if defined(LTXMPS_WITH_CUDA)
+  if (!model.runtime.device.is_cuda())
+    return c10::str("the transformer runs on ", model.runtime.device, " and CUDA graphs are CUDA only");
+  if (model.streamer)
+    return "the transformer's blocks are streamed: their copies are queued by the host between blocks";
+  return {};
+#else
+  (void)model;
+  return "this build has no CUDA (LibTorch without CUDA)";
+#endif
+}
+
+#if defined(LTXMPS_WITH_CUDA)
+
+namespace {
+
+void describe(std::ostringstream& os, const char* name, const at::Tensor& t) {
+  os << name << '=';
+  if (t.defined()) os << t.sizes() << ' ' << t.scalar_type() << ' ' << t.device();
+  os << ';';
+}
+
+// Everything the captured kernels depend on besides the input values: the inputs' shapes, dtypes and devices, the
+// RoPE grid and scale (baked into the graph as scalars) and the model's runtime switches.
+std::string signature(const TransformerModel& model, const TransformerInputs& in) {
+  std::ostringstream os;
+  os.precision(17);
+  describe(os, "hidden_states", in.hidden_states);
+  describe(os, "encoder_hidden_states", in.encoder_hidden_states);
+  describe(os, "timestep", in.timestep);
+  describe(os, "encoder_attention_mask", in.encoder_attention_mask.value_or(at::Tensor()));
+  describe(os, "video_coords", in.video_coords.value_or(at::Tensor()));
+  os << "grid=" << in.num_frames.value_or(-1) << ',' << in.height.value_or(-1) << ',' << in.width.value_or(-1) << ';';
+  if (in.rope_interpolation_scale)
+    os << "rope_scale=" << (*in.rope_interpolation_scale)[0] << ',' << (*in.rope_interpolation_scale)[1] << ','
+       << (*in.rope_interpolation_scale)[2] << ';';
+  const auto& r = model.runtime;
+  os << "runtime=" << r.device << ' ' << r.dtype << ' ' << static_cast<int>(r.attention.kernel) << ' '
+     << r.attention.scale.value_or(0.0) << ' ' << static_cast<int>(r.block_linears) << ' ' << r.fused_kernels << ' '
+     << r.fp8_attention;
+  return os.str();
+}
+
+at::Tensor device_copy(const at::Tensor& t, const c10::Device& device) {
+  return at::empty(t.sizes(), t.options().device(device)).copy_(t, /*non_blocking=*/true);
+}
+
+std::optional<at::Tensor> device_copy(const std::optional<at::Tensor>& t, const c10::Device& device) {
+  if (!t) return std::nullopt;
+  return device_copy(*t, device);
+}
+
+void copy_into(const at::Tensor& buffer, const at::Tensor& values) { buffer.copy_(values, /*non_blocking=*/true); }
+
+// `waiter` runs what it is given next only after what `done` has been given so far.
+void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done) {
+  cudaEvent_t event = nullptr;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  const auto recorded = cudaEventRecord(event, done.stream());
+  const auto waited = recorded == cudaSuccess ? cudaStreamWaitEvent(waiter.stream(), event, 0) : recorded;
+  C10_CUDA_CHECK(cudaEventDestroy(event));  // destroying a recorded event is safe: the wait keeps it
+  C10_CUDA_CHECK(waited);
+}
+
+// One stream per device for every TransformerGraph: libraries keep what they set up for a stream for the life of
+// the process (cuBLAS a workspace per handle and stream, tens of MiB), so a new stream for each loop would leave
+// one more of them behind each time.
+c10::cuda::CUDAStream graph_stream(c10::DeviceIndex index) {
+  static std::mutex mutex;
+  static std::map<c10::DeviceIndex, c10::cuda::CUDAStream> streams;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = streams.find(index);
+  if (it == streams.end()) it = streams.emplace(index, c10::cuda::getStreamFromPool(false, index)).first;
+  return it->second;
+}
+
+}  // namespace
+
+struct TransformerGraph::State {
+  explicit State(const c10::Device& device) : stream(graph_stream(device.index())) {}
+
+  c10::cuda::CUDAStream stream;  ///< where the warm-up and the capture run
+  std::string signature;         ///< of the inputs below; empty before the first call
+  TransformerInputs inputs;      ///< the graph's input buffers (device copies)
+  bool eager_only = false;       ///< a capture of this signature failed
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  at::Tensor output;  ///< the captured forward's result, in the graph's pool
+};
+
+TransformerGraph::TransformerGraph(const TransformerModel& model, bool enabled) : model_(model) {
+  if (enabled && cuda_graph_unavailable(model).empty()) state_ = std::make_unique<State>(model.runtime.device);
+}
+
+TransformerGraph::~TransformerGraph() = default;
+
+at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
+  if (!state_ || !cuda_graph_unavailable(model_).empty()) {
+    ++eager_;
+    return model_.forward(in);
+  }
+  c10::InferenceMode inference;
+  auto& s = *state_;
+  const c10::cuda::CUDAGuard guard(model_.runtime.device);
+  const auto current = c10::cuda::getCurrentCUDAStream();
+  auto sig = signature(model_, in);
+  if (sig != s.signature) {
+    // A new signature: drop the old graph, keep device copies of the inputs, warm up on the graph's stream.
+    s.output = at::Tensor();
+    s.graph.reset();
+    s.eager_only = false;
+    s.signature = std::move(sig);
+    const auto& d = model_.runtime.device;
+    s.inputs = in;
+    s.inputs.hidden_states = device_copy(in.hidden_states, d);
+    s.inputs.encoder_hidden_states = device_copy(in.encoder_hidden_states, d);
+    s.inputs.timestep = device_copy(in.timestep, d);
+    s.inputs.encoder_attention_mask = device_copy(in.encoder_attention_mask, d);
+    s.inputs.video_coords = device_copy(in.video_coords, d);
+    wait_for(s.stream, current);
+    at::Tensor out;
+    try {
+      const c10::cuda::CUDAStreamGuard on_graph_stream(s.stream);
+      out = model_.forward(s.inputs);
+    } catch (...) {
+      s.signature.clear();  // a bad input is reported again, not captured
+      throw;
+    }
+    wait_for(current, s.stream);
+    out.record_stream(current);
+    ++eager_;
+    return out;
+  }
+  if (s.eager_only) {
+    ++eager_;
+    return model_.forward(in);
+  }
+  copy_into(s.inputs.hidden_states, in.hidden_states);
+  copy_into(s.inputs.encoder_hidden_states, in.encoder_hidden_states);
+  copy_into(s.inputs.timestep, in.timestep);
+  if (in.encoder_attention_mask) copy_into(*s.inputs.encoder_attention_mask, *in.encoder_attention_mask);
+  if (in.video_coords) copy_into(*s.inputs.video_coords, *in.video_coords);
+  if (!s.graph && !capture()) {
+    ++eager_;
+    return model_.forward(in);
+  }
+  s.graph->replay();
+  ++replays_;
+  return s.output.clone();
+}
+
+// Captures the forward on the graph's stream. On failure the capture is ended and its memory pool released, the
+// reason kept, and false returned: the signature then runs eagerly.
+bool TransformerGraph::capture() {
+  auto& s = *state_;
+  // The blocks the warm-up left cached would stay reserved beside the graph's own pool (Note [CUDA graphs for the
+  // denoising step]).
+  c10::cuda::CUDACachingAllocator::emptyCache();
+  const auto device = model_.runtime.device.index();
+  (void)device;
+  const auto pool = at::cuda::graph_pool_handle();
+  auto graph = std::make_unique<at::cuda::CUDAGraph>();
+  const c10::cuda::CUDAStreamGuard on_graph_stream(s.stream);
+  // Thread-local: another thread's CUDA calls (a progress display, a loader) do not invalidate the capture.
+  graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
+  try {
+    s.output = model_.forward(s.inputs);
+  } catch (const std::exception& e) {
+    s.output = at::Tensor();
+    bool ended = false;
+    try {
+      graph->capture_end();
+      ended = true;
+    } catch (const std::exception&) {
+    }
+    (void)cudaGetLastError();  // the invalidated capture's error is not sticky; clear it
+    if (!ended) {
+#if LTXMPS_TORCH_AT_LEAST(2, 3)
+      try {
+        c10::cuda::CUDACachingAllocator::endAllocateToPool(device, pool);
+      } catch (const std::exception&) {
+      }
+      c10::cuda::CUDACachingAllocator::releasePool(device, pool);
+#endif
+    }
+    capture_failure_ = e.what();
+    s.eager_only = true;
+    return false;
+  }
+  graph->capture_end();
+  s.graph = std::move(graph);
+  return true;
+}
+
+#else  // no CUDA in this build: every forward is eager
+
+struct TransformerGraph::State {};
+
+TransformerGraph::TransformerGraph(const TransformerModel& model, bool) : model_(model) {}
+
+TransformerGraph::~TransformerGraph() = default;
+
+at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
+  ++eager_;
+  return model_.forward(in);
+}
+
+bool TransformerGraph::capture() { return false; }
+
+#endif
+
+int64_t TransformerGraph::replays() const { return replays_; }
+
+int64_t TransformerGraph::eager_forwards() const { return eager_; }
+
+const std::string& TransformerGraph::capture_failure() const { return capture_failure_; }
+
+}  // namespace ltxmps::pipeline

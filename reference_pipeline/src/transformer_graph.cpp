@@ -88,21 +88,31 @@ void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& 
 
 // One stream per device for every TransformerGraph: libraries keep what they set up for a stream for the life of
 // the process (cuBLAS a workspace per handle and stream, tens of MiB), so a new stream for each loop would leave
-// one more of them behind each time.
-c10::cuda::CUDAStream graph_stream(c10::DeviceIndex index) {
+// one more of them behind each time. Loops on several threads take turns on it for their warm-ups and captures
+// (`busy`): work another thread queued on a stream while it is being captured would land in that graph.
+struct GraphStream {
+  explicit GraphStream(c10::DeviceIndex index) : stream(c10::cuda::getStreamFromPool(false, index)) {}
+  c10::cuda::CUDAStream stream;
+  std::mutex busy;
+};
+
+GraphStream& graph_stream(c10::DeviceIndex index) {
   static std::mutex mutex;
-  static std::map<c10::DeviceIndex, c10::cuda::CUDAStream> streams;
+  static std::map<c10::DeviceIndex, std::unique_ptr<GraphStream>> streams;  // never destroyed, like the pool's
   const std::lock_guard<std::mutex> lock(mutex);
-  auto it = streams.find(index);
-  if (it == streams.end()) it = streams.emplace(index, c10::cuda::getStreamFromPool(false, index)).first;
-  return it->second;
+  auto& entry = streams[index];
+  if (!entry) entry = std::make_unique<GraphStream>(index);
+  return *entry;
 }
 
 }  // namespace
 
 struct TransformerGraph::State {
-  explicit State(const c10::Device& device) : stream(graph_stream(device.index())) {}
+  explicit State(const c10::Device& device)
+      : shared(graph_stream(device.has_index() ? device.index() : c10::cuda::current_device())),
+        stream(shared.stream) {}
 
+  GraphStream& shared;
   c10::cuda::CUDAStream stream;  ///< where the warm-up and the capture run
   std::string signature;         ///< of the inputs below; empty before the first call
   TransformerInputs inputs;      ///< the graph's input buffers (device copies)
@@ -140,6 +150,7 @@ at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
     s.inputs.timestep = device_copy(in.timestep, d);
     s.inputs.encoder_attention_mask = device_copy(in.encoder_attention_mask, d);
     s.inputs.video_coords = device_copy(in.video_coords, d);
+    const std::lock_guard<std::mutex> turn(s.shared.busy);
     wait_for(s.stream, current);
     at::Tensor out;
     try {
@@ -176,10 +187,11 @@ at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
 // reason kept, and false returned: the signature then runs eagerly.
 bool TransformerGraph::capture() {
   auto& s = *state_;
+  const std::lock_guard<std::mutex> turn(s.shared.busy);
   // The blocks the warm-up left cached would stay reserved beside the graph's own pool (Note [CUDA graphs for the
   // denoising step]).
   c10::cuda::CUDACachingAllocator::emptyCache();
-  const auto device = model_.runtime.device.index();
+  const auto device = s.stream.device_index();
   (void)device;
   const auto pool = at::cuda::graph_pool_handle();
   auto graph = std::make_unique<at::cuda::CUDAGraph>();

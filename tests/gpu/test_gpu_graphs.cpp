@@ -21,9 +21,11 @@
 #include <ltxmps/ltxmps.hpp>
 #include <ltxmps_kernels/fp8_attention.hpp>
 
+#include <array>
 #include <cmath>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace ltxmps::pipeline;
@@ -196,6 +198,35 @@ TEST_CASE("loop after loop, the graphs share one stream: the device memory held 
   CHECK(after[3] <= after[1]);
 }
 #endif
+
+TEST_CASE("loops on two threads at once share the graph stream: every replay is still the eager forward",
+          "[gpu][graphs]") {
+  const auto model = cuda_model();
+  std::vector<at::Tensor> expected;
+  for (int64_t i = 0; i < 12; ++i) expected.push_back(model.forward(inputs(i)));
+  torch::cuda::synchronize();
+  std::array<std::vector<bool>, 2> same;
+  std::array<std::string, 2> failure;
+  std::array<int64_t, 2> replays{};
+  auto loop = [&](int t) {
+    try {
+      TransformerGraph graph(model);
+      for (int64_t i = t; i < 12; i += 2) same[t].push_back(at::equal(graph.forward(inputs(i)), expected[i]));
+      replays[t] = graph.replays();
+    } catch (const std::exception& e) {
+      failure[t] = e.what();
+    }
+  };
+  std::thread first(loop, 0), second(loop, 1);
+  first.join();
+  second.join();
+  for (int t = 0; t < 2; ++t) {
+    INFO("thread " << t << ": " << failure[t]);
+    CHECK(failure[t].empty());
+    CHECK(same[t] == std::vector<bool>(6, true));
+    CHECK(replays[t] == 5);
+  }
+}
 
 TEST_CASE("a generation with CUDA graphs gives the frames of one without, and says how its steps ran",
           "[gpu][graphs]") {

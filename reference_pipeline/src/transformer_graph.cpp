@@ -16,6 +16,7 @@
 
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <utility>
 
@@ -119,6 +120,7 @@ struct TransformerGraph::State {
   bool eager_only = false;       ///< a capture of this signature failed
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   at::Tensor output;  ///< the captured forward's result, in the graph's pool
+  std::optional<c10::cuda::CUDAStream> last_replay;  ///< the stream the last replay ran on
 };
 
 TransformerGraph::TransformerGraph(const TransformerModel& model, bool enabled) : model_(model) {
@@ -142,6 +144,7 @@ at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
     s.output = at::Tensor();
     s.graph.reset();
     s.eager_only = false;
+    s.last_replay.reset();
     s.signature = std::move(sig);
     const auto& d = model_.runtime.device;
     s.inputs = in;
@@ -169,6 +172,9 @@ at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
     ++eager_;
     return model_.forward(in);
   }
+  // Replays on another stream than the last one must not overwrite the buffers that one may still read.
+  if (s.last_replay && *s.last_replay != current) wait_for(current, *s.last_replay);
+  s.last_replay = current;
   copy_into(s.inputs.hidden_states, in.hidden_states);
   copy_into(s.inputs.encoder_hidden_states, in.encoder_hidden_states);
   copy_into(s.inputs.timestep, in.timestep);

@@ -21,6 +21,10 @@
 #include <ltxmps/ltxmps.hpp>
 #include <ltxmps_kernels/fp8_attention.hpp>
 
+#if defined(LTXMPS_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
 #include <array>
 #include <cmath>
 #include <iostream>
@@ -139,6 +143,15 @@ TEST_CASE("a new input signature is warmed up and captured again; switches off, 
   other.rope_interpolation_scale = {1.0, 32.0, 32.0};
   CHECK(at::equal(graph.forward(other), model.forward(other)));
   CHECK(graph.eager_forwards() == 3);
+
+#if defined(LTXMPS_WITH_CUDA)
+  // Calls from other streams of the caller's: each replay waits for the one before it (another signature again).
+  for (int64_t i = 3; i < 7; ++i) {
+    const c10::cuda::CUDAStreamGuard other(c10::cuda::getStreamFromPool(false, 0));
+    CHECK(at::equal(graph.forward(inputs(i)), model.forward(inputs(i))));
+  }
+  CHECK(graph.eager_forwards() == 4);
+#endif
 
   TransformerGraph off(model, /*enabled=*/false);
   for (int64_t i = 0; i < 3; ++i) CHECK(at::equal(off.forward(inputs(i)), model.forward(inputs(i))));

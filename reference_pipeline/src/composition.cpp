@@ -64,12 +64,12 @@ at::Tensor model_range(const at::Tensor& frames) {
 
 /// VideoProcessor.postprocess_video(output_type="pt") of one video: [1, 3, F, H, W] -> [F, 3, H, W] in [0, 1].
 at::Tensor postprocess(const at::Tensor& video) {
-  return (video * 0.5 + 0.5).clamp(0, 1)[0].permute({1, 0, 2, 3}).to(at::kCPU, at::kFloat).contiguous();
+  return to_host_frames(video.mul(0.5).add_(0.5).clamp_(0, 1)[0].permute({1, 0, 2, 3}));
 }
 
 /// [1, C, F, H, W] on the device -> [F, C, H, W] float32 on the CPU.
 at::Tensor frames_of(const at::Tensor& video) {
-  return video[0].permute({1, 0, 2, 3}).to(at::kCPU, at::kFloat).contiguous();
+  return to_host_frames(video[0].permute({1, 0, 2, 3}));
 }
 
 /// The official `vae.decode(z, temb).sample` of each latent (Note [Composition decode timestep]).

@@ -8,6 +8,7 @@
 #endif
 
 #include "ltxmps_pipeline/runtime.hpp"
+#include "ltxmps_pipeline/stages.hpp"
 #include "ltxmps_pipeline/t5.hpp"
 #include "ltxmps_pipeline/t5_streaming.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
@@ -224,6 +225,23 @@ TEST_CASE("T5 streamed from pinned host memory equals the resident encoder on CU
   CHECK(streamed.block[1].wi_0.is_cpu());
   CHECK(at::equal(streamed.forward(ids, mask), resident.forward(ids, mask)));
   CHECK(at::equal(streamed.forward(ids), resident.forward(ids)));
+}
+
+TEST_CASE("decoded frames reach the host through the pinned pieces with every value of a plain copy", "[gpu][frames]") {
+  // Three 32 MiB pieces and a remainder; a permuted view as the decode hands it over, float32 and bf16.
+  const int64_t frames = 2 * 1024 + 7, pixels = 8193;
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    INFO(dtype);
+    const auto video = at::randn({1, 2, frames, pixels}, at::TensorOptions().device(kCuda)).to(dtype);
+    const auto view = video.permute({0, 2, 1, 3});
+    const auto host = to_host_frames(view);
+    CHECK(host.is_cpu());
+    CHECK(host.is_contiguous());
+    CHECK(host.scalar_type() == at::kFloat);
+    CHECK(host.sizes() == view.sizes());
+    CHECK(at::equal(host, view.to(kCpu, at::kFloat).contiguous()));
+  }
+  CHECK(to_host_frames(at::empty({0, 3}, at::TensorOptions().device(kCuda))).numel() == 0);
 }
 
 int main(int argc, char* argv[]) {

@@ -157,6 +157,11 @@ at::Tensor rescale_noise_cfg(const at::Tensor& noise_cfg, const at::Tensor& nois
 /// @brief diffusers' VaeImageProcessor range rule: [0, 1] inputs (min >= 0) become [-1, 1] (2x - 1), others stay.
 at::Tensor to_model_range(const at::Tensor& pixels);
 
+/// @brief Decoded frames (a permuted view of the VAE's output) as the caller gets them: contiguous float32 on the
+///        CPU. The permutation is laid out where the frames are, so a GPU's video crosses to the host in one copy
+///        and the CPU does not reorder hundreds of MB after it.
+at::Tensor to_host_frames(const at::Tensor& frames);
+
 /// @brief LTX's custom timesteps: linear_quadratic_schedule(steps) · 1000 in float32 (or `custom` as given).
 std::vector<double> condition_timesteps(int64_t steps, const std::optional<std::vector<double>>& custom);
 

@@ -49,10 +49,12 @@ std::string cuda_graph_unavailable(const TransformerModel& model);
 ///        must outlive this object and its weights must stay where they are while it exists.
 class TransformerGraph {
  public:
+  /// @brief Replays `model`'s forward where it can; `enabled` false: every call is the eager forward.
   explicit TransformerGraph(const TransformerModel& model, bool enabled = true);
+  /// @brief Releases the graph and its memory pool (a replay still running finishes first).
   ~TransformerGraph();
-  TransformerGraph(const TransformerGraph&) = delete;
-  TransformerGraph& operator=(const TransformerGraph&) = delete;
+  TransformerGraph(const TransformerGraph&) = delete;             ///< not copyable: one graph, one pool
+  TransformerGraph& operator=(const TransformerGraph&) = delete;  ///< not copyable: one graph, one pool
 
   /// @brief The velocity, equal to `model.forward(in)` (the same bits on CUDA); a new tensor each call.
   at::Tensor forward(const TransformerInputs& in);

@@ -48,13 +48,15 @@ struct VaePlan {
 };
 
 // Note [CUDA graphs in the plan]
-// Every step of a denoising loop runs the transformer forward on inputs of the same shapes, about a thousand kernel
-// launches for the 2B model. On CUDA the pipeline captures that forward into a CUDA graph at the second step and
-// replays it at every later one: the same kernels on the same buffers, so the same bits, with one launch instead of
-// one per op (the GPU no longer waits for the host between short kernels). The pipeline library does the capture
-// (ltxmps_pipeline/transformer_graph.hpp); the plan decides where it applies: on CUDA unless switched off, and not
-// when the transformer's blocks are streamed (their copies are queued by the host between blocks). Off CUDA there
-// are no graphs: MPS and the CPU run the forward op by op.
+// Every step of a denoising loop runs the transformer forward on inputs of the same shapes, several hundred kernel
+// launches. On CUDA the pipeline captures that forward into a CUDA graph at the second step and replays it at every
+// later one: the same kernels on the same buffers, so the same bits, with one launch instead of one per op. Where
+// the kernels are short (small models, small videos) the GPU no longer waits for the host between them and a step
+// takes 2-3.6x less time; at the released models' sizes the host queues far ahead anyway and a replay gains under
+// 1 % (docs/benchmarks.md) for the memory of one more cuBLAS workspace (tens of MiB). The pipeline library does the
+// capture (ltxmps_pipeline/transformer_graph.hpp); the plan decides where it applies: on CUDA unless switched off,
+// and not when the transformer's blocks are streamed (their copies are queued by the host between blocks). Off
+// CUDA there are no graphs: MPS and the CPU run the forward op by op.
 
 /// @brief Whether the denoising loop replays the transformer forward as a CUDA graph, and why.
 struct GraphPlan {

@@ -14,12 +14,9 @@
 namespace ltxmps::pipeline {
 
 // Note [CUDA graphs for the denoising step]
-// A transformer forward is several hundred kernel launches, each with its host-side dispatch. Where the kernels are
-// short (small models, small videos) the GPU waits for the host between them and the launches are most of a step;
-// at the released models' sizes the host queues far ahead and a replay gains under 1 % (docs/benchmarks.md). Every
-// step of a denoising loop runs the forward on inputs of the same shapes, so the forward is captured once into a
-// CUDA graph (at::cuda::CUDAGraph) and each later step copies its inputs into the graph's input buffers and
-// replays it:
+// Why, and where the pipelines use it: Note [CUDA graphs in the plan] (ltxmps/plan.hpp). How: the forward is
+// captured once into a CUDA graph (at::cuda::CUDAGraph) and each later call copies its inputs into the graph's
+// input buffers and replays it:
 //   - call 1 of a signature (input shapes, dtypes, devices, RoPE grid and scale, the model's runtime switches) runs
 //     the forward eagerly on the graph's own stream: it is the step's result and the warm-up that builds cuBLAS
 //     workspaces, cuDNN plans and the FP8 attention graphs for that stream, none of which may be built inside a

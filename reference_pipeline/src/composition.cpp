@@ -62,11 +62,6 @@ at::Tensor model_range(const at::Tensor& frames) {
   return x.permute({1, 0, 2, 3}).unsqueeze(0);
 }
 
-/// VideoProcessor.postprocess_video(output_type="pt") of one video: [1, 3, F, H, W] -> [F, 3, H, W] in [0, 1].
-at::Tensor postprocess(const at::Tensor& video) {
-  return to_host_frames(video.mul(0.5).add_(0.5).clamp_(0, 1)[0].permute({1, 0, 2, 3}));
-}
-
 /// [1, C, F, H, W] on the device -> [F, C, H, W] float32 on the CPU.
 at::Tensor frames_of(const at::Tensor& video) {
   return to_host_frames(video[0].permute({1, 0, 2, 3}));
@@ -212,13 +207,13 @@ CompositionResult compose(LtxModel& model, const ForegroundRequest& r, const ltx
     warn_if_empty(ctx, object, "object mask", "no pixel takes the original's values");
     warn_if_empty(ctx, total, "total mask", "the foreground layer is empty");
     // Pixel injection: the original inside the object mask, the decoded latents elsewhere.
-    out.foreground = postprocess((decoded[0] * (1 - object) + original * object) * total);
+    out.foreground = postprocess_video((decoded[0] * (1 - object) + original * object) * total)[0];
     out.alpha = frames_of(total.amax(1, /*keepdim=*/true));
     out.decoded_object_mask = frames_of(decoded[1]);
     out.decoded_total_mask = frames_of(decoded[2]);
     if (with_background) {
       const auto raw = decoded[3] * (1 - object) + original * object;
-      out.latent_addition = postprocess(raw);
+      out.latent_addition = postprocess_video(raw)[0];
       out.latent_addition_raw = raw.to(at::kCPU, at::kFloat).contiguous();
     }
   }

@@ -31,15 +31,6 @@
 
 namespace ltxmps::pipeline {
 
-namespace {
-
-/// VideoProcessor.postprocess_video(output_type="pt"): [B, C, F, H, W] in [-1, 1] -> [B, F, C, H, W] in [0, 1].
-at::Tensor postprocess_video(const at::Tensor& video) {
-  return to_host_frames(video.mul(0.5).add_(0.5).clamp_(0, 1).permute({0, 2, 1, 3, 4}));
-}
-
-}  // namespace
-
 // Note [Frames to the host]
 // A decoded 768x512x121 video is 570 MB of float32. Copied from the GPU into fresh pageable memory it crossed at
 // about 1.5 GB/s (the driver stages pageable copies and the new pages fault in as they are written), 0.37-0.44 s
@@ -61,6 +52,10 @@ at::Tensor to_host_frames(const at::Tensor& frames) {
     to.narrow(0, begin, n).copy_(part);
   }
   return dst;
+}
+
+at::Tensor postprocess_video(const at::Tensor& video) {
+  return to_host_frames(video.mul(0.5).add_(0.5).clamp_(0, 1).permute({0, 2, 1, 3, 4}));
 }
 
 PromptEmbeddings text_embeddings(StageContext& ctx, const PromptRequest& r) {

@@ -6,9 +6,9 @@
 #include "ltxmps/version.hpp"
 
 #if defined(LTXMPS_WITH_CUDA)
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
@@ -66,25 +66,21 @@ std::string signature(const TransformerModel& model, const TransformerInputs& in
   return os.str();
 }
 
-at::Tensor device_copy(const at::Tensor& t, const c10::Device& device) {
-  return at::empty(t.sizes(), t.options().device(device)).copy_(t, /*non_blocking=*/true);
+// `f(buffer, value)` for each tensor input given in `in`, beside its buffer in `buffers` (the same fields).
+template <typename F>
+void each_tensor_input(TransformerInputs& buffers, const TransformerInputs& in, F&& f) {
+  f(buffers.hidden_states, in.hidden_states);
+  f(buffers.encoder_hidden_states, in.encoder_hidden_states);
+  f(buffers.timestep, in.timestep);
+  if (in.encoder_attention_mask) f(*buffers.encoder_attention_mask, *in.encoder_attention_mask);
+  if (in.video_coords) f(*buffers.video_coords, *in.video_coords);
 }
-
-std::optional<at::Tensor> device_copy(const std::optional<at::Tensor>& t, const c10::Device& device) {
-  if (!t) return std::nullopt;
-  return device_copy(*t, device);
-}
-
-void copy_into(const at::Tensor& buffer, const at::Tensor& values) { buffer.copy_(values, /*non_blocking=*/true); }
 
 // `waiter` runs what it is given next only after what `done` has been given so far.
 void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& done) {
-  cudaEvent_t event = nullptr;
-  C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-  const auto recorded = cudaEventRecord(event, done.stream());
-  const auto waited = recorded == cudaSuccess ? cudaStreamWaitEvent(waiter.stream(), event, 0) : recorded;
-  C10_CUDA_CHECK(cudaEventDestroy(event));  // destroying a recorded event is safe: the wait keeps it
-  C10_CUDA_CHECK(waited);
+  at::cuda::CUDAEvent event;
+  event.record(done);
+  event.block(waiter);
 }
 
 // One stream per device for every TransformerGraph: libraries keep what they set up for a stream for the life of
@@ -110,14 +106,12 @@ GraphStream& graph_stream(c10::DeviceIndex index) {
 
 struct TransformerGraph::State {
   explicit State(const c10::Device& device)
-      : shared(graph_stream(device.has_index() ? device.index() : c10::cuda::current_device())),
-        stream(shared.stream) {}
+      : shared(graph_stream(device.has_index() ? device.index() : c10::cuda::current_device())) {}
 
-  GraphStream& shared;
-  c10::cuda::CUDAStream stream;  ///< where the warm-up and the capture run
-  std::string signature;         ///< of the inputs below; empty before the first call
-  TransformerInputs inputs;      ///< the graph's input buffers (device copies)
-  bool eager_only = false;       ///< a capture of this signature failed
+  GraphStream& shared;       ///< where the warm-up and the capture run
+  std::string signature;     ///< of the inputs below; empty before the first call
+  TransformerInputs inputs;  ///< the graph's input buffers (device copies)
+  bool eager_only = false;   ///< a capture of this signature failed
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   at::Tensor output;  ///< the captured forward's result, in the graph's pool
   std::optional<c10::cuda::CUDAStream> last_replay;  ///< the stream the last replay ran on
@@ -129,64 +123,60 @@ TransformerGraph::TransformerGraph(const TransformerModel& model, bool enabled) 
 
 TransformerGraph::~TransformerGraph() = default;
 
+at::Tensor TransformerGraph::eager(const TransformerInputs& in) {
+  ++eager_;
+  return model_.forward(in);
+}
+
 at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
-  if (!state_ || !cuda_graph_unavailable(model_).empty()) {
-    ++eager_;
-    return model_.forward(in);
-  }
+  if (!state_ || !cuda_graph_unavailable(model_).empty()) return eager(in);
   c10::InferenceMode inference;
   auto& s = *state_;
   const c10::cuda::CUDAGuard guard(model_.runtime.device);
   const auto current = c10::cuda::getCurrentCUDAStream();
   auto sig = signature(model_, in);
-  if (sig != s.signature) {
-    // A new signature: drop the old graph, keep device copies of the inputs, warm up on the graph's stream.
-    s.output = at::Tensor();
-    s.graph.reset();
-    s.eager_only = false;
-    s.last_replay.reset();
-    s.signature = std::move(sig);
-    const auto& d = model_.runtime.device;
-    s.inputs = in;
-    s.inputs.hidden_states = device_copy(in.hidden_states, d);
-    s.inputs.encoder_hidden_states = device_copy(in.encoder_hidden_states, d);
-    s.inputs.timestep = device_copy(in.timestep, d);
-    s.inputs.encoder_attention_mask = device_copy(in.encoder_attention_mask, d);
-    s.inputs.video_coords = device_copy(in.video_coords, d);
-    const std::lock_guard<std::mutex> turn(s.shared.busy);
-    wait_for(s.stream, current);
-    at::Tensor out;
-    try {
-      const c10::cuda::CUDAStreamGuard on_graph_stream(s.stream);
-      out = model_.forward(s.inputs);
-    } catch (...) {
-      s.signature.clear();  // a bad input is reported again, not captured
-      throw;
-    }
-    wait_for(current, s.stream);
-    out.record_stream(current);
-    ++eager_;
-    return out;
-  }
-  if (s.eager_only) {
-    ++eager_;
-    return model_.forward(in);
-  }
+  if (sig != s.signature) return warm_up(in, std::move(sig));
+  if (s.eager_only) return eager(in);
   // Replays on another stream than the last one must not overwrite the buffers that one may still read.
   if (s.last_replay && *s.last_replay != current) wait_for(current, *s.last_replay);
   s.last_replay = current;
-  copy_into(s.inputs.hidden_states, in.hidden_states);
-  copy_into(s.inputs.encoder_hidden_states, in.encoder_hidden_states);
-  copy_into(s.inputs.timestep, in.timestep);
-  if (in.encoder_attention_mask) copy_into(*s.inputs.encoder_attention_mask, *in.encoder_attention_mask);
-  if (in.video_coords) copy_into(*s.inputs.video_coords, *in.video_coords);
-  if (!s.graph && !capture()) {
-    ++eager_;
-    return model_.forward(in);
-  }
+  each_tensor_input(s.inputs, in, [](at::Tensor& buffer, const at::Tensor& value) {
+    buffer.copy_(value, /*non_blocking=*/true);
+  });
+  if (!s.graph && !capture()) return eager(in);
   s.graph->replay();
   ++replays_;
   return s.output.clone();
+}
+
+// A new signature: the old graph dropped, device copies of the inputs kept, the forward run on the graph's stream.
+at::Tensor TransformerGraph::warm_up(const TransformerInputs& in, std::string sig) {
+  auto& s = *state_;
+  s.output = at::Tensor();
+  s.graph.reset();
+  s.eager_only = false;
+  s.last_replay.reset();
+  s.signature = std::move(sig);
+  s.inputs = in;
+  each_tensor_input(s.inputs, in, [&](at::Tensor& buffer, const at::Tensor& value) {
+    buffer = at::empty(value.sizes(), value.options().device(model_.runtime.device)).copy_(value, /*non_blocking=*/true);
+  });
+  const auto current = c10::cuda::getCurrentCUDAStream();
+  const auto& stream = s.shared.stream;
+  const std::lock_guard<std::mutex> turn(s.shared.busy);
+  wait_for(stream, current);
+  at::Tensor out;
+  try {
+    const c10::cuda::CUDAStreamGuard on_graph_stream(stream);
+    out = model_.forward(s.inputs);
+  } catch (...) {
+    s.signature.clear();  // a bad input is reported again, not captured
+    throw;
+  }
+  wait_for(current, stream);
+  out.record_stream(current);
+  ++eager_;
+  return out;
 }
 
 // Captures the forward on the graph's stream. On failure the capture is ended and its memory pool released, the
@@ -197,11 +187,12 @@ bool TransformerGraph::capture() {
   // The blocks the warm-up left cached would stay reserved beside the graph's own pool (Note [CUDA graphs for the
   // denoising step]).
   c10::cuda::CUDACachingAllocator::emptyCache();
-  const auto device = s.stream.device_index();
+  const auto& stream = s.shared.stream;
+  const auto device = stream.device_index();
   (void)device;
   const auto pool = at::cuda::graph_pool_handle();
   auto graph = std::make_unique<at::cuda::CUDAGraph>();
-  const c10::cuda::CUDAStreamGuard on_graph_stream(s.stream);
+  const c10::cuda::CUDAStreamGuard on_graph_stream(stream);
   // Thread-local: another thread's CUDA calls (a progress display, a loader) do not invalidate the capture.
   graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
   try {
@@ -241,12 +232,12 @@ TransformerGraph::TransformerGraph(const TransformerModel& model, bool) : model_
 
 TransformerGraph::~TransformerGraph() = default;
 
-at::Tensor TransformerGraph::forward(const TransformerInputs& in) {
+at::Tensor TransformerGraph::eager(const TransformerInputs& in) {
   ++eager_;
   return model_.forward(in);
 }
 
-bool TransformerGraph::capture() { return false; }
+at::Tensor TransformerGraph::forward(const TransformerInputs& in) { return eager(in); }
 
 #endif
 

@@ -162,6 +162,10 @@ at::Tensor to_model_range(const at::Tensor& pixels);
 ///        and the CPU does not reorder hundreds of MB after it.
 at::Tensor to_host_frames(const at::Tensor& frames);
 
+/// @brief VideoProcessor.postprocess_video(output_type="pt"): decoded `[B, C, F, H, W]` in [-1, 1] -> `[B, F, C, H,
+///        W]` in [0, 1], float32 on the CPU (to_host_frames()).
+at::Tensor postprocess_video(const at::Tensor& video);
+
 /// @brief LTX's custom timesteps: linear_quadratic_schedule(steps) · 1000 in float32 (or `custom` as given).
 std::vector<double> condition_timesteps(int64_t steps, const std::optional<std::vector<double>>& custom);
 

@@ -64,6 +64,8 @@ class TransformerGraph {
   const std::string& capture_failure() const;
 
  private:
+  at::Tensor eager(const TransformerInputs& in);
+  at::Tensor warm_up(const TransformerInputs& in, std::string sig);
   bool capture();
 
   struct State;

@@ -22,9 +22,12 @@
 //   pipeline_bench [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
 //                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove|two-pass]
 //                  [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
-//                  [--repeat N] [--cuda-graphs 0|1]
+//                  [--repeat N] [--cuda-graphs 0|1] [--profile PATH]
 // --cuda-graphs 0 runs every denoising step op by op (the plan's default on CUDA replays a CUDA graph; Note [CUDA
 // graphs in the plan]).
+// --profile PATH records the last run's (first) denoising loop, from the job's start to its last step's end, into
+// a Chrome trace (Note [Kernel profile] in kineto.hpp); the JSON line adds "profile_steps", the steps it holds, so
+// that benchmarks/kernel_profile.py can tabulate the GPU time of a step beside a forward's.
 // --smoke: a 2-layer, 4-head transformer, the same VAE at 64x64x9 and 2 steps (any device; for CI and CPU);
 // two-pass: 96x96x9 (passes 64x64 and 128x128), 2 + int(5 · 0.4) = 2 steps, the 0.9.7 VAE with narrow blocks
 // and an upsampler of width 32 with one block per stage.
@@ -32,6 +35,7 @@
 
 #include "bench_configs.hpp"
 #include "bench_support.hpp"
+#include "kineto.hpp"
 
 #include "ltxmps_pipeline/latent_upsampler.hpp"
 #include "ltxmps_pipeline/multi_scale.hpp"
@@ -49,9 +53,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -81,7 +88,7 @@ Args parse_args(int argc, char** argv) {
       {{"device", "cuda"}, {"precision", "bf16"}, {"height", "512"}, {"width", "768"}, {"frames", "121"},
        {"steps", ""}, {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"}, {"head-dim", "64"}, {"job", "t2v"},
        {"repeat", "1"}, {"first-pass-scale", "2/3"}, {"second-pass-steps", "10"}, {"second-pass-strength", "0.4"},
-       {"cuda-graphs", "1"}},
+       {"cuda-graphs", "1"}, {"profile", ""}},
       {{"layers", "2"}, {"heads", "4"}, {"height", ""}, {"width", ""}, {"frames", "9"}, {"steps", "2"},
        {"second-pass-steps", "5"}, {"smoke", "1"}},
       "pipeline_bench.cpp");
@@ -170,13 +177,14 @@ struct PhasePeaks {
 };
 
 /// Progress events with the time they arrived, the device synchronized first (so a step's time is its kernels'),
-/// and the phases' memory peaks.
+/// and the phases' memory peaks. `loop_end`, where set, runs once, at the first denoising loop's last step.
 struct Timeline {
-  Timeline(c10::Device d, PhasePeaks& p, std::string first_phase)
-      : device(d), peaks(p), phase(std::move(first_phase)) {}
+  Timeline(c10::Device d, PhasePeaks& p, std::string first_phase, std::function<void()> at_loop_end)
+      : device(d), peaks(p), phase(std::move(first_phase)), loop_end(std::move(at_loop_end)) {}
   c10::Device device;
   PhasePeaks& peaks;
   std::string phase;  ///< the phase running now
+  std::function<void()> loop_end;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::vector<std::pair<Progress, double>> events;
 
@@ -186,6 +194,7 @@ struct Timeline {
       if (p.stage != "denoise" && p.stage != "upsample") return;
       ltxmps::synchronize(device);
       events.emplace_back(p, now());
+      if (p.stage == "denoise" && p.done == p.total && loop_end) std::exchange(loop_end, nullptr)();
       peaks.mark(device, phase);
       if (p.stage == "upsample") phase = p.done == 0 ? "upsample" : "second_pass_loop";
     };
@@ -229,8 +238,8 @@ double rounded(double x, int digits) {
 
 /// One t2v generation or one object removal.
 RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan& plan,
-                     const PromptEmbeddings& prompts, PhasePeaks& peaks) {
-  Timeline timeline{plan.device, peaks, "loop"};
+                     const PromptEmbeddings& prompts, PhasePeaks& peaks, std::function<void()> at_loop_end) {
+  Timeline timeline{plan.device, peaks, "loop", std::move(at_loop_end)};
   RunResult out;
   if (a.opt.at("job") == "remove") {
     // Object removal (the official loop): a random clip and a mask over its middle third.
@@ -271,7 +280,8 @@ Json pass_json(int64_t frames, int64_t height, int64_t width, const std::vector<
 /// The two-pass flow, split into passes at the "upsample" progress events: the first pass ends where the upsampler
 /// starts; the second pass (its loop, the decode and the final resize) starts where it ends.
 RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const Args& a,
-                       const ltxmps::ExecutionPlan& plan, const PromptEmbeddings& prompts, PhasePeaks& peaks) {
+                       const ltxmps::ExecutionPlan& plan, const PromptEmbeddings& prompts, PhasePeaks& peaks,
+                       std::function<void()> at_loop_end) {
   MultiScaleRequest r;  // the 0.9.7-dev example's rescale, decode timestep and noise
   r.height = a.num("height"), r.width = a.num("width"), r.num_frames = a.num("frames");
   r.num_inference_steps = a.num("steps");
@@ -280,7 +290,7 @@ RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const A
   r.second_pass_steps = a.num("second-pass-steps");
   r.second_pass_strength = a.real("second-pass-strength");
   r.prompt_embeddings = prompts;
-  Timeline timeline{plan.device, peaks, "first_pass"};
+  Timeline timeline{plan.device, peaks, "first_pass", std::move(at_loop_end)};
   const auto result = multi_scale(model, upsampler, r, plan, ltxmps::null_sink(), timeline.callback());
   ltxmps::synchronize(plan.device);
   RunResult out;
@@ -358,12 +368,24 @@ int main(int argc, char** argv) try {
   ltxmps::reset_peak_memory(plan.device);
   PhasePeaks peaks;
   RunResult best;
-  for (int64_t run = 0; run < std::max<int64_t>(1, a.num("repeat")); ++run) {
-    auto result = a.two_pass() ? run_two_pass(model, upsampler, a, plan, prompts, peaks)
-                               : run_single(model, a, plan, prompts, peaks);
+  const int64_t runs = std::max<int64_t>(1, a.num("repeat"));
+  const std::string& profile = a.opt.at("profile");
+  std::unique_ptr<ltxmps::bench::KinetoRecording> recording;
+  int64_t profile_steps = 0;
+  for (int64_t run = 0; run < runs; ++run) {
+    std::function<void()> at_loop_end;
+    if (!profile.empty() && run == runs - 1) {
+      recording = std::make_unique<ltxmps::bench::KinetoRecording>(plan.device);
+      at_loop_end = [&] { recording->save(profile); };
+    }
+    auto result = a.two_pass() ? run_two_pass(model, upsampler, a, plan, prompts, peaks, std::move(at_loop_end))
+                               : run_single(model, a, plan, prompts, peaks, std::move(at_loop_end));
+    if (recording) profile_steps = a.num("steps");
     if (best.total < 0 || result.total < best.total) best = std::move(result);
   }
-  std::printf("%s\n", result_json(a, plan, best, peaks).dump().c_str());
+  auto line = result_json(a, plan, best, peaks);
+  if (recording) line["profile_steps"] = profile_steps;
+  std::printf("%s\n", line.dump().c_str());
   return 0;
 } catch (const ltxmps::bench::BadArgument& e) {
   std::cerr << "pipeline_bench: " << e.what() << "\n";

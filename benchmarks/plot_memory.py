@@ -10,28 +10,20 @@ skipped, so a log with other output mixed in can be passed as it is.
 """
 
 import argparse
-import json
 import struct
 import sys
 import zlib
+
+from bench_ratios import read_lines  # benchmarks/ is on sys.path when run as a script
 
 COLORS = {"ltxmps": (31, 119, 180), "diffusers": (255, 127, 14)}
 
 
 def read_points(files):
     points = []
-    for name in files:
-        with open(name) as f:
-            for line in f:
-                line = line.strip()
-                if not line.startswith("{"):
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if r.get("mode") and r.get("median_s") is not None and r.get("peak_gib") is not None:
-                    points.append((r.get("impl", "?"), r["mode"], float(r["median_s"]), float(r["peak_gib"])))
+    for r in read_lines(files):
+        if r.get("mode") and r.get("median_s") is not None and r.get("peak_gib") is not None:
+            points.append((r.get("impl", "?"), r["mode"], float(r["median_s"]), float(r["peak_gib"])))
     return points
 
 

@@ -27,6 +27,7 @@
 // Built as ltxmps_transformer_bench (benchmarks/CMakeLists.txt).
 
 #include "bench_support.hpp"
+#include "kineto.hpp"
 
 #include "ltxmps_pipeline/fp8.hpp"
 #include "ltxmps_pipeline/transformer.hpp"
@@ -36,14 +37,12 @@
 #include "ltxmps/precision.hpp"
 
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <functional>
 #include <iostream>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -57,26 +56,14 @@ double forward_flops(double layers, double d, double cross, double caption, doub
   return batch * (layers * per_layer + outer);
 }
 
-// Note [Kernel profile]
-// --profile records its forwards with Kineto, the profiler behind torch.profiler, rather than nsys: the GPU machine
-// has only ncu, and transformer_bench.py --profile writes the same Chrome trace format, so that
-// benchmarks/kernel_profile.py tabulates both sides alike. The forwards run after the timed ones (warm caches,
-// cuBLAS heuristics settled) and only they are recorded, so the trace holds exactly kProfileForwards forwards.
-// CUDA activity (kernels, copies) is asked for only on a CUDA device; elsewhere the trace has CPU operators only.
+// --profile records kProfileForwards forwards after the timed ones (Note [Kernel profile] in kineto.hpp), so the
+// trace holds exactly that many.
 constexpr int kProfileForwards = 3;
 
 void profile_forwards(const std::function<void()>& forward, const c10::Device& device, const std::string& path) {
-  namespace prof = torch::profiler::impl;
-  std::set<prof::ActivityType> activities{prof::ActivityType::CPU};
-  if (device.is_cuda()) activities.insert(prof::ActivityType::CUDA);
-  const prof::ProfilerConfig config(prof::ProfilerState::KINETO);
-  torch::autograd::profiler::prepareProfiler(config, activities);
-  torch::autograd::profiler::enableProfiler(config, activities);
+  ltxmps::bench::KinetoRecording recording(device);
   for (int i = 0; i < kProfileForwards; ++i) forward();
-  ltxmps::synchronize(device);
-  const auto result = torch::autograd::profiler::disableProfiler();
-  TORCH_CHECK(result, "--profile: the Kineto profiler returned no result for ", path);
-  result->save(path);
+  recording.save(path);
 }
 
 }  // namespace

@@ -3,16 +3,24 @@
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
 # (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh MODE [MODE ...]
 # MODE: tests | bench | removal | memory | speed | fp8 | vae | kernels | profile | workflow | twopass | seed | graphs |
-# all
+# compile | choices | all
 # (default all);
-# several modes share one build.
+# several modes share one build. Modes that measure beside diffusers end with a table of same-run ratios
+# (benchmarks/bench_ratios.py).
+#   bench:   every benchmark against its Python counterpart: the 2B and 13B forwards (ltxmps bf16, FP8 matmul + FP8
+#            attention, diffusers eager and torch.compile), the 2B text-to-video end to end, T5-XXL, the VAE decode
+#            modes (object removal has its own mode).
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
 #            the 13B FP8 weight storage against resident, the 2B text-to-video end to end.
 #   profile: per-kernel GPU time of the forward (unfused, fused, FP8, FP8 storage, diffusers; PROFILE_ARGS and PROFILE_RUNS
-#            choose the shape and the variants, default the 2B and all) from PyTorch profiler (Kineto)
-#            traces into $OUT/kernel_profile.md.
+#            choose the shape and the variants, default the 2B and all; "pipeline" adds a step of the 2B
+#            text-to-video loop, op by op) from PyTorch profiler (Kineto) traces into $OUT/kernel_profile.md.
+#   compile: the 2B and 13B forwards (ltxmps bf16 and FP8 matmul + FP8 attention, diffusers eager and
+#            torch.compile) and their ratios.
+#   choices: every cuBLASLt algorithm and cuDNN attention plan offered for the forward's shapes, beside ATen's
+#            choice (ltxmps_library_choices_bench).
 #   kernels: the kernel and FP8 suites (CPU and GPU) only.
 #   vae:     the GPU model suite and the VAE decode modes (C++ and diffusers, two rounds).
 #   fp8:     the kernel and FP8 suites, the 2B and 13B forwards (fused bf16, FP8 matmul, diffusers eager) and the 13B
@@ -63,16 +71,19 @@ has kernels && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_
 has fp8 && add ltxmps_gpu_kernels_tests ltxmps_gpu_fp8_tests ltxmps_kernels_tests ltxmps_fp8_tests \
                ltxmps_gpu_fp8_attention_tests \
                ltxmps_transformer_bench ltxmps_memory_bench
-has profile && add ltxmps_transformer_bench
+has profile && add ltxmps_transformer_bench ltxmps_pipeline_bench
 has seed && add ltxmps_seed_job_bench ltxmps_gpu_model_tests ltxmps_t5_streaming_tests
 has workflow && add ltxmps_pipeline_bench ltxmps_vae_bench ltxmps_t5_bench
 has twopass && add ltxmps_pipeline_bench
+has compile && add ltxmps_transformer_bench
+has choices && add ltxmps_library_choices_bench
+has bench && add ltxmps_transformer_bench ltxmps_pipeline_bench ltxmps_t5_bench ltxmps_vae_bench ltxmps_bench_policy
 has graphs && add ltxmps_gpu_graph_tests ltxmps_gpu_tests ltxmps_transformer_bench ltxmps_pipeline_bench
 has vae && add ltxmps_vae_bench ltxmps_gpu_model_tests
 has memory && add ltxmps_policy_tests ltxmps_weight_streaming_tests ltxmps_gpu_streaming_tests ltxmps_memory_bench \
                   ltxmps_headers_cxx17 ltxmps_headers_cxx20
-# tests, bench and all build everything.
-if has tests || has bench || has all; then targets=(); elif [ ${#targets[@]} -gt 0 ]; then targets=(--target "${targets[@]}"); fi
+# tests and all build everything.
+if has tests || has all; then targets=(); elif [ ${#targets[@]} -gt 0 ]; then targets=(--target "${targets[@]}"); fi
 if cmake --build build-gpu -j "$(nproc)" "${targets[@]}" -- -k 0 > "$OUT/build.log" 2>&1; then echo "build ok"; else
   echo "BUILD FAILED (some targets)"; grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; fi
 
@@ -90,19 +101,39 @@ vae_modes() {
     echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
   done
 }
+# The 2B and 13B forwards: ltxmps bf16 and FP8 matmul + FP8 attention, diffusers eager and torch.compile (the
+# compile wait is reported beside the forward, not counted in it), appended to the JSON lines file $1.
+forwards_vs_compile() {
+  for cfg in 2b 13b; do
+    local args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
+    for mode in "" "--fp8-matmul 1 --fp8-attention 1"; do
+      echo "== transformer $cfg C++ $mode"; build-gpu/benchmarks/ltxmps_transformer_bench $args $mode | tee -a "$1"
+    done
+    echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$1"
+    echo "== transformer $cfg diffusers torch.compile"
+    timeout 420 python3 benchmarks/transformer_bench.py $args --compile | tee -a "$1"
+  done
+}
+ratios() { echo "== same-run ratios ($*)"; python3 benchmarks/bench_ratios.py "$@" | tee -a "$OUT/ratios.md"; }
 if has bench || has all; then
   build-gpu/benchmarks/ltxmps_bench_policy --benchmark_format=json --benchmark_out="$OUT/bench_policy.json" \
     --benchmark_out_format=json 2>&1 | grep -E "^BM_|Run on|CPU" | head -20
-  for cfg in "2b" "13b"; do
-    args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
-    echo "== transformer $cfg C++"; build-gpu/benchmarks/ltxmps_transformer_bench $args | tee -a "$OUT/transformer_bench.jsonl"
-    echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$OUT/transformer_bench.jsonl"
-  done
+  forwards_vs_compile "$OUT/transformer_bench.jsonl"
   echo "== pipeline t2v 2B 768x512x121 30 steps C++"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== pipeline diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
   vae_modes
+  ratios "$OUT/transformer_bench.jsonl" "$OUT/pipeline_bench.jsonl" "$OUT/t5_bench.jsonl" "$OUT/vae_bench.jsonl"
+fi
+if has compile; then
+  forwards_vs_compile "$OUT/compile_bench.jsonl"
+  ratios "$OUT/compile_bench.jsonl"
+fi
+if has choices; then
+  echo "== cuBLASLt algorithms and cuDNN attention plans beside ATen's choice"
+  build-gpu/benchmarks/ltxmps_library_choices_bench > "$OUT/library_choices.jsonl" || status=1
+  ratios "$OUT/library_choices.jsonl"
 fi
 if has speed || has kernels || has fp8; then
   for suite in ltxmps_kernels_tests ltxmps_gpu_kernels_tests ltxmps_fp8_tests ltxmps_gpu_fp8_tests \
@@ -201,6 +232,14 @@ if has profile; then
   prof fp8attn "ltxmps fp8 + fp8 attention" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1 \
     --fp8-attention 1
   prof diffusers "diffusers" python3 benchmarks/transformer_bench.py
+  # One step of the 2B text-to-video loop, op by op (a graph replay hides its kernels from the trace): the whole
+  # loop of the second run is recorded and divided by its 30 steps.
+  if [[ "$runs" == *" pipeline "* ]]; then
+    echo "== profile pipeline (t2v loop)"
+    if build-gpu/benchmarks/ltxmps_pipeline_bench --repeat 2 --cuda-graphs 0 --profile "$OUT/fwd_pipeline.json" |
+         tee -a "$OUT/profile.log"; then tables+=("ltxmps t2v step=$OUT/fwd_pipeline.json:30")
+    else echo "profile pipeline failed"; fi
+  fi
   python3 benchmarks/kernel_profile.py "${tables[@]}" > "$OUT/kernel_profile.md" 2>&1
   head -12 "$OUT/kernel_profile.md"
   rm -f "$OUT"/fwd_*.json
@@ -211,7 +250,7 @@ if has removal; then
     echo "$suite: $(tail -2 "$OUT/$suite.log" | tr '\n' ' ')"
   done
 fi
-if has removal || has bench || has all; then
+if has removal || has all; then
   large="--layers 48 --heads 32 --head-dim 128"
   echo "== effects pass 13B 512x768x209 C++"; build-gpu/benchmarks/ltxmps_effects_bench | tee -a "$OUT/effects_bench.jsonl"
   echo "== effects pass C++ with RoPE"; build-gpu/benchmarks/ltxmps_effects_bench --rope 1 --iters 1 | tee -a "$OUT/effects_bench.jsonl"

@@ -22,9 +22,14 @@
 //   pipeline_bench [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
 //                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove|two-pass]
 //                  [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
-//                  [--repeat N] [--cuda-graphs 0|1] [--profile PATH]
+//                  [--repeat N] [--cuda-graphs 0|1] [--profile PATH] [--model random|embedded]
 // --cuda-graphs 0 runs every denoising step op by op (the plan's default on CUDA replays a CUDA graph; Note [CUDA
 // graphs in the plan]).
+// --model embedded runs the CLI's embedded default model (make_embedded_default_model: the tiny transformer, VAE and
+// T5 with its byte tokenizer) on the CLI's sizes instead: t2v 64x64x9 with 4 steps and its default prompt (32
+// tokens), remove a 192x128 clip of 17 frames (the synthetic clip's size) with 30 steps and the official prompts
+// (256 tokens); the prompts are encoded by its T5 in every run, as the CLI does. embedded_bench.py is its
+// counterpart. --layers, --heads and --head-dim do not apply to it.
 // --profile PATH records the last run's (first) denoising loop, from the job's start to its last step's end, into
 // a Chrome trace (Note [Kernel profile] in kineto.hpp); the JSON line adds "profile_steps", the steps it holds, so
 // that benchmarks/kernel_profile.py can tabulate the GPU time of a step beside a forward's.
@@ -37,6 +42,7 @@
 #include "bench_support.hpp"
 #include "kineto.hpp"
 
+#include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/latent_upsampler.hpp"
 #include "ltxmps_pipeline/multi_scale.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
@@ -70,6 +76,7 @@ struct Args {
   ltxmps::bench::Options opt;
   bool smoke = false;
   bool two_pass() const { return opt.at("job") == "two-pass"; }
+  bool embedded() const { return opt.at("model") == "embedded"; }
   int64_t num(const char* key) const { return std::stoll(opt.at(key)); }
   double real(const char* key) const {  // a number or a fraction such as 2/3
     const auto& text = opt.at(key);
@@ -85,10 +92,10 @@ Args parse_args(int argc, char** argv) {
   Args a;
   a.opt = ltxmps::bench::parse_options(
       argc, argv,
-      {{"device", "cuda"}, {"precision", "bf16"}, {"height", "512"}, {"width", "768"}, {"frames", "121"},
+      {{"device", "cuda"}, {"precision", "bf16"}, {"height", ""}, {"width", ""}, {"frames", ""},
        {"steps", ""}, {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"}, {"head-dim", "64"}, {"job", "t2v"},
        {"repeat", "1"}, {"first-pass-scale", "2/3"}, {"second-pass-steps", "10"}, {"second-pass-strength", "0.4"},
-       {"cuda-graphs", "1"}, {"profile", ""}},
+       {"cuda-graphs", "1"}, {"profile", ""}, {"model", "random"}},
       {{"layers", "2"}, {"heads", "4"}, {"height", ""}, {"width", ""}, {"frames", "9"}, {"steps", "2"},
        {"second-pass-steps", "5"}, {"smoke", "1"}},
       "pipeline_bench.cpp");
@@ -98,9 +105,23 @@ Args parse_args(int argc, char** argv) {
     throw ltxmps::bench::BadArgument("--job " + job + ": expected t2v, remove or two-pass");
   if (a.opt.at("cuda-graphs") != "0" && a.opt.at("cuda-graphs") != "1")
     throw ltxmps::bench::BadArgument("--cuda-graphs " + a.opt.at("cuda-graphs") + ": expected 0 or 1");
-  if (a.opt.at("steps").empty()) a.opt["steps"] = a.two_pass() ? "8" : "30";
-  for (const char* side : {"height", "width"})
-    if (a.opt.at(side).empty()) a.opt[side] = a.two_pass() ? "96" : "64";
+  const auto& model = a.opt.at("model");
+  if (model != "random" && model != "embedded")
+    throw ltxmps::bench::BadArgument("--model " + model + ": expected random or embedded");
+  const auto fill = [&a](const char* key, const char* value) {
+    if (a.opt.at(key).empty()) a.opt[key] = value;
+  };
+  if (a.embedded()) {
+    if (a.two_pass() || a.smoke)
+      throw ltxmps::bench::BadArgument("--model embedded: the t2v and remove jobs at its own sizes (no --smoke)");
+    const bool remove = job == "remove";
+    fill("frames", remove ? "17" : "9"), fill("height", remove ? "128" : "64"), fill("width", remove ? "192" : "64");
+    fill("steps", remove ? "30" : "4");
+  }
+  fill("steps", a.two_pass() ? "8" : "30");
+  fill("frames", "121");
+  fill("height", !a.smoke ? "512" : a.two_pass() ? "96" : "64");
+  fill("width", !a.smoke ? "768" : a.two_pass() ? "96" : "64");
   return a;
 }
 
@@ -250,14 +271,19 @@ RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan
     rr.mask.slice(2, h / 3, 2 * h / 3).slice(3, w / 3, 2 * w / 3).fill_(1);
     rr.num_inference_steps = a.num("steps");
     rr.guidance_scale = a.real("guidance");
-    rr.prompt_embeddings = prompts;
+    if (!a.embedded()) rr.prompt_embeddings = prompts;  // the embedded model encodes the official prompts
     out.frames = remove_object(model, rr, plan, ltxmps::null_sink(), timeline.callback()).frames.unsqueeze(0);
   } else {
     GenerateRequest r;
     r.height = a.num("height"), r.width = a.num("width"), r.num_frames = a.num("frames");
     r.num_inference_steps = a.num("steps");
     r.guidance_scale = a.real("guidance");
-    r.prompt_embeddings = prompts;
+    if (a.embedded()) {  // the CLI's prompt for it, encoded by its T5
+      r.prompts = {EmbeddedDefault::prompt};
+      r.max_sequence_length = EmbeddedDefault::max_sequence_length;
+    } else {
+      r.prompt_embeddings = prompts;
+    }
     out.frames = generate(model, r, plan, ltxmps::null_sink(), timeline.callback()).frames;
   }
   ltxmps::synchronize(plan.device);
@@ -326,7 +352,8 @@ ltxmps::ExecutionPlan job_plan(const Args& a) {
   return ltxmps::resolve(settings);
 }
 
-Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResult& best, const PhasePeaks& peaks) {
+Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, int64_t layers, const RunResult& best,
+                 const PhasePeaks& peaks) {
   Json line{{"impl", "ltxmps"},
             {"job", a.opt.at("job")},
             {"device", plan.device.str()},
@@ -334,7 +361,8 @@ Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResu
             {"size", {a.num("frames"), a.num("height"), a.num("width")}},
             {"steps", a.num("steps")},
             {"guidance", a.real("guidance")},
-            {"layers", a.num("layers")},
+            {"model", a.opt.at("model")},
+            {"layers", layers},
             {"cuda_graphs", plan.graphs.denoise_step},
             {"seconds_per_step", rounded(best.seconds_per_step, 4)},
             {"total_seconds", rounded(best.total, 3)},
@@ -355,7 +383,7 @@ Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, const RunResu
 int main(int argc, char** argv) try {
   const Args a = parse_args(argc, argv);
   const auto plan = job_plan(a);
-  LtxModel model = random_model(a, plan);
+  LtxModel model = a.embedded() ? make_embedded_default_model(plan) : random_model(a, plan);
   const int64_t text_len = a.opt.at("job") == "t2v" ? 128 : 256;  // LTXPipeline's / LTXConditionPipeline's
   const auto prompts = random_prompts(text_len, model.transformer.config.caption_channels,
                                       plan.precision.text_encoder.compute);
@@ -373,6 +401,9 @@ int main(int argc, char** argv) try {
   std::unique_ptr<ltxmps::bench::KinetoRecording> recording;
   int64_t profile_steps = 0;
   for (int64_t run = 0; run < runs; ++run) {
+    // The pipelines release the text encoder after encoding: the embedded model is built again for each run (its
+    // T5 encodes in every run, as the CLI's), outside the timed call.
+    if (a.embedded() && run > 0) model = make_embedded_default_model(plan);
     std::function<void()> at_loop_end;
     if (!profile.empty() && run == runs - 1) {
       recording = std::make_unique<ltxmps::bench::KinetoRecording>(plan.device);
@@ -383,7 +414,7 @@ int main(int argc, char** argv) try {
     if (recording) profile_steps = a.num("steps");
     if (best.total < 0 || result.total < best.total) best = std::move(result);
   }
-  auto line = result_json(a, plan, best, peaks);
+  auto line = result_json(a, plan, model.transformer.config.num_layers, best, peaks);
   if (recording) line["profile_steps"] = profile_steps;
   std::printf("%s\n", line.dump().c_str());
   return 0;

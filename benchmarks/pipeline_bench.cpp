@@ -30,9 +30,10 @@
 // tokens), remove a 192x128 clip of 17 frames (the synthetic clip's size) with 30 steps and the official prompts
 // (256 tokens); the prompts are encoded by its T5 in every run, as the CLI does. embedded_bench.py is its
 // counterpart. --layers, --heads and --head-dim do not apply to it.
-// --profile PATH records the last run's (first) denoising loop, from the job's start to its last step's end, into
-// a Chrome trace (Note [Kernel profile] in kineto.hpp); the JSON line adds "profile_steps", the steps it holds, so
-// that benchmarks/kernel_profile.py can tabulate the GPU time of a step beside a forward's.
+// --profile PATH records the last run's (first) denoising loop from its first step's end to its last step's end
+// (steps 2 to N: no encode, no decode) into a Chrome trace (Note [Kernel profile] in kineto.hpp); the JSON line adds
+// "profile_steps", the steps it holds, so that benchmarks/kernel_profile.py can tabulate a step's GPU time beside a
+// forward's.
 // --smoke: a 2-layer, 4-head transformer, the same VAE at 64x64x9 and 2 steps (any device; for CI and CPU);
 // two-pass: 96x96x9 (passes 64x64 and 128x128), 2 + int(5 · 0.4) = 2 steps, the 0.9.7 VAE with narrow blocks
 // and an upsampler of width 32 with one block per stage.
@@ -197,15 +198,18 @@ struct PhasePeaks {
   }
 };
 
+/// Called with (steps done, steps in all) after each step of a denoising loop.
+using LoopSteps = std::function<void(int64_t, int64_t)>;
+
 /// Progress events with the time they arrived, the device synchronized first (so a step's time is its kernels'),
-/// and the phases' memory peaks. `loop_end`, where set, runs once, at the first denoising loop's last step.
+/// and the phases' memory peaks. `first_loop`, where set, sees each step of the first denoising loop (done, total).
 struct Timeline {
-  Timeline(c10::Device d, PhasePeaks& p, std::string first_phase, std::function<void()> at_loop_end)
-      : device(d), peaks(p), phase(std::move(first_phase)), loop_end(std::move(at_loop_end)) {}
+  Timeline(c10::Device d, PhasePeaks& p, std::string first_phase, LoopSteps on_first_loop)
+      : device(d), peaks(p), phase(std::move(first_phase)), first_loop(std::move(on_first_loop)) {}
   c10::Device device;
   PhasePeaks& peaks;
   std::string phase;  ///< the phase running now
-  std::function<void()> loop_end;
+  LoopSteps first_loop;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   std::vector<std::pair<Progress, double>> events;
 
@@ -215,7 +219,10 @@ struct Timeline {
       if (p.stage != "denoise" && p.stage != "upsample") return;
       ltxmps::synchronize(device);
       events.emplace_back(p, now());
-      if (p.stage == "denoise" && p.done == p.total && loop_end) std::exchange(loop_end, nullptr)();
+      if (p.stage == "denoise" && first_loop) {
+        first_loop(p.done, p.total);
+        if (p.done == p.total) first_loop = nullptr;
+      }
       peaks.mark(device, phase);
       if (p.stage == "upsample") phase = p.done == 0 ? "upsample" : "second_pass_loop";
     };
@@ -259,8 +266,8 @@ double rounded(double x, int digits) {
 
 /// One t2v generation or one object removal.
 RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan& plan,
-                     const PromptEmbeddings& prompts, PhasePeaks& peaks, std::function<void()> at_loop_end) {
-  Timeline timeline{plan.device, peaks, "loop", std::move(at_loop_end)};
+                     const PromptEmbeddings& prompts, PhasePeaks& peaks, LoopSteps on_first_loop) {
+  Timeline timeline{plan.device, peaks, "loop", std::move(on_first_loop)};
   RunResult out;
   if (a.opt.at("job") == "remove") {
     // Object removal (the official loop): a random clip and a mask over its middle third.
@@ -307,7 +314,7 @@ Json pass_json(int64_t frames, int64_t height, int64_t width, const std::vector<
 /// starts; the second pass (its loop, the decode and the final resize) starts where it ends.
 RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const Args& a,
                        const ltxmps::ExecutionPlan& plan, const PromptEmbeddings& prompts, PhasePeaks& peaks,
-                       std::function<void()> at_loop_end) {
+                       LoopSteps on_first_loop) {
   MultiScaleRequest r;  // the 0.9.7-dev example's rescale, decode timestep and noise
   r.height = a.num("height"), r.width = a.num("width"), r.num_frames = a.num("frames");
   r.num_inference_steps = a.num("steps");
@@ -316,7 +323,7 @@ RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const A
   r.second_pass_steps = a.num("second-pass-steps");
   r.second_pass_strength = a.real("second-pass-strength");
   r.prompt_embeddings = prompts;
-  Timeline timeline{plan.device, peaks, "first_pass", std::move(at_loop_end)};
+  Timeline timeline{plan.device, peaks, "first_pass", std::move(on_first_loop)};
   const auto result = multi_scale(model, upsampler, r, plan, ltxmps::null_sink(), timeline.callback());
   ltxmps::synchronize(plan.device);
   RunResult out;
@@ -400,22 +407,27 @@ int main(int argc, char** argv) try {
   const std::string& profile = a.opt.at("profile");
   std::unique_ptr<ltxmps::bench::KinetoRecording> recording;
   int64_t profile_steps = 0;
+  if (!profile.empty() && a.num("steps") < 2)
+    throw ltxmps::bench::BadArgument("--profile records steps 2 to N: give --steps 2 or more");
   for (int64_t run = 0; run < runs; ++run) {
     // The pipelines release the text encoder after encoding: the embedded model is built again for each run (its
     // T5 encodes in every run, as the CLI's), outside the timed call.
     if (a.embedded() && run > 0) model = make_embedded_default_model(plan);
-    std::function<void()> at_loop_end;
-    if (!profile.empty() && run == runs - 1) {
-      recording = std::make_unique<ltxmps::bench::KinetoRecording>(plan.device);
-      at_loop_end = [&] { recording->save(profile); };
-    }
-    auto result = a.two_pass() ? run_two_pass(model, upsampler, a, plan, prompts, peaks, std::move(at_loop_end))
-                               : run_single(model, a, plan, prompts, peaks, std::move(at_loop_end));
-    if (recording) profile_steps = a.num("steps");
+    LoopSteps on_first_loop;
+    if (!profile.empty() && run == runs - 1)
+      on_first_loop = [&](int64_t done, int64_t total) {
+        if (done == 1) recording = std::make_unique<ltxmps::bench::KinetoRecording>(plan.device);
+        if (done == total && recording) {
+          recording->save(profile);
+          profile_steps = total - 1;
+        }
+      };
+    auto result = a.two_pass() ? run_two_pass(model, upsampler, a, plan, prompts, peaks, std::move(on_first_loop))
+                               : run_single(model, a, plan, prompts, peaks, std::move(on_first_loop));
     if (best.total < 0 || result.total < best.total) best = std::move(result);
   }
   auto line = result_json(a, plan, model.transformer.config.num_layers, best, peaks);
-  if (recording) line["profile_steps"] = profile_steps;
+  if (profile_steps > 0) line["profile_steps"] = profile_steps;
   std::printf("%s\n", line.dump().c_str());
   return 0;
 } catch (const ltxmps::bench::BadArgument& e) {

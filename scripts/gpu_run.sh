@@ -15,8 +15,8 @@
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
 #            the 13B FP8 weight storage against resident, the 2B text-to-video end to end.
 #   profile: per-kernel GPU time of the forward (unfused, fused, FP8, FP8 storage, diffusers; PROFILE_ARGS and PROFILE_RUNS
-#            choose the shape and the variants, default the 2B and all; "pipeline" adds a step of the 2B
-#            text-to-video loop, op by op) from PyTorch profiler (Kineto) traces into $OUT/kernel_profile.md.
+#            choose the shape and the variants, default the 2B and all; "pipeline" and "removal" add a step of
+#            the 2B text-to-video and object-removal loops, op by op) from PyTorch profiler (Kineto) traces into $OUT/kernel_profile.md.
 #   compile: the 2B and 13B forwards (ltxmps bf16 and FP8 matmul + FP8 attention, diffusers eager and
 #            torch.compile) and their ratios.
 #   choices: every cuBLASLt algorithm and cuDNN attention plan offered for the forward's shapes, beside ATen's
@@ -232,14 +232,16 @@ if has profile; then
   prof fp8attn "ltxmps fp8 + fp8 attention" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1 \
     --fp8-attention 1
   prof diffusers "diffusers" python3 benchmarks/transformer_bench.py
-  # One step of the 2B text-to-video loop, op by op (a graph replay hides its kernels from the trace): the whole
-  # loop of the second run is recorded and divided by its 30 steps.
-  if [[ "$runs" == *" pipeline "* ]]; then
-    echo "== profile pipeline (t2v loop)"
-    if build-gpu/benchmarks/ltxmps_pipeline_bench --repeat 2 --cuda-graphs 0 --profile "$OUT/fwd_pipeline.json" |
-         tee -a "$OUT/profile.log"; then tables+=("ltxmps t2v step=$OUT/fwd_pipeline.json:30")
-    else echo "profile pipeline failed"; fi
-  fi
+  # A step of the 2B text-to-video loop ("pipeline") and of the 2B object removal ("removal"), op by op (a graph
+  # replay hides its kernels from the trace): steps 2 to 30 of the second run are recorded.
+  for job in pipeline:t2v removal:remove; do
+    name=${job%%:*}; [[ "$runs" == *" $name "* ]] || continue
+    echo "== profile $name (${job#*:} loop)"
+    if build-gpu/benchmarks/ltxmps_pipeline_bench --job "${job#*:}" --repeat 2 --cuda-graphs 0 \
+         --profile "$OUT/fwd_$name.json" | tee -a "$OUT/profile.log"; then
+      tables+=("ltxmps ${job#*:} step=$OUT/fwd_$name.json:29")
+    else echo "profile $name failed"; fi
+  done
   python3 benchmarks/kernel_profile.py "${tables[@]}" > "$OUT/kernel_profile.md" 2>&1
   head -12 "$OUT/kernel_profile.md"
   rm -f "$OUT"/fwd_*.json

@@ -92,6 +92,10 @@ __device__ __forceinline__ __half2 round_pair(float a, float b, c10::Half) {
 /// A row of a Rows operand (typed).
 template <typename T>
 __device__ __forceinline__ const T* row_of(const Rows& r, int64_t b, int64_t t) {
+  if (r.token_index) {
+    const int64_t row = r.token_index[b * r.index_batch_stride + t];
+    t = row < 0 ? 0 : row >= r.index_rows ? r.index_rows - 1 : row;
+  }
   return static_cast<const T*>(r.data) + b * r.batch_stride + t * r.token_stride;
 }
 

@@ -9,11 +9,16 @@
 namespace ltxmps::kernels::cuda {
 
 /// A [B, T, D] operand read row by row: element (b, t, d) is at data + b·batch_stride + t·token_stride + d
-/// (strides in elements; 0 broadcasts a size-1 dimension). The last dimension is contiguous.
+/// (strides in elements; 0 broadcasts a size-1 dimension). The last dimension is contiguous. With `token_index`,
+/// token t of batch entry b reads row token_index[b·index_batch_stride + t] (clamped to [0, index_rows)) instead of
+/// row t: per-token modulation drawn from a few rows (Note [Per-token modulation rows] in fused.cpp).
 struct Rows {
   const void* data = nullptr;
   int64_t batch_stride = 0;
   int64_t token_stride = 0;
+  const int32_t* token_index = nullptr;
+  int64_t index_batch_stride = 0;
+  int64_t index_rows = 0;
 };
 
 /// out = norm(h)·(1 + scale) + shift per row of D, with h = x, or h = x + y·gate (gate optional) written to

@@ -46,28 +46,69 @@ at::Tensor block_rms_norm_reference(const at::Tensor& x, const at::Tensor& weigh
   return y * weight;
 }
 
+// Note [Per-token modulation rows]
+// Object removal gives every token its own timestep, but the timesteps take only a few values (0 for the kept
+// tokens, t for the regenerated ones). Modulating per token then needs [B, S, D] scale / shift / gate operands:
+// the block's `table + temb` written for every token, 6 · B · S · D values per block, and read again by every
+// norm and residual, an eighth of the 2B removal step's GPU time. With a token index the operands stay [B, K, D],
+// one row per distinct timestep, and each kernel reads row index[b, s] for token s: the same values, so the
+// same bits. Indices outside [0, K) are clamped (the kernels must not read outside the operand); the reference
+// gathers the rows with the same clamp and then runs its usual ops.
+namespace {
+
+void check_token_index(const at::Tensor& index, const at::Tensor& x, const char* what) {
+  if (!index.defined()) return;
+  LTXMPS_CHECK(x.dim() == 3 && index.dim() == 2 && index.scalar_type() == at::kInt && index.size(0) == x.size(0) &&
+                   index.size(1) == x.size(1),
+               what, ": token_index must be int32 [B, S] for x ", x.sizes(), ", got ", index.scalar_type(), " ",
+               index.sizes());
+  LTXMPS_CHECK(index.device() == x.device(), what, ": token_index is on ", index.device(), " but x on ", x.device());
+}
+
+// [B or 1, K, D] rows chosen per token: [B, S, D], row index[b, s] (clamped to [0, K)) for token s of entry b.
+at::Tensor select_token_rows(const at::Tensor& t, const at::Tensor& token_index) {
+  if (!token_index.defined() || !t.defined()) return t;
+  LTXMPS_CHECK(t.dim() == 3 && t.size(1) >= 1, "token_index: the modulation operand must be [B, K, D], got ",
+               t.sizes());
+  const int64_t B = token_index.size(0), S = token_index.size(1), K = t.size(1), D = t.size(2);
+  const auto index = token_index.to(t.device(), at::kLong).clamp(0, K - 1).unsqueeze(-1).expand({B, S, D});
+  return at::gather(t.expand({B, K, D}), 1, index);
+}
+
+}  // namespace
+
 at::Tensor rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& weight, double eps,
-                                       const at::Tensor& scale, const at::Tensor& shift) {
-  return block_rms_norm_reference(x, weight, eps) * (1 + scale) + shift;
+                                       const at::Tensor& scale, const at::Tensor& shift,
+                                       const at::Tensor& token_index) {
+  check_token_index(token_index, x, "rms_norm_modulate");
+  return block_rms_norm_reference(x, weight, eps) * (1 + select_token_rows(scale, token_index)) +
+         select_token_rows(shift, token_index);
 }
 
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& y,
                                                                        const at::Tensor& gate,
                                                                        const at::Tensor& weight, double eps,
                                                                        const at::Tensor& scale,
-                                                                       const at::Tensor& shift) {
-  auto h = gate.defined() ? x + y * gate : x + y;
-  auto normed = rms_norm_modulate_reference(h, weight, eps, scale, shift);
+                                                                       const at::Tensor& shift,
+                                                                       const at::Tensor& token_index) {
+  check_token_index(token_index, x, "residual_rms_norm_modulate");
+  const auto g = select_token_rows(gate, token_index);
+  auto h = g.defined() ? x + y * g : x + y;
+  auto normed = rms_norm_modulate_reference(h, weight, eps, scale, shift, token_index);
   return {std::move(h), std::move(normed)};
 }
 
 at::Tensor layer_norm_modulate_reference(const at::Tensor& x, double eps, const at::Tensor& scale,
-                                         const at::Tensor& shift) {
-  return at::layer_norm(x, {x.size(-1)}, {}, {}, eps) * (1 + scale) + shift;
+                                         const at::Tensor& shift, const at::Tensor& token_index) {
+  check_token_index(token_index, x, "layer_norm_modulate");
+  return at::layer_norm(x, {x.size(-1)}, {}, {}, eps) * (1 + select_token_rows(scale, token_index)) +
+         select_token_rows(shift, token_index);
 }
 
-at::Tensor gated_residual_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
-  return x + y * gate;
+at::Tensor gated_residual_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
+                                    const at::Tensor& token_index) {
+  check_token_index(token_index, x, "gated_residual");
+  return x + y * select_token_rows(gate, token_index);
 }
 
 // diffusers `apply_rotary_emb` (transformer_ltx.py): interleaved pairs (2i, 2i+1) over the full D,
@@ -143,15 +184,27 @@ bool cuda_candidate(const at::Tensor& x) {
 
 // The Rows view of a [B', T', D] operand of `dtype` broadcast over `like` [B, S, D], or nothing when the kernel
 // cannot read it.
-std::optional<cuda::Rows> rows_of(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype) {
+// With `token_index` (checked by check_token_index) the operand is [B', K, D]: any K rows, token s of batch
+// entry b reading row index[b, s] (Note [Per-token modulation rows]).
+std::optional<cuda::Rows> rows_of(const at::Tensor& t, const at::Tensor& like, at::ScalarType dtype,
+                                  const at::Tensor& token_index = {}) {
   if (!t.defined() || t.dim() != 3 || t.scalar_type() != dtype || t.device() != like.device()) return std::nullopt;
   const int64_t B = like.size(0), S = like.size(1), D = like.size(2);
   if (t.size(2) != D || (D > 1 && t.stride(2) != 1)) return std::nullopt;
-  if ((t.size(0) != 1 && t.size(0) != B) || (t.size(1) != 1 && t.size(1) != S)) return std::nullopt;
+  if (t.size(0) != 1 && t.size(0) != B) return std::nullopt;
+  const bool indexed = token_index.defined();
+  if (!indexed && t.size(1) != 1 && t.size(1) != S) return std::nullopt;
+  if (indexed && (t.size(1) < 1 || token_index.device() != like.device() || !token_index.is_contiguous()))
+    return std::nullopt;
   cuda::Rows r;
   r.data = t.data_ptr();
   r.batch_stride = t.size(0) == 1 ? 0 : t.stride(0);
   r.token_stride = t.size(1) == 1 ? 0 : t.stride(1);
+  if (indexed) {
+    r.token_index = token_index.data_ptr<int32_t>();
+    r.index_batch_stride = S;
+    r.index_rows = t.size(1);
+  }
   return r;
 }
 
@@ -217,14 +270,16 @@ void quantize_rows_of(const at::Tensor& out, Fp8RowsOut fp8) {
 std::optional<cuda::NormModulateLaunch> norm_launch(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                                                     const at::Tensor& weight, const at::Tensor& scale,
                                                     const at::Tensor& shift, double eps, bool layer_norm,
-                                                    at::Tensor& residual, at::Tensor& out, Fp8RowsOut fp8) {
+                                                    at::Tensor& residual, at::Tensor& out, Fp8RowsOut fp8,
+                                                    const at::Tensor& token_index) {
   if (!cuda_candidate(x) || !vector_ok(x, weight)) return std::nullopt;
-  const auto xr = rows_of(x, x), sc = rows_of(scale, x), sh = rows_of(shift, x);
+  const auto dtype = x.scalar_type();
+  const auto xr = rows_of(x, x), sc = rows_of(scale, x, dtype, token_index), sh = rows_of(shift, x, dtype, token_index);
   if (!xr || !sc || !sh) return std::nullopt;
   cuda::NormModulateLaunch l;
   if (y.defined()) {
     const auto yr = rows_of(y, x);
-    const auto gr = gate.defined() ? rows_of(gate, x) : std::optional<cuda::Rows>(cuda::Rows{});
+    const auto gr = gate.defined() ? rows_of(gate, x, dtype, token_index) : std::optional<cuda::Rows>(cuda::Rows{});
     if (!yr || !gr) return std::nullopt;
     l.y = *yr;
     l.gate = *gr;
@@ -261,14 +316,16 @@ uint64_t fused_calls() noexcept {
 // Entry points
 
 at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& scale,
-                             const at::Tensor& shift, Fp8RowsOut fp8) {
+                             const at::Tensor& shift, Fp8RowsOut fp8, const at::Tensor& token_index) {
+  check_token_index(token_index, x, "rms_norm_modulate");
   at::Tensor residual, out;
-  if (const auto l = norm_launch(x, {}, {}, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8)) {
+  if (const auto l = norm_launch(x, {}, {}, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8,
+                                 token_index)) {
     cuda::launch_norm_modulate(*l);
     ++fused_call_count;
     return out;
   }
-  out = rms_norm_modulate_reference(x, weight, eps, scale, shift);
+  out = rms_norm_modulate_reference(x, weight, eps, scale, shift, token_index);
   quantize_rows_of(out, fp8);
   return out;
 }
@@ -276,33 +333,41 @@ at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, doub
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& gate, const at::Tensor& weight,
                                                              double eps, const at::Tensor& scale,
-                                                             const at::Tensor& shift, Fp8RowsOut fp8) {
+                                                             const at::Tensor& shift, Fp8RowsOut fp8,
+                                                             const at::Tensor& token_index) {
+  check_token_index(token_index, x, "residual_rms_norm_modulate");
   at::Tensor residual, out;
   if (y.defined()) {
-    if (const auto l = norm_launch(x, y, gate, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8)) {
+    if (const auto l = norm_launch(x, y, gate, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8,
+                                   token_index)) {
       cuda::launch_norm_modulate(*l);
       ++fused_call_count;
       return {std::move(residual), std::move(out)};
     }
   }
-  auto result = residual_rms_norm_modulate_reference(x, y, gate, weight, eps, scale, shift);
+  auto result = residual_rms_norm_modulate_reference(x, y, gate, weight, eps, scale, shift, token_index);
   quantize_rows_of(result.second, fp8);
   return result;
 }
 
-at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift) {
+at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift,
+                               const at::Tensor& token_index) {
+  check_token_index(token_index, x, "layer_norm_modulate");
   at::Tensor residual, out;
-  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, /*layer_norm=*/true, residual, out, nullptr)) {
+  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, /*layer_norm=*/true, residual, out, nullptr,
+                                 token_index)) {
     cuda::launch_norm_modulate(*l);
     ++fused_call_count;
     return out;
   }
-  return layer_norm_modulate_reference(x, eps, scale, shift);
+  return layer_norm_modulate_reference(x, eps, scale, shift, token_index);
 }
 
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, Fp8RowsOut fp8) {
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, Fp8RowsOut fp8,
+                          const at::Tensor& token_index) {
+  check_token_index(token_index, x, "gated_residual");
   if (cuda_candidate(x)) {
-    const auto xr = rows_of(x, x), yr = rows_of(y, x), gr = rows_of(gate, x);
+    const auto xr = rows_of(x, x), yr = rows_of(y, x), gr = rows_of(gate, x, x.scalar_type(), token_index);
     if (xr && yr && gr) {
       auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
       cuda::GatedResidualLaunch l;
@@ -323,7 +388,7 @@ at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Te
       return out;
     }
   }
-  auto out = gated_residual_reference(x, y, gate);
+  auto out = gated_residual_reference(x, y, gate, token_index);
   quantize_rows_of(out, fp8);
   return out;
 }

@@ -22,13 +22,19 @@ namespace ltxmps::pipeline {
 
 namespace {
 
+// `rows`, where defined, are the timestep's values and each token's index into them (DenoiseHooks::timestep_rows).
 at::Tensor velocity(TransformerGraph& transformer, const PromptBatch& prompts, const TransformerInputs& grid,
-                    const at::Tensor& latents, const at::Tensor& timestep) {
+                    const at::Tensor& latents, const at::Tensor& timestep,
+                    const std::pair<at::Tensor, at::Tensor>& rows) {
   TransformerInputs in = grid;
   in.hidden_states = (prompts.guidance ? at::cat({latents, latents}, 0) : latents).to(prompts.dtype());
   in.encoder_hidden_states = prompts.embeds;
   in.encoder_attention_mask = prompts.mask;
   in.timestep = timestep;
+  if (rows.first.defined()) {
+    in.timestep = rows.first;
+    in.timestep_index = rows.second;
+  }
   return transformer.forward(in);
 }
 
@@ -155,7 +161,8 @@ at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const Transfor
       const DenoiseStep step{i, total, timesteps[i], host_timesteps[i].item<double>()};
       if (hooks.before_model) hooks.before_model(step, latents);
       const auto timestep = hooks.timestep(step);
-      auto v = velocity(*graph, prompts, grid, latents, timestep);
+      const auto rows = hooks.timestep_rows ? hooks.timestep_rows(step) : std::pair<at::Tensor, at::Tensor>();
+      auto v = velocity(*graph, prompts, grid, latents, timestep, rows);
       if (settings.float32_velocity) v = v.to(at::kFloat);
       const auto noise_pred = guide(v, prompts, settings);
       finite.check(noise_pred, 0, i);
@@ -196,6 +203,15 @@ DenoiseHooks condition_hooks(StageContext& ctx, FlowMatchEulerScheduler& schedul
     if (mask_in.defined()) timestep = at::minimum(timestep, (1 - mask_in) * 1000.0);
     return timestep;
   };
+  if (conditioning && conditioning->binary) {
+    // min(t, (1 - m)·1000) is t where m = 0 and 0 where m = 1 (0 <= t <= 1000): row 0 holds t, row 1 holds 0, and
+    // m is each token's row. The same float32 values as the per-token timestep above.
+    const auto index = mask_in.to(at::kInt);
+    hooks.timestep_rows = [rows, index](const DenoiseStep& s) {
+      const auto t = s.t.to(at::kFloat).reshape({1, 1}).expand({rows, 1});
+      return std::make_pair(at::cat({t, at::zeros_like(t)}, 1), index);
+    };
+  }
   const bool guidance = prompts.guidance;
   hooks.step = [&scheduler, mask, guidance](const DenoiseStep& s, const at::Tensor& v, const at::Tensor& timestep,
                                             const at::Tensor& latents) {

@@ -111,7 +111,7 @@ RemovalResult remove_object(LtxModel& model, const RemovalRequest& r, const ltxm
   TransformerInputs grid;
   grid.video_coords = coords;  // one row for the CFG pair (Note [RoPE once per batch] in transformer.cpp)
   const auto hooks =
-      condition_hooks(ctx, scheduler, prompts, TokenConditioning{kept, packed.clone(), r.image_cond_noise_scale});
+      condition_hooks(ctx, scheduler, prompts, TokenConditioning{kept, packed.clone(), r.image_cond_noise_scale, /*binary=*/true});
   DenoiseSettings settings{r.guidance_scale, 0.0, /*float32_velocity=*/false};
   const auto final_latents = denoise(ctx, prompts, grid, packed, timesteps, settings, hooks);
   auto decoded =

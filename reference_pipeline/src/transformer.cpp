@@ -232,6 +232,7 @@ struct ForwardContext {
   const TransformerRuntime& runtime;
   const AttentionCapture* capture;
   Fp8Rows context_fp8{};  ///< the text context's FP8 rows when fp8_rows()
+  at::Tensor token_index;  ///< int32 [B, S]: the modulation row of each token (TransformerInputs::timestep_index)
 
   bool fused() const { return runtime.fused_kernels; }
   bool fp8_rows() const { return runtime.fused_kernels && runtime.block_linears == LinearMode::fp8_matmul; }
@@ -374,25 +375,27 @@ at::Tensor block_forward(const ForwardContext& ctx, const TransformerBlockWeight
   auto shift_mlp = ada.select(2, 3), scale_mlp = ada.select(2, 4), gate_mlp = ada.select(2, 5);
   Fp8Rows rows;  // the FP8 rows of the activation that enters the next linears
   Fp8Rows* const rows_out = ctx.fp8_rows() ? &rows : nullptr;
-  auto norm_x = fused ? kernels::rms_norm_modulate(x, w.norm1_weight, eps, scale_msa, shift_msa, rows_out)
-                      : kernels::rms_norm_modulate_reference(x, w.norm1_weight, eps, scale_msa, shift_msa);
+  const auto& index = ctx.token_index;  // [B, T] modulation rows chosen per token (Note [Timestep rows])
+  auto norm_x = fused ? kernels::rms_norm_modulate(x, w.norm1_weight, eps, scale_msa, shift_msa, rows_out, index)
+                      : kernels::rms_norm_modulate_reference(x, w.norm1_weight, eps, scale_msa, shift_msa, index);
 
   int64_t capture_layer = -1;
   if (ctx.capture && std::find(ctx.capture->layers.begin(), ctx.capture->layers.end(), layer) != ctx.capture->layers.end())
     capture_layer = layer;
   auto attn = attention_forward(ctx, w.attn1, norm_x, rows_out, at::Tensor(), &rope, at::Tensor(), capture_layer);
-  x = fused ? kernels::gated_residual(x, attn, gate_msa, rows_out)
-            : kernels::gated_residual_reference(x, attn, gate_msa);
+  x = fused ? kernels::gated_residual(x, attn, gate_msa, rows_out, index)
+            : kernels::gated_residual_reference(x, attn, gate_msa, index);
 
   // Cross-attention: the raw residual stream is the query; no norm, no modulation, no gate. Its residual sum and
   // norm2 with the MLP modulation are one pass.
   attn = attention_forward(ctx, w.attn2, x, rows_out, context, nullptr, text_bias, -1);
   std::tie(x, norm_x) = fused ? kernels::residual_rms_norm_modulate(x, attn, at::Tensor(), w.norm2_weight, eps,
-                                                                    scale_mlp, shift_mlp, rows_out)
+                                                                    scale_mlp, shift_mlp, rows_out, index)
                               : kernels::residual_rms_norm_modulate_reference(x, attn, at::Tensor(), w.norm2_weight,
-                                                                              eps, scale_mlp, shift_mlp);
+                                                                              eps, scale_mlp, shift_mlp, index);
   auto ff = feed_forward(ctx, w, norm_x, rows_out);
-  return fused ? kernels::gated_residual(x, ff, gate_mlp) : kernels::gated_residual_reference(x, ff, gate_mlp);
+  return fused ? kernels::gated_residual(x, ff, gate_mlp, nullptr, index)
+               : kernels::gated_residual_reference(x, ff, gate_mlp, index);
 }
 
 void check_inputs(const TransformerConfig& config, const TransformerInputs& in) {
@@ -412,10 +415,20 @@ void check_inputs(const TransformerConfig& config, const TransformerInputs& in) 
   const int64_t L = c.size(1);
   const auto& t = in.timestep;
   LTXMPS_CHECK(t.defined(), "transformer forward: timestep is missing");
-  const bool per_sample = (t.dim() == 1 && t.size(0) == B) || (t.dim() == 2 && t.size(0) == B && t.size(1) == 1);
-  const bool per_token = t.dim() == 2 && t.size(0) == B && t.size(1) == S;
-  LTXMPS_CHECK(per_sample || per_token, "transformer forward: timestep must be [", B, "], [", B, ", 1] or [", B, ", ",
-               S, "] (per token), got ", t.sizes());
+  if (in.timestep_index) {
+    const auto& index = *in.timestep_index;
+    LTXMPS_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) >= 1, "transformer forward: with timestep_index, "
+                 "timestep must be [", B, ", K] (its K values), got ", t.sizes());
+    LTXMPS_CHECK(index.dim() == 2 && index.size(0) == B && index.size(1) == S &&
+                     at::isIntegralType(index.scalar_type(), /*includeBool=*/false),
+                 "transformer forward: timestep_index must be an integer [", B, ", ", S, "] tensor, got ",
+                 index.scalar_type(), " ", index.sizes());
+  } else {
+    const bool per_sample = (t.dim() == 1 && t.size(0) == B) || (t.dim() == 2 && t.size(0) == B && t.size(1) == 1);
+    const bool per_token = t.dim() == 2 && t.size(0) == B && t.size(1) == S;
+    LTXMPS_CHECK(per_sample || per_token, "transformer forward: timestep must be [", B, "], [", B, ", 1] or [", B,
+                 ", ", S, "] (per token), got ", t.sizes());
+  }
   if (in.encoder_attention_mask) {
     const auto& m = *in.encoder_attention_mask;
     LTXMPS_CHECK(m.dim() == 2 && m.size(0) == B && m.size(1) == L, "transformer forward: encoder_attention_mask must be [",
@@ -454,8 +467,9 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
                    config.num_layers, ")");
   }
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
-  ForwardContext ctx{config, runtime, capture};
+  ForwardContext ctx{config, runtime, capture, {}, {}};
   const int64_t B = in.hidden_states.size(0);
+  if (in.timestep_index) ctx.token_index = in.timestep_index->to(runtime.device, at::kInt).contiguous();
 
   auto hidden = in.hidden_states.to(options);
   const auto rope = rope_cos_sin(config, in, B, runtime.device);
@@ -471,6 +485,14 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
   hidden = apply_linear(proj_in, hidden);
 
   // time_embed (AdaLayerNormSingle): sinusoidal projection in fp32, cast, TimestepEmbedding, SiLU, linear.
+  // Note [Timestep rows]
+  // Object removal's loop gives each token the timestep min(t, (1 - m)·1000) of its conditioning mask m in {0, 1}:
+  // two values per step. Given as [B, S], the time embedding runs for every token and every block writes the
+  // modulation `table + temb` as a [B, S, 6, D] tensor that its norms and residuals then read per token (12 of
+  // the 2B removal step's 119 ms of GPU time). With `timestep_index` the embedding runs for the K values and the
+  // blocks keep [B, K, 6, D] rows, each kernel reading row index[b, s] for token s (Note [Per-token modulation
+  // rows] in ltxmps_kernels). The values are the per-token forward's, except that the time embedding's products
+  // see K rows instead of S, which a BLAS may round differently.
   auto t_proj = timestep_projection(in.timestep.to(runtime.device).flatten()).to(runtime.dtype);
   auto embedded_timestep = apply_linear(time_embed_emb_timestep_embedder_linear_1, t_proj);
   embedded_timestep = apply_linear(time_embed_emb_timestep_embedder_linear_2, at::silu(embedded_timestep));
@@ -499,8 +521,8 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
   // Output modulation: shift is row 0, scale is row 1.
   auto mod = scale_shift_table.unsqueeze(0).unsqueeze(0) + embedded_timestep.unsqueeze(2);
   auto shift = mod.select(2, 0), scale = mod.select(2, 1);
-  hidden = runtime.fused_kernels ? kernels::layer_norm_modulate(hidden, 1e-6, scale, shift)
-                                 : kernels::layer_norm_modulate_reference(hidden, 1e-6, scale, shift);
+  hidden = runtime.fused_kernels ? kernels::layer_norm_modulate(hidden, 1e-6, scale, shift, ctx.token_index)
+                                 : kernels::layer_norm_modulate_reference(hidden, 1e-6, scale, shift, ctx.token_index);
   return apply_linear(proj_out, hidden);
 }
 

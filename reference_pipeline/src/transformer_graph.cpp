@@ -53,6 +53,7 @@ std::string signature(const TransformerModel& model, const TransformerInputs& in
   describe(os, "hidden_states", in.hidden_states);
   describe(os, "encoder_hidden_states", in.encoder_hidden_states);
   describe(os, "timestep", in.timestep);
+  describe(os, "timestep_index", in.timestep_index.value_or(at::Tensor()));
   describe(os, "encoder_attention_mask", in.encoder_attention_mask.value_or(at::Tensor()));
   describe(os, "video_coords", in.video_coords.value_or(at::Tensor()));
   os << "grid=" << in.num_frames.value_or(-1) << ',' << in.height.value_or(-1) << ',' << in.width.value_or(-1) << ';';
@@ -72,6 +73,7 @@ void each_tensor_input(TransformerInputs& buffers, const TransformerInputs& in, 
   f(buffers.hidden_states, in.hidden_states);
   f(buffers.encoder_hidden_states, in.encoder_hidden_states);
   f(buffers.timestep, in.timestep);
+  if (in.timestep_index) f(*buffers.timestep_index, *in.timestep_index);
   if (in.encoder_attention_mask) f(*buffers.encoder_attention_mask, *in.encoder_attention_mask);
   if (in.video_coords) f(*buffers.video_coords, *in.video_coords);
 }

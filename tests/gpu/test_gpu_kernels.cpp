@@ -395,6 +395,49 @@ TEST_CASE("the norm and residual kernels' FP8 rows are quantize_fp8_rows of thei
   check_rows_of(kernels::gated_residual_reference(x64, y.to(at::kDouble), gate.to(at::kDouble)), rows);
 }
 
+TEST_CASE("a token index reads per-token modulation rows: the same bits as the gathered operands",
+          "[gpu][kernels]") {
+  // Note [Per-token modulation rows]: the kernels with [B, K, D] rows and an index against the same kernels with
+  // the rows gathered to [B, S, D] first (the only difference is where a row is read from), and against the
+  // reference with the index; two indices outside [0, K) are clamped.
+  for (const auto dtype : kDtypes)
+    for (const int64_t D : {int64_t{2048}, int64_t{998}, int64_t{7}}) {
+      INFO("dtype " << dtype << ", D " << D);
+      const int64_t B = 2, S = 19, K = 2;
+      auto index = (randn({B, S}, at::kFloat, 80) > 0).to(at::kInt);
+      index[0][3] = -4;
+      index[1][5] = 9;
+      const auto gather = [&](const at::Tensor& rows) {
+        const auto i = index.to(at::kLong).clamp(0, K - 1).unsqueeze(-1).expand({B, S, D});
+        return at::gather(rows, 1, i);
+      };
+      const auto x = activation(B, S, D, dtype, 81, 0).mul(3), y = activation(B, S, D, dtype, 82, 1);
+      const auto ada = randn({B, K, 6, D}, dtype, 83, 0.5);
+      const auto shift = ada.select(2, 0), scale = ada.select(2, 1), gate = ada.select(2, 2);
+      const auto weight = randn({D}, dtype, 84, 0.1).add(1);
+      at::Tensor out;
+      CHECK(fused_calls_in([&] {
+              out = kernels::rms_norm_modulate(x, weight, 1e-6, scale, shift, nullptr, index);
+            }) == 1);
+      CHECK(same_bits(out, kernels::rms_norm_modulate(x, weight, 1e-6, gather(scale), gather(shift))));
+      check_kernel(out, kernels::rms_norm_modulate_reference(x, weight, 1e-6, scale, shift, index));
+      std::pair<at::Tensor, at::Tensor> hn;
+      kernels::Fp8Rows rows;
+      CHECK(fused_calls_in([&] {
+              hn = kernels::residual_rms_norm_modulate(x, y, gate, weight, 1e-6, scale, shift, &rows, index);
+            }) == 1);
+      const auto hn_gathered =
+          kernels::residual_rms_norm_modulate(x, y, gather(gate), weight, 1e-6, gather(scale), gather(shift));
+      CHECK((same_bits(hn.first, hn_gathered.first) && same_bits(hn.second, hn_gathered.second)));
+      check_rows_of(hn.second, rows);
+      CHECK(fused_calls_in([&] { out = kernels::gated_residual(x, y, gate, &rows, index); }) == 1);
+      CHECK(same_bits(out, kernels::gated_residual_reference(x, y, gate, index)));
+      check_rows_of(out, rows);
+      CHECK(fused_calls_in([&] { out = kernels::layer_norm_modulate(x, 1e-6, scale, shift, index); }) == 1);
+      CHECK(same_bits(out, kernels::layer_norm_modulate(x, 1e-6, gather(scale), gather(shift))));
+    }
+}
+
 TEST_CASE("quantize_fp8_rows_gelu_tanh: ATen's tanh GELU and the row quantization in one kernel, bit for bit",
           "[gpu][kernels][fp8]") {
   for (const auto dtype : kDtypes)
@@ -523,6 +566,27 @@ TEST_CASE("a transformer forward with the fused kernels matches the unfused forw
   CHECK(maps[1].isfinite().all().item<bool>());
 }
 
+
+TEST_CASE("a forward with timestep rows and a token index on CUDA equals the per-token forward", "[gpu][kernels]") {
+  using namespace ltxmps::pipeline;
+  const auto config = small_config();
+  auto per_token = small_inputs();
+  const int64_t B = per_token.hidden_states.size(0), S = per_token.hidden_states.size(1);
+  const auto m = (randn({1, S}, at::kFloat, 85) > 0).to(at::kFloat).expand({B, S}).cpu();
+  const float t = 613.5f;
+  per_token.timestep = at::minimum(at::full({B, 1}, t), (1 - m) * 1000.0);
+  auto rows = per_token;
+  rows.timestep = at::tensor({t, 0.f}).expand({B, 2});
+  rows.timestep_index = m.to(at::kInt);
+  // The same modulation values; the time embedding's GEMMs see 2 rows instead of S (cuBLAS may round them
+  // differently): float32 within reduction order, bfloat16 within one rounding carried through two blocks.
+  for (const auto& [dtype, bound] : std::map<at::ScalarType, double>{{at::kFloat, 1e-4}, {at::kBFloat16, 3e-2}}) {
+    INFO("dtype " << dtype);
+    const auto model = TransformerModel::from_weights(config, {kCuda, dtype, {}}, small_weight);
+    const auto a = model.forward(per_token).to(at::kCPU, at::kDouble), b = model.forward(rows).to(at::kCPU, at::kDouble);
+    CHECK((a - b).abs().max().item<double>() <= bound * std::max(1.0, a.abs().max().item<double>()));
+  }
+}
 
 TEST_CASE("an FP8-matmul forward takes its FP8 rows from the fused kernels", "[gpu][kernels][fp8]") {
   using namespace ltxmps::pipeline;

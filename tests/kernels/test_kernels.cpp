@@ -14,6 +14,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <functional>
@@ -233,6 +234,57 @@ TEST_CASE("layer_norm_modulate_reference is the output head's LayerNorm and modu
   }
 }
 
+// Rows [B, K, D] chosen per token by index [B, S] (clamped to [0, K)), written out as a loop: [B, S, D].
+at::Tensor gathered_rows(const at::Tensor& rows, const at::Tensor& index) {
+  const int64_t B = index.size(0), S = index.size(1), K = rows.size(1);
+  auto out = at::empty({B, S, rows.size(2)}, rows.options());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      out[b][s].copy_(rows[b][std::clamp<int64_t>(index[b][s].item<int64_t>(), 0, K - 1)]);
+  return out;
+}
+
+TEST_CASE("the modulation entry points read per-token rows through a token index", "[kernels]") {
+  const int64_t B = 2, S = 5, D = 7, K = 3;
+  // Every row used, and two indices outside [0, K) that are clamped.
+  const auto index = at::tensor({0, 1, 2, 1, 0, 2, 2, -1, 0, 7}, at::kInt).view({B, S});
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const auto x = strided_rows(B, S, D, dtype, 21), y = strided_rows(B, S, D, dtype, 22);
+    const auto ada = ada_tensor(B, K, D, dtype, 23);
+    const auto shift = ada.select(2, 0), scale = ada.select(2, 1), gate = ada.select(2, 2);
+    const auto shift_s = gathered_rows(shift, index), scale_s = gathered_rows(scale, index),
+               gate_s = gathered_rows(gate, index);
+    const auto weight = (at::rand({D}) + 0.5).to(dtype);
+    // Each with the index equals the per-token operands gathered first, bit for bit; off CUDA the entry point is
+    // the reference.
+    const auto norm = kernels::rms_norm_modulate_reference(x, weight, 1e-6, scale, shift, index);
+    CHECK(at::equal(norm, kernels::rms_norm_modulate_reference(x, weight, 1e-6, scale_s, shift_s)));
+    CHECK(at::equal(kernels::rms_norm_modulate(x, weight, 1e-6, scale, shift, nullptr, index), norm));
+    const auto [h, normed] =
+        kernels::residual_rms_norm_modulate_reference(x, y, gate, weight, 1e-6, scale, shift, index);
+    const auto [h_s, normed_s] =
+        kernels::residual_rms_norm_modulate_reference(x, y, gate_s, weight, 1e-6, scale_s, shift_s);
+    CHECK((at::equal(h, h_s) && at::equal(normed, normed_s)));
+    const auto [h2, normed2] =
+        kernels::residual_rms_norm_modulate(x, y, gate, weight, 1e-6, scale, shift, nullptr, index);
+    CHECK((at::equal(h2, h) && at::equal(normed2, normed)));
+    const auto res = kernels::gated_residual_reference(x, y, gate, index);
+    CHECK(at::equal(res, kernels::gated_residual_reference(x, y, gate_s)));
+    CHECK(at::equal(kernels::gated_residual(x, y, gate, nullptr, index), res));
+    const auto head = kernels::layer_norm_modulate_reference(x, 1e-6, scale, shift, index);
+    CHECK(at::equal(head, kernels::layer_norm_modulate_reference(x, 1e-6, scale_s, shift_s)));
+    CHECK(at::equal(kernels::layer_norm_modulate(x, 1e-6, scale, shift, index), head));
+  }
+  const auto x = strided_rows(B, S, D, at::kFloat, 24);
+  const auto ada = ada_tensor(B, K, D, at::kFloat, 25);
+  CHECK_THROWS_WITH(kernels::rms_norm_modulate(x, {}, 1e-6, ada.select(2, 1), ada.select(2, 0), nullptr,
+                                               index.to(at::kLong)),
+                    ltxmps_test::Contains("rms_norm_modulate: token_index must be int32 [B, S]"));
+  CHECK_THROWS_WITH(kernels::gated_residual(x, x, ada.select(2, 2), nullptr, index.narrow(1, 0, 4)),
+                    ltxmps_test::Contains("gated_residual: token_index must be int32 [B, S]"));
+}
+
 TEST_CASE("rotary_emb_reference rotates interleaved pairs in float32", "[kernels]") {
   for (const auto dtype : kDtypes) {
     INFO("dtype " << dtype);
@@ -445,6 +497,50 @@ TEST_CASE("a transformer forward is bit-identical with and without the fused ker
     CHECK(at::equal(a, b));
     CHECK(a.abs().max().item<double>() > 0);
   }
+}
+
+TEST_CASE("a transformer forward with timestep rows and a token index equals the per-token forward", "[kernels]") {
+  using namespace ltxmps::pipeline;
+  TransformerConfig config;
+  config.in_channels = config.out_channels = 8;
+  config.num_attention_heads = 2;
+  config.attention_head_dim = 8;
+  config.cross_attention_dim = 16;
+  config.num_layers = 2;
+  config.caption_channels = 12;
+  const auto weights = [](const std::string& name, const std::vector<int64_t>& shape) {
+    auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
+    return ltxmps::randn(shape, g).mul_(shape.size() == 1 ? 0.1 : 0.3);
+  };
+  auto g = ltxmps::make_cpu_generator(19);
+  const int64_t B = 2, S = 2 * 3 * 3;
+  // Object removal's timesteps: min(t, (1 - m)·1000) for a binary mask m, the same mask in both CFG rows.
+  const auto m = (ltxmps::randn({1, S}, g) > 0).to(at::kFloat).expand({B, S});
+  const float t = 713.25f;
+  TransformerInputs per_token;
+  per_token.hidden_states = ltxmps::randn({B, S, 8}, g);
+  per_token.encoder_hidden_states = ltxmps::randn({B, 5, 12}, g);
+  per_token.timestep = at::minimum(at::full({B, 1}, t), (1 - m) * 1000.0);
+  per_token.num_frames = 2;
+  per_token.height = 3;
+  per_token.width = 3;
+  TransformerInputs rows = per_token;
+  rows.timestep = at::tensor({t, 0.f}).expand({B, 2});
+  rows.timestep_index = m.to(at::kInt);
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    INFO("dtype " << dtype);
+    const auto model = TransformerModel::from_weights(config, TransformerRuntime{c10::kCPU, dtype, {}}, weights);
+    const auto a = model.forward(per_token).to(at::kFloat), b = model.forward(rows).to(at::kFloat);
+    // The same modulation values, except that the time embedding's products see 2 rows instead of 18, which the
+    // CPU's BLAS may round differently: float32 within a few roundings, bfloat16 within one rounding of the
+    // modulation carried through two blocks.
+    const double bound = dtype == at::kFloat ? 1e-5 : 2e-2;
+    CHECK((a - b).abs().max().item<double>() <= bound * std::max(1.0, a.abs().max().item<double>()));
+  }
+  TransformerInputs bad = rows;
+  bad.timestep_index = at::zeros({B, S - 1}, at::kInt);
+  const auto model = TransformerModel::from_weights(config, TransformerRuntime{c10::kCPU, at::kFloat, {}}, weights);
+  CHECK_THROWS_WITH(model.forward(bad), ltxmps_test::Contains("timestep_index must be an integer [2, 18] tensor"));
 }
 
 TEST_CASE("an FP8-matmul forward with the fused kernels' FP8 rows is bit-identical to one quantizing per layer",

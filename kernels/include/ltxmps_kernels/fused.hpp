@@ -70,11 +70,16 @@ at::Tensor block_rms_norm_reference(const at::Tensor& x, const at::Tensor& weigh
 ///
 /// `x` is [B, S, D]; `scale` and `shift` are [B, T, D] with T = 1 or S (strided views, such as slices of the
 /// block's `ada` tensor, are read in place). `fp8`: see Fp8RowsOut.
+///
+/// Per-token modulation from a few rows: with `token_index` (int32 [B, S], on x's device) the modulation operands
+/// are [B, K, D] and token s of batch entry b takes their row token_index[b, s] (clamped to [0, K)), as if they had
+/// been gathered to [B, S, D] first. The same holds for every entry point below that takes a `token_index`.
 at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, double eps, const at::Tensor& scale,
-                             const at::Tensor& shift, Fp8RowsOut fp8 = nullptr);
-/// @brief The ATen op sequence of rms_norm_modulate().
+                             const at::Tensor& shift, Fp8RowsOut fp8 = nullptr, const at::Tensor& token_index = {});
+/// @brief The ATen op sequence of rms_norm_modulate() (the rows of `token_index` gathered first).
 at::Tensor rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& weight, double eps,
-                                       const at::Tensor& scale, const at::Tensor& shift);
+                                       const at::Tensor& scale, const at::Tensor& shift,
+                                       const at::Tensor& token_index = {});
 
 /// @brief `h = gate.defined() ? x + y * gate : x + y`, then `rms_norm_modulate(h, ...)`: returns {h, normed}.
 ///        One pass over the row writes both (the block's cross-attention residual followed by norm2); `fp8`
@@ -82,27 +87,32 @@ at::Tensor rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& we
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& gate, const at::Tensor& weight,
                                                              double eps, const at::Tensor& scale,
-                                                             const at::Tensor& shift, Fp8RowsOut fp8 = nullptr);
+                                                             const at::Tensor& shift, Fp8RowsOut fp8 = nullptr,
+                                                             const at::Tensor& token_index = {});
 /// @brief The ATen op sequence of residual_rms_norm_modulate().
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& y,
                                                                        const at::Tensor& gate,
                                                                        const at::Tensor& weight, double eps,
                                                                        const at::Tensor& scale,
-                                                                       const at::Tensor& shift);
+                                                                       const at::Tensor& shift,
+                                                                       const at::Tensor& token_index = {});
 
 /// @brief `layer_norm(x, [D], no affine, eps) * (1 + scale) + shift` (the transformer's output head).
-at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift);
+at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift,
+                               const at::Tensor& token_index = {});
 /// @brief The ATen op sequence of layer_norm_modulate().
 at::Tensor layer_norm_modulate_reference(const at::Tensor& x, double eps, const at::Tensor& scale,
-                                         const at::Tensor& shift);
+                                         const at::Tensor& shift, const at::Tensor& token_index = {});
 
 // ---------------------------------------------------------------------------------------------------
 // Residuals
 
 /// @brief `x + y * gate` (gate [B, T, D] with T = 1 or S, strided views read in place). `fp8`: see Fp8RowsOut.
-at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, Fp8RowsOut fp8 = nullptr);
+at::Tensor gated_residual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, Fp8RowsOut fp8 = nullptr,
+                          const at::Tensor& token_index = {});
 /// @brief The ATen op sequence of gated_residual().
-at::Tensor gated_residual_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate);
+at::Tensor gated_residual_reference(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
+                                    const at::Tensor& token_index = {});
 
 // ---------------------------------------------------------------------------------------------------
 // Query / key norm and rotary embedding

@@ -19,6 +19,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ltxmps::pipeline {
@@ -117,6 +118,10 @@ struct DenoiseHooks {
   std::function<void(const DenoiseStep&, at::Tensor& latents)> before_model;
   /// The transformer's timestep for the step: [rows] or [rows, tokens]. Required.
   std::function<at::Tensor(const DenoiseStep&)> timestep;
+  /// Optional, where the per-token timesteps of `timestep` take a few values only: those values [rows, K] and each
+  /// token's index into them [rows, tokens] (int32), which the transformer gets instead (TransformerInputs::
+  /// timestep_index, Note [Timestep rows]); the step function still gets `timestep`.
+  std::function<std::pair<at::Tensor, at::Tensor>(const DenoiseStep&)> timestep_rows;
   /// The scheduler step (and any blend): returns the new latents from the guided velocity. Required.
   std::function<at::Tensor(const DenoiseStep&, const at::Tensor& velocity, const at::Tensor& timestep,
                            const at::Tensor& latents)>
@@ -144,6 +149,7 @@ struct TokenConditioning {
   at::Tensor mask;   ///< [B, tokens] float32 conditioning strength (1 = kept)
   at::Tensor init;   ///< [B, tokens, C] packed latents at the start
   double noise_scale = 0.0;  ///< image_cond_noise_scale; 0 disables the re-noise (and its random draws)
+  bool binary = false;       ///< `mask` holds 0 and 1 only: the timesteps take two values (t, 0) per step
 };
 
 /// @brief The hooks of LTXConditionPipeline's loop: with `conditioning` the re-noise / per-token timestep /

@@ -87,6 +87,10 @@ struct TransformerInputs {
   at::Tensor hidden_states;          ///< [B, S, in_channels]
   at::Tensor encoder_hidden_states;  ///< [B, L, caption_channels]
   at::Tensor timestep;               ///< [B], [B, 1] (per sample) or [B, S] (per token); any real dtype
+  /// Per-token timesteps drawn from a few values (Note [Timestep rows]): `timestep` is then [B, K], the values,
+  /// and token s of batch entry b has timestep[b, timestep_index[b, s]] (integer [B, S], indices in [0, K)). The
+  /// same forward as with the [B, S] timesteps, without a modulation row per token.
+  std::optional<at::Tensor> timestep_index;
   std::optional<at::Tensor> encoder_attention_mask;  ///< [B, L], 1/true = attend
   ///@{
   /// The token grid (latent units after patchify) for RoPE when `video_coords` is not given.

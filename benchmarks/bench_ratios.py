@@ -110,10 +110,11 @@ def main():
     args = p.parse_args()
     rows = []
     for r in read_lines(args.files):
+        row = None if "candidates" in r else classify(r)
         if "candidates" in r:
             rows += library_choices(r)
-        elif classify(r) is not None:
-            rows.append(classify(r))
+        elif row is not None:
+            rows.append(row)
     print(table(rows) if rows else "no benchmark lines found")
 
 

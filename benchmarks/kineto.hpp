@@ -45,7 +45,6 @@ class KinetoRecording {
     TORCH_CHECK(result, "--profile: the Kineto profiler returned no result for ", path);
     result->save(path);
   }
-  bool recording() const { return recording_; }
 
  private:
   c10::Device device_;

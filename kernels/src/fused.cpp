@@ -170,9 +170,10 @@ namespace {
 // Note [When a CUDA kernel runs]
 // A kernel runs only for what it was written for: CUDA tensors on one device, float32 / float16 / bfloat16 (all
 // operands of one dtype), [B, S, D] activations whose last dimension is contiguous, [B, T, D] modulation operands
-// with T = 1 or S (size-1 dimensions broadcast; strided slices such as the block's `ada` columns are read in
-// place), weights as contiguous [D] vectors. Anything else (float64, a weight of another dtype, a transposed last
-// dimension, more than INT_MAX rows) runs the reference, which also produces ATen's usual errors for bad input.
+// with T = 1 or S, or any T with a contiguous token index on the device (size-1 dimensions broadcast; strided
+// slices such as the block's `ada` columns are read in place), weights as contiguous [D] vectors. Anything else
+// (float64, a weight of another dtype, a transposed last dimension, more than INT_MAX rows) runs the reference,
+// which also produces ATen's usual errors for bad input.
 bool kernel_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }

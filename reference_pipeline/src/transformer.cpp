@@ -375,7 +375,7 @@ at::Tensor block_forward(const ForwardContext& ctx, const TransformerBlockWeight
   auto shift_mlp = ada.select(2, 3), scale_mlp = ada.select(2, 4), gate_mlp = ada.select(2, 5);
   Fp8Rows rows;  // the FP8 rows of the activation that enters the next linears
   Fp8Rows* const rows_out = ctx.fp8_rows() ? &rows : nullptr;
-  const auto& index = ctx.token_index;  // [B, T] modulation rows chosen per token (Note [Timestep rows])
+  const auto& index = ctx.token_index;  // int32 [B, S]: each token's row of `ada` (Note [Timestep rows])
   auto norm_x = fused ? kernels::rms_norm_modulate(x, w.norm1_weight, eps, scale_msa, shift_msa, rows_out, index)
                       : kernels::rms_norm_modulate_reference(x, w.norm1_weight, eps, scale_msa, shift_msa, index);
 

@@ -461,21 +461,33 @@ TEST_CASE("kernel_report explains the choice per kernel; the CPU runs the refere
   CHECK(kernels::fused_calls() == calls);
 }
 
-TEST_CASE("a transformer forward is bit-identical with and without the fused kernels off CUDA", "[kernels]") {
-  using namespace ltxmps::pipeline;
-  TransformerConfig config;
+namespace {
+
+// A two-block transformer (D = 20: RoPE padding of 2) and its random weights (norm weights near 1).
+ltxmps::pipeline::TransformerConfig tiny_config() {
+  ltxmps::pipeline::TransformerConfig config;
   config.in_channels = config.out_channels = 8;
   config.num_attention_heads = 2;
-  config.attention_head_dim = 10;  // D = 20: RoPE padding of 2
+  config.attention_head_dim = 10;
   config.cross_attention_dim = 20;
   config.num_layers = 2;
   config.caption_channels = 12;
   config.norm_elementwise_affine = true;
-  const auto weights = [](const std::string& name, const std::vector<int64_t>& shape) {
-    auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
-    auto t = ltxmps::randn(shape, g).mul_(shape.size() == 1 ? 0.1 : 0.3);
-    return shape.size() == 1 && name.find("norm") != std::string::npos ? t.add_(1.0) : t;
-  };
+  return config;
+}
+
+at::Tensor tiny_weight(const std::string& name, const std::vector<int64_t>& shape) {
+  auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
+  auto t = ltxmps::randn(shape, g).mul_(shape.size() == 1 ? 0.1 : 0.3);
+  return shape.size() == 1 && name.find("norm") != std::string::npos ? t.add_(1.0) : t;
+}
+
+}  // namespace
+
+TEST_CASE("a transformer forward is bit-identical with and without the fused kernels off CUDA", "[kernels]") {
+  using namespace ltxmps::pipeline;
+  const auto config = tiny_config();
+  const auto weights = tiny_weight;
   auto g = ltxmps::make_cpu_generator(18);
   TransformerInputs in;
   in.hidden_states = ltxmps::randn({2, 2 * 3 * 3, 8}, g);
@@ -501,17 +513,8 @@ TEST_CASE("a transformer forward is bit-identical with and without the fused ker
 
 TEST_CASE("a transformer forward with timestep rows and a token index equals the per-token forward", "[kernels]") {
   using namespace ltxmps::pipeline;
-  TransformerConfig config;
-  config.in_channels = config.out_channels = 8;
-  config.num_attention_heads = 2;
-  config.attention_head_dim = 8;
-  config.cross_attention_dim = 16;
-  config.num_layers = 2;
-  config.caption_channels = 12;
-  const auto weights = [](const std::string& name, const std::vector<int64_t>& shape) {
-    auto g = ltxmps::make_cpu_generator(std::hash<std::string>{}(name));
-    return ltxmps::randn(shape, g).mul_(shape.size() == 1 ? 0.1 : 0.3);
-  };
+  const auto config = tiny_config();
+  const auto weights = tiny_weight;
   auto g = ltxmps::make_cpu_generator(19);
   const int64_t B = 2, S = 2 * 3 * 3;
   // Object removal's timesteps: min(t, (1 - m)·1000) for a binary mask m, the same mask in both CFG rows.

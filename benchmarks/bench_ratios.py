@@ -81,7 +81,8 @@ def classify(r):
     if "framewise" in r and "tiling" in r:
         mode = "framewise tiles" if r["framewise"] else "spatial tiles" if r["tiling"] else "untiled"
         peak = r.get("peak_cuda_mib")
-        return f"VAE decode, {mode}", impl, r["median_ms"], f"peak {peak / 1024:.2f} GiB" if peak else ""
+        case = f"VAE {r.get('op', 'decode')} ({r.get('config')}, {r.get('dtype')}), {mode}"
+        return case, impl, r["median_ms"], f"peak {peak / 1024:.2f} GiB" if peak else ""
     if "tokens" in r and "batch" in r and ("d_model" in r or impl == "transformers"):
         peak = r.get("peak_cuda_mib")
         case = f"T5 encode, {r['batch']}×{r['tokens']} tokens"

@@ -1,11 +1,12 @@
-// One LTX-Video text-to-video generation (--job t2v), object removal (--job remove: the official loop, VAE tiling
-// on) or the two-pass 0.9.7 flow (--job two-pass) with the C++ pipeline: the counterpart of pipeline_bench.py.
+// One LTX-Video text-to-video generation (--job t2v), image-to-video generation (--job i2v: a random image as the
+// first frame), object removal (--job remove: the official loop, VAE tiling on) or the two-pass 0.9.7 flow (--job
+// two-pass) with the C++ pipeline: the counterpart of pipeline_bench.py.
 //
 // Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096, in/out 128) and the 0.9.0 VAE
 // config (diffusers' AutoencoderKLLTXVideo() defaults), random weights generated in memory (no file), random
 // prompt embeddings [1, 128, 4096] instead of T5-XXL, 768x512x121, 30 steps, guidance 3 (CFG on), seed 0.
 // Prints one JSON line: seconds per denoising step (mean over the steps after the first), total seconds of
-// generate() (loop + decode), the split of that total at the last step's end (t2v and remove: "loop_seconds",
+// generate() (loop + decode), the split of that total at the last step's end (t2v, i2v, remove: "loop_seconds",
 // "decode_seconds"), and the peak CUDA memory, also per phase (PhasePeaks). --repeat N runs the job N times in the
 // process and reports the fastest run (the first pays one-time costs: allocator growth, kernel selection, oneDNN
 // primitive creation).
@@ -20,7 +21,8 @@
 // "seconds_per_step" is the second pass's.
 //
 //   pipeline_bench [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
-//                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove|two-pass]
+//                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N]
+//                  [--job t2v|i2v|remove|two-pass]
 //                  [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
 //                  [--repeat N] [--cuda-graphs 0|1] [--profile PATH] [--model random|embedded]
 // --cuda-graphs 0 runs every denoising step op by op (the plan's default on CUDA replays a CUDA graph; Note [CUDA
@@ -102,8 +104,8 @@ Args parse_args(int argc, char** argv) {
       "pipeline_bench.cpp");
   a.smoke = a.opt.count("smoke") > 0;
   const auto& job = a.opt.at("job");
-  if (job != "t2v" && job != "remove" && job != "two-pass")
-    throw ltxmps::bench::BadArgument("--job " + job + ": expected t2v, remove or two-pass");
+  if (job != "t2v" && job != "i2v" && job != "remove" && job != "two-pass")
+    throw ltxmps::bench::BadArgument("--job " + job + ": expected t2v, i2v, remove or two-pass");
   if (a.opt.at("cuda-graphs") != "0" && a.opt.at("cuda-graphs") != "1")
     throw ltxmps::bench::BadArgument("--cuda-graphs " + a.opt.at("cuda-graphs") + ": expected 0 or 1");
   const auto& model = a.opt.at("model");
@@ -113,7 +115,7 @@ Args parse_args(int argc, char** argv) {
     if (a.opt.at(key).empty()) a.opt[key] = value;
   };
   if (a.embedded()) {
-    if (a.two_pass() || a.smoke)
+    if (a.two_pass() || a.smoke || job == "i2v")
       throw ltxmps::bench::BadArgument("--model embedded: the t2v and remove jobs at its own sizes (no --smoke)");
     const bool remove = job == "remove";
     fill("frames", remove ? "17" : "9"), fill("height", remove ? "128" : "64"), fill("width", remove ? "192" : "64");
@@ -198,6 +200,12 @@ struct PhasePeaks {
   }
 };
 
+/// `x` to `digits` decimals (as Python's round(), so that both JSON lines print alike).
+double rounded(double x, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(x * scale) / scale;
+}
+
 /// Called with (steps done, steps in all) after each step of a denoising loop.
 using LoopSteps = std::function<void(int64_t, int64_t)>;
 
@@ -216,9 +224,9 @@ struct Timeline {
   double now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
   ProgressCallback callback() {
     return [this](const Progress& p) {
-      if (p.stage != "denoise" && p.stage != "upsample") return;
       ltxmps::synchronize(device);
       events.emplace_back(p, now());
+      if (p.stage != "denoise" && p.stage != "upsample") return;
       if (p.stage == "denoise" && first_loop) {
         first_loop(p.done, p.total);
         if (p.done == p.total) first_loop = nullptr;
@@ -234,6 +242,16 @@ struct Timeline {
     for (const auto& [p, t] : events)
       if (p.stage == stage && p.done == done) return t;
     return fallback;
+  }
+  /// The events before the first denoising step's end ("stage done/total": seconds), where the time before the
+  /// loop goes.
+  Json before_loop() const {
+    Json out = Json::object();
+    for (const auto& [p, t] : events) {
+      out[p.stage + " " + std::to_string(p.done) + "/" + std::to_string(p.total)] = rounded(t, 3);
+      if (p.stage == "denoise") break;
+    }
+    return out;
   }
   /// Denoising step end times in [t0, t1).
   std::vector<double> steps(double t0, double t1) const {
@@ -255,23 +273,19 @@ struct RunResult {
   double total = -1, seconds_per_step = 0;
   double loop_end = 0;  ///< t2v / remove: seconds at the last denoising step's end (what follows is the decode)
   at::Tensor frames;  ///< [B, F, 3, H, W]
+  Json before_loop;   ///< Timeline::before_loop()
   Json passes;        ///< two-pass: per-pass fields of the JSON line
 };
 
-/// `x` to `digits` decimals (as Python's round(), so that both JSON lines print alike).
-double rounded(double x, int digits) {
-  const double scale = std::pow(10.0, digits);
-  return std::round(x * scale) / scale;
-}
 
-/// One t2v generation or one object removal.
+/// One t2v or i2v generation or one object removal.
 RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan& plan,
                      const PromptEmbeddings& prompts, PhasePeaks& peaks, LoopSteps on_first_loop) {
-  Timeline timeline{plan.device, peaks, "loop", std::move(on_first_loop)};
-  RunResult out;
-  if (a.opt.at("job") == "remove") {
+  const bool remove = a.opt.at("job") == "remove";
+  RemovalRequest rr;
+  GenerateRequest r;
+  if (remove) {
     // Object removal (the official loop): a random clip and a mask over its middle third.
-    RemovalRequest rr;
     const int64_t f = a.num("frames"), h = a.num("height"), w = a.num("width");
     rr.video = at::rand({f, 3, h, w});
     rr.mask = at::zeros({f, 1, h, w});
@@ -279,26 +293,33 @@ RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan
     rr.num_inference_steps = a.num("steps");
     rr.guidance_scale = a.real("guidance");
     if (!a.embedded()) rr.prompt_embeddings = prompts;  // the embedded model encodes the official prompts
-    out.frames = remove_object(model, rr, plan, ltxmps::null_sink(), timeline.callback()).frames.unsqueeze(0);
   } else {
-    GenerateRequest r;
     r.height = a.num("height"), r.width = a.num("width"), r.num_frames = a.num("frames");
     r.num_inference_steps = a.num("steps");
     r.guidance_scale = a.real("guidance");
+    if (a.opt.at("job") == "i2v") {  // a random first frame in [0, 1]
+      r.kind = PipelineKind::image_to_video;
+      r.image = at::rand({3, r.height, r.width});
+    }
     if (a.embedded()) {  // the CLI's prompt for it, encoded by its T5
       r.prompts = {EmbeddedDefault::prompt};
       r.max_sequence_length = EmbeddedDefault::max_sequence_length;
     } else {
       r.prompt_embeddings = prompts;
     }
-    out.frames = generate(model, r, plan, ltxmps::null_sink(), timeline.callback()).frames;
   }
+  // The clock starts after the inputs are made, as pipeline_bench.py's.
+  Timeline timeline{plan.device, peaks, "loop", std::move(on_first_loop)};
+  RunResult out;
+  out.frames = remove ? remove_object(model, rr, plan, ltxmps::null_sink(), timeline.callback()).frames.unsqueeze(0)
+                      : generate(model, r, plan, ltxmps::null_sink(), timeline.callback()).frames;
   ltxmps::synchronize(plan.device);
   out.total = timeline.now();
   timeline.finish();
   const auto steps = timeline.steps(0, out.total + 1);
   out.seconds_per_step = per_step(steps);
   out.loop_end = steps.empty() ? 0.0 : steps.back();
+  out.before_loop = timeline.before_loop();
   return out;
 }
 
@@ -346,14 +367,14 @@ RunResult run_two_pass(LtxModel& model, LatentUpsamplerModel& upsampler, const A
   return out;
 }
 
-/// The execution plan of the job: removal and two-pass run the VAE in the model dtype with tiling (the official
-/// removal script; the documented two-pass example), t2v in float32 without (ltxmps' default plan).
+/// The execution plan of the job: t2v runs the VAE in float32 (ltxmps' default plan), the others in the model dtype
+/// (diffusers' image-to-video pipeline casts the image to the prompt embeddings' dtype before its VAE, so it needs
+/// that); removal and two-pass with tiling (the official removal script; the documented two-pass example).
 ltxmps::ExecutionPlan job_plan(const Args& a) {
   ltxmps::LoaderSettings settings;
   settings.device = a.opt.at("device");
-  const bool model_dtype_vae = a.opt.at("job") != "t2v";
-  settings.vae_tiling = model_dtype_vae;
-  settings.vae_float32 = !model_dtype_vae;
+  settings.vae_tiling = a.opt.at("job") == "remove" || a.two_pass();
+  settings.vae_float32 = a.opt.at("job") == "t2v";
   settings.precision = ltxmps::parse_precision(a.opt.at("precision"));
   settings.cuda_graphs = a.opt.at("cuda-graphs") == "1";
   return ltxmps::resolve(settings);
@@ -381,6 +402,7 @@ Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, int64_t layer
   } else {
     line["loop_seconds"] = rounded(best.loop_end, 3);
     line["decode_seconds"] = rounded(best.total - best.loop_end, 3);
+    line["before_loop_seconds"] = best.before_loop;
   }
   return line;
 }
@@ -391,7 +413,8 @@ int main(int argc, char** argv) try {
   const Args a = parse_args(argc, argv);
   const auto plan = job_plan(a);
   LtxModel model = a.embedded() ? make_embedded_default_model(plan) : random_model(a, plan);
-  const int64_t text_len = a.opt.at("job") == "t2v" ? 128 : 256;  // LTXPipeline's / LTXConditionPipeline's
+  const auto& job = a.opt.at("job");  // LTXPipeline's and LTXImageToVideoPipeline's / LTXConditionPipeline's
+  const int64_t text_len = job == "t2v" || job == "i2v" ? 128 : 256;
   const auto prompts = random_prompts(text_len, model.transformer.config.caption_channels,
                                       plan.precision.text_encoder.compute);
   LatentUpsamplerConfig uc;  // LTXLatentUpsamplerModel() = the 0.9.7 spatial upscaler's config

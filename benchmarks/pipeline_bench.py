@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""One LTX-Video text-to-video generation with diffusers' LTXPipeline (--job t2v), the per-step cost of object
+"""One LTX-Video text-to-video generation with diffusers' LTXPipeline (--job t2v), one image-to-video generation
+with LTXImageToVideoPipeline (--job i2v: a random image as the first frame), the per-step cost of object
 removal (--job remove: LTXConditionPipeline with the video as a condition at frame 0, strength 1, VAE tiling on, 256
 text tokens: the same per-token conditioning loop as the official removal), or the documented 0.9.7 two-pass flow
 (--job two-pass): the counterpart of pipeline_bench.cpp.
@@ -8,7 +9,7 @@ Same defaults: the 2B transformer (28 layers, 32 heads x 64, caption 4096) and A
 config) with random weights, random prompt embeddings [1, 128, 4096] (no T5-XXL), 768x512x121, 30 steps,
 guidance 3, generator torch.Generator().manual_seed(0). Prints one JSON line: seconds per denoising step (mean
 over the steps after the first), total seconds of the call (loop + decode), the split of that total at the last
-step's end (t2v and remove: "loop_seconds", "decode_seconds") and the peak CUDA memory, also per phase (as
+step's end (t2v, i2v, remove: "loop_seconds", "decode_seconds") and the peak CUDA memory, also per phase (as
 pipeline_bench.cpp's PhasePeaks). --repeat N calls the pipeline N times in the process and reports the fastest
 call.
 
@@ -23,7 +24,8 @@ guidance_rescale 0.7, decode timestep 0.05 / noise 0.025, image_cond_noise_scale
 sizes, executed steps and seconds; its "seconds_per_step" is the second pass's.
 
   pipeline_bench.py [--device cuda] [--precision bf16|fp16|fp32] [--height N] [--width N] [--frames N]
-                    [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N] [--job t2v|remove|two-pass]
+                    [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N]
+                    [--job t2v|i2v|remove|two-pass]
                     [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
                     [--repeat N]
 --smoke: 2 layers, 4 heads, 64x64x9, 2 steps (any device); two-pass: 96x96x9 (passes 64x64 and 128x128),
@@ -37,7 +39,7 @@ import time
 import torch
 import torch.nn.functional as F
 from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXConditionPipeline,
-                       LTXLatentUpsamplePipeline, LTXPipeline, LTXVideoTransformer3DModel)
+                       LTXImageToVideoPipeline, LTXLatentUpsamplePipeline, LTXPipeline, LTXVideoTransformer3DModel)
 from diffusers.pipelines.ltx.modeling_latent_upsampler import LTXLatentUpsamplerModel
 from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 from diffusers.utils import logging as diffusers_logging
@@ -67,7 +69,7 @@ def parse_args():
     p.add_argument("--layers", type=int, default=28)
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--job", choices=["t2v", "remove", "two-pass"], default="t2v")
+    p.add_argument("--job", choices=["t2v", "i2v", "remove", "two-pass"], default="t2v")
     p.add_argument("--first-pass-scale", type=fraction, default=fraction("2/3"))
     p.add_argument("--second-pass-steps", type=int, default=10)
     p.add_argument("--second-pass-strength", type=float, default=0.4)
@@ -99,11 +101,12 @@ def build_components(a, dtype, device):
                          else LTXLatentUpsamplerModel()).to(dtype=dtype).eval()
         else:
             vae = AutoencoderKLLTXVideo()
-    # float32 VAE as ltxmps' default plan; removal and two-pass run it in the model dtype, as the official removal
-    # script (the condition pipeline casts the condition video to the prompt embeddings' dtype before the VAE) and
-    # the documented two-pass example (torch_dtype for every component), both with tiling.
+    # float32 VAE for t2v as ltxmps' default plan; the other jobs run it in the model dtype: LTXImageToVideoPipeline
+    # and the condition pipeline cast the image / condition video to the prompt embeddings' dtype before the VAE (a
+    # float32 VAE fails on a bfloat16 image), the official removal script and the documented two-pass example give
+    # every component torch_dtype; removal and two-pass with tiling, as those two.
     vae = vae.to(device=device, dtype=torch.float32 if a.job == "t2v" else dtype).eval()
-    if a.job != "t2v":
+    if a.job not in ("t2v", "i2v"):
         vae.enable_tiling()
     return transformer, vae, upsampler
 
@@ -150,9 +153,10 @@ def per_step(step_end):
 
 
 def run_single(a, transformer, vae, prompts, timer):
-    """One t2v call (LTXPipeline) or one removal-style call (LTXConditionPipeline): total, s/step, frames."""
+    """One t2v call (LTXPipeline), i2v call (LTXImageToVideoPipeline) or removal-style call (LTXConditionPipeline):
+    total, s/step, frames."""
     removal = a.job == "remove"
-    cls = LTXConditionPipeline if removal else LTXPipeline
+    cls = {"t2v": LTXPipeline, "i2v": LTXImageToVideoPipeline, "remove": LTXConditionPipeline}[a.job]
     pipe = cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
                transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
@@ -160,6 +164,8 @@ def run_single(a, transformer, vae, prompts, timer):
     if removal:
         video = torch.rand(a.frames, 3, a.height, a.width, generator=torch.Generator().manual_seed(0))
         extra = dict(conditions=[LTXVideoCondition(video=video, frame_index=0, strength=1.0)])
+    if a.job == "i2v":
+        extra = dict(image=torch.rand(1, 3, a.height, a.width, generator=torch.Generator().manual_seed(0)))
     timer.start()
     timer.phase = "loop"
     frames = pipe(**prompts, height=a.height, width=a.width, num_frames=a.frames, num_inference_steps=a.steps,
@@ -221,7 +227,8 @@ def main():
     a = parse_args()
     dtype, device = DTYPES[a.precision], torch.device(a.device)
     transformer, vae, upsampler = build_components(a, dtype, device)
-    text_len = 128 if a.job == "t2v" else 256  # LTXPipeline's / LTXConditionPipeline's max_sequence_length
+    # LTXPipeline's and LTXImageToVideoPipeline's / LTXConditionPipeline's max_sequence_length
+    text_len = 128 if a.job in ("t2v", "i2v") else 256
     embeds = torch.randn(1, text_len, 4096, dtype=dtype).to(device)
     mask = torch.ones(1, text_len, dtype=torch.bool, device=device)
     prompts = dict(prompt_embeds=embeds, prompt_attention_mask=mask, negative_prompt_embeds=embeds.clone(),

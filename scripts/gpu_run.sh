@@ -3,24 +3,28 @@
 # logs and the benchmark JSON in $OUT. The Python oracle's diffusers comes as wheels in .device/wheels
 # (pip download here; the GPU machine has no network). Usage there:  bash scripts/gpu_run.sh MODE [MODE ...]
 # MODE: tests | bench | removal | memory | speed | fp8 | vae | kernels | profile | workflow | twopass | seed | graphs |
-# compile | choices | all
+# compile | choices | conditioned | all
 # (default all);
 # several modes share one build. Modes that measure beside diffusers end with a table of same-run ratios
 # (benchmarks/bench_ratios.py).
 #   bench:   every benchmark against its Python counterpart: the 2B and 13B forwards (ltxmps bf16, FP8 matmul + FP8
-#            attention, diffusers eager and torch.compile), the 2B text-to-video end to end, T5-XXL, the VAE decode
-#            modes (object removal has its own mode).
+#            attention, diffusers eager and torch.compile), the 2B text-to-video and image-to-video end to end,
+#            T5-XXL, the VAE decode modes (object removal has its own mode).
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
 #            the 13B FP8 weight storage against resident, the 2B text-to-video end to end.
 #   profile: per-kernel GPU time of the forward (unfused, fused, FP8, FP8 storage, diffusers; PROFILE_ARGS and PROFILE_RUNS
-#            choose the shape and the variants, default the 2B and all; "pipeline" and "removal" add a step of
-#            the 2B text-to-video and object-removal loops, op by op) from PyTorch profiler (Kineto) traces into $OUT/kernel_profile.md.
+#            choose the shape and the variants, default the 2B and all; "pipeline", "i2v" and "removal" add a step
+#            of the 2B text-to-video, image-to-video and object-removal loops, op by op) from PyTorch profiler (Kineto)
+#            traces into $OUT/kernel_profile.md.
 #   compile: the 2B and 13B forwards (ltxmps bf16 and FP8 matmul + FP8 attention, diffusers eager and
 #            torch.compile) and their ratios.
 #   choices: every cuBLASLt algorithm and cuDNN attention plan offered for the forward's shapes, beside ATen's
 #            choice (ltxmps_library_choices_bench).
+#   conditioned: the 0.9.0 VAE's encode in bfloat16 (untiled as image-to-video runs it, tiled as removal), then the
+#            loops whose tokens have timesteps of their own (image-to-video, object removal) beside text-to-video at
+#            the 2B size, then object removal at the 13B size, C++ and diffusers.
 #   kernels: the kernel and FP8 suites (CPU and GPU) only.
 #   vae:     the GPU model suite and the VAE decode modes (C++ and diffusers, two rounds).
 #   fp8:     the kernel and FP8 suites, the 2B and 13B forwards (fused bf16, FP8 matmul, diffusers eager) and the 13B
@@ -77,6 +81,7 @@ has workflow && add ltxmps_pipeline_bench ltxmps_vae_bench ltxmps_t5_bench
 has twopass && add ltxmps_pipeline_bench
 has compile && add ltxmps_transformer_bench
 has choices && add ltxmps_library_choices_bench
+has conditioned && add ltxmps_pipeline_bench ltxmps_vae_bench
 has bench && add ltxmps_transformer_bench ltxmps_pipeline_bench ltxmps_t5_bench ltxmps_vae_bench ltxmps_bench_policy
 has graphs && add ltxmps_gpu_graph_tests ltxmps_gpu_tests ltxmps_transformer_bench ltxmps_pipeline_bench
 has vae && add ltxmps_vae_bench ltxmps_gpu_model_tests
@@ -94,11 +99,12 @@ if has tests || has all; then
   build-gpu/tests/ltxmps_gpu_tests --success --reporter compact > "$OUT/gpu_tests.log" 2>&1 || status=1
   tail -3 "$OUT/gpu_tests.log"
 fi
-# The VAE decode modes (untiled, spatial tiles, spatial + framewise tiles), C++ then diffusers for each.
+# The VAE decode modes (untiled, spatial tiles, spatial + framewise tiles) and the encode (untiled, spatial tiles),
+# C++ then diffusers for each; $1 adds arguments to every run.
 vae_modes() {
-  for args in "" "--tiling" "--tiling --framewise"; do
-    echo "== vae decode $args C++"; build-gpu/benchmarks/ltxmps_vae_bench $args | tee -a "$OUT/vae_bench.jsonl"
-    echo "== vae decode $args diffusers"; python3 benchmarks/vae_bench.py $args | tee -a "$OUT/vae_bench.jsonl"
+  for args in "" "--tiling" "--tiling --framewise" "--encode" "--encode --tiling"; do
+    echo "== vae $args ${1:-} C++"; build-gpu/benchmarks/ltxmps_vae_bench $args ${1:-} | tee -a "$OUT/vae_bench.jsonl"
+    echo "== vae $args ${1:-} diffusers"; python3 benchmarks/vae_bench.py $args ${1:-} | tee -a "$OUT/vae_bench.jsonl"
   done
 }
 # The 2B and 13B forwards: ltxmps bf16 and FP8 matmul + FP8 attention, diffusers eager and torch.compile (the
@@ -121,6 +127,8 @@ if has bench || has all; then
   forwards_vs_compile "$OUT/transformer_bench.jsonl"
   echo "== pipeline t2v 2B 768x512x121 30 steps C++"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== pipeline diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/pipeline_bench.jsonl"
+  echo "== pipeline i2v 2B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench --job i2v | tee -a "$OUT/pipeline_bench.jsonl"
+  echo "== pipeline i2v diffusers"; python3 benchmarks/pipeline_bench.py --job i2v | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
   vae_modes
@@ -203,6 +211,23 @@ if has graphs; then
   done
   echo "== pipeline t2v 2B diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/graph_bench.jsonl"
 fi
+if has conditioned; then
+  for args in "" "--tiling"; do
+    echo "== vae encode 0.9.0 bf16 $args C++"
+    build-gpu/benchmarks/ltxmps_vae_bench --encode --config 090 --precision bf16 $args | tee -a "$OUT/conditioned_bench.jsonl"
+    echo "== vae encode 0.9.0 bf16 $args diffusers"
+    python3 benchmarks/vae_bench.py --encode --config 090 --dtype bf16 $args | tee -a "$OUT/conditioned_bench.jsonl"
+  done
+  for job in t2v i2v remove; do
+    echo "== pipeline $job 2B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench --job $job --repeat 2 |
+      tee -a "$OUT/conditioned_bench.jsonl"
+    echo "== pipeline $job 2B diffusers"; python3 benchmarks/pipeline_bench.py --job $job | tee -a "$OUT/conditioned_bench.jsonl"
+  done
+  large="--job remove --layers 48 --heads 32 --head-dim 128"
+  echo "== removal 13B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench $large | tee -a "$OUT/conditioned_bench.jsonl"
+  echo "== removal 13B diffusers"; python3 benchmarks/pipeline_bench.py $large | tee -a "$OUT/conditioned_bench.jsonl"
+  ratios "$OUT/conditioned_bench.jsonl"
+fi
 if has workflow || has twopass; then
   large="--layers 48 --heads 32 --head-dim 128 --height 512 --width 768 --frames 121"
   two="--job two-pass $large --steps 8 --second-pass-steps 10 --second-pass-strength 0.4 --guidance 3 --repeat 2"
@@ -232,9 +257,9 @@ if has profile; then
   prof fp8attn "ltxmps fp8 + fp8 attention" build-gpu/benchmarks/ltxmps_transformer_bench --fused 1 --fp8-matmul 1 \
     --fp8-attention 1
   prof diffusers "diffusers" python3 benchmarks/transformer_bench.py
-  # A step of the 2B text-to-video loop ("pipeline") and of the 2B object removal ("removal"), op by op (a graph
-  # replay hides its kernels from the trace): steps 2 to 30 of the second run are recorded.
-  for job in pipeline:t2v removal:remove; do
+  # A step of the 2B text-to-video loop ("pipeline"), image-to-video loop ("i2v") and object removal ("removal"),
+  # op by op (a graph replay hides its kernels from the trace): steps 2 to 30 of the second run are recorded.
+  for job in pipeline:t2v i2v:i2v removal:remove; do
     name=${job%%:*}; [[ "$runs" == *" $name "* ]] || continue
     echo "== profile $name (${job#*:} loop)"
     if build-gpu/benchmarks/ltxmps_pipeline_bench --job "${job#*:}" --repeat 2 --cuda-graphs 0 \

@@ -143,6 +143,29 @@ class FiniteWatch {
 
 }  // namespace
 
+// Note [Few timesteps per step]
+// The pipelines with conditioning give token s a timestep of its own, a function of the step's t and the token's
+// conditioning mask m_s: t·(1 − m_s) in LTXImageToVideoPipeline, min(t, (1 − m_s)·1000) in LTXConditionPipeline
+// and object removal. m takes few values: 0 for the generated tokens, 1 (image-to-video, removal's kept tokens)
+// or each condition's strength for the others. So the step's timesteps take as few values, and the transformer
+// gets them as rows [B, K] with each token's row index (DenoiseHooks::timestep_rows, Note [Timestep rows] in
+// transformer.cpp) instead of [B, S]: its time embedding runs for K values and its blocks keep K modulation rows
+// instead of one per token (12 of the 2B removal step's 119 ms of GPU time went to those, measured). The rows are
+// the per-token formula applied to the distinct mask values, the same float32 operations, so each token's value
+// is the one it had. The distinct values are read once, before the loop; a mask with more than kMaxTimestepRows of
+// them (no pipeline makes one) keeps the per-token timesteps.
+std::optional<MaskLevels> mask_levels(const at::Tensor& mask) {
+  LTXMPS_CHECK(mask.defined() && mask.dim() == 2 && mask.scalar_type() == at::kFloat,
+               "mask_levels: the conditioning mask must be float32 [rows, tokens], got ",
+               mask.defined() ? mask.sizes() : at::IntArrayRef{});
+  // On the host: a few hundred KB at most, and every backend has the CPU's unique.
+  const auto unique = at::_unique2(mask.to(at::kCPU), /*sorted=*/true, /*return_inverse=*/true);
+  const auto& values = std::get<0>(unique);
+  const auto& inverse = std::get<1>(unique);
+  if (values.numel() > kMaxTimestepRows) return std::nullopt;
+  return MaskLevels{values.to(mask.device()), inverse.to(at::kInt).view(mask.sizes()).to(mask.device())};
+}
+
 at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const TransformerInputs& grid, at::Tensor latents,
                    const at::Tensor& timesteps, const DenoiseSettings& settings, const DenoiseHooks& hooks) {
   LTXMPS_CHECK(static_cast<bool>(hooks.timestep) && static_cast<bool>(hooks.step),
@@ -203,13 +226,12 @@ DenoiseHooks condition_hooks(StageContext& ctx, FlowMatchEulerScheduler& schedul
     if (mask_in.defined()) timestep = at::minimum(timestep, (1 - mask_in) * 1000.0);
     return timestep;
   };
-  if (conditioning && conditioning->binary) {
-    // min(t, (1 - m)·1000) is t where m = 0 and 0 where m = 1 (0 <= t <= 1000): row 0 holds t, row 1 holds 0, and
-    // m is each token's row. The same float32 values as the per-token timestep above.
-    const auto index = mask_in.to(at::kInt);
-    hooks.timestep_rows = [rows, index](const DenoiseStep& s) {
-      const auto t = s.t.to(at::kFloat).reshape({1, 1}).expand({rows, 1});
-      return std::make_pair(at::cat({t, at::zeros_like(t)}, 1), index);
+  if (const auto levels = mask_in.defined() ? mask_levels(mask_in) : std::nullopt) {
+    // The per-token timestep above, computed for each distinct mask value (Note [Few timesteps per step]).
+    const auto values = levels->values.unsqueeze(0);
+    hooks.timestep_rows = [rows, values, index = levels->index](const DenoiseStep& s) {
+      const auto t = s.t.expand({rows}).unsqueeze(-1).to(at::kFloat);
+      return std::make_pair(at::minimum(t, (1 - values) * 1000.0), index);
     };
   }
   const bool guidance = prompts.guidance;

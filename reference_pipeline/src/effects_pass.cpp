@@ -106,8 +106,7 @@ EffectsMaskResult compute_effects_mask(LtxModel& model, const EffectsMaskRequest
   const auto object = effects_object_mask(r.object_mask);
   StageContext ctx(model, plan, sink, progress, r.seed);
   const auto prompts = encode_prompts(ctx, r.prompt_request());
-  const auto video = (r.video.to(at::kFloat) * 2.0 - 1.0).permute({1, 0, 2, 3}).unsqueeze(0);
-  const auto posterior = encode_videos(ctx, {video}).at(0);
+  const auto posterior = encode_videos(ctx, {frames_to_vae_input(ctx, r.video)}).at(0);
   // The two draws of the official pass, in its order, from the run's generator.
   const auto z = sample_normalized(ctx, posterior);
   const auto eps = ctx.noise(z.sizes());

@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace ltxmps::pipeline {
 
@@ -166,6 +167,26 @@ PromptBatch encode_prompts(StageContext& ctx, const PromptRequest& r) {
 // same sums in another GEMM blocking (rounding); other devices and dtypes keep one encode per video.
 constexpr int64_t kBatchedEncodeMaxValues = int64_t{1} << 19;
 
+// Note [Frames mapped on the device]
+// A removal's video and mask arrive as float frames in [0, 1] on the host (decoded files, or the caller's tensors)
+// and the VAE wants [1, C, F, H, W] in [-1, 1] in its dtype. Mapped on the host, 2x - 1, the permutation and the
+// mask's thresholds were passes over freshly allocated 190-571 MB tensors (a 121-frame 768x512 clip): about 0.4 s
+// on a 16-core GPU host before the first encode, longer than the encode itself, and seconds on 2 cores. The frames
+// now cross as they are and the same float32 operations run on the device, bit for bit the same values (2x is
+// exact; the device computes 2x - 1 as the host did). On the CPU the work is what it was.
+at::Tensor frames_to_vae_input(const StageContext& ctx, const at::Tensor& frames) {
+  LTXMPS_CHECK(frames.defined() && frames.dim() == 4 && at::isFloatingType(frames.scalar_type()),
+               "frames_to_vae_input: the frames must be floating point [F, C, H, W], got ",
+               frames.defined() ? c10::str(frames.scalar_type(), " ", frames.sizes()) : std::string("nothing"));
+  // A copy (never the caller's tensor) on the device, mapped in place there.
+  auto x = frames.to(ctx.device, at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+  x.mul_(2.0).sub_(1.0);
+  auto out = at::empty({1, x.size(1), x.size(0), x.size(2), x.size(3)},
+                       x.options().dtype(ctx.model.vae.runtime.dtype));
+  out[0].copy_(x.permute({1, 0, 2, 3}));
+  return out;
+}
+
 bool encode_as_batch(const StageContext& ctx, const std::vector<at::Tensor>& videos) {
   const auto& vae = ctx.model.vae;
   if (videos.size() < 2 || !ctx.device.is_cpu() || vae.runtime.dtype != at::kFloat || vae.tiling.use_slicing)
@@ -175,15 +196,21 @@ bool encode_as_batch(const StageContext& ctx, const std::vector<at::Tensor>& vid
   return true;
 }
 
-std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<at::Tensor>& videos) {
+std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<VideoSource>& sources) {
   std::vector<VaePosterior> out;
-  if (videos.empty()) return out;
+  if (sources.empty()) return out;
   auto& vae = ctx.model.vae;
   ltxmps::OffloadScope offload(ctx.plan.offload, [&](const c10::Device& d) { move_model(vae, d); }, "vae", ctx.sink);
   const auto prepared = [&](const at::Tensor& v) { return v.to(ctx.device).to(vae.runtime.dtype).contiguous(); };
+  const auto total = static_cast<int64_t>(sources.size());
+  // Off the CPU each input is made just before its encode and dropped after it, so that one input at a time takes
+  // device memory; on the CPU they are made together, to be encoded as one batch where they can.
+  std::vector<at::Tensor> videos;
+  if (ctx.device.is_cpu() && sources.size() > 1)
+    for (const auto& source : sources) videos.push_back(source());
   if (encode_as_batch(ctx, videos)) {
     throw_if_cancelled();
-    report(ctx.progress, "vae encode", 0, static_cast<int64_t>(videos.size()));
+    report(ctx.progress, "vae encode", 0, total);
     std::vector<at::Tensor> batch;
     for (const auto& v : videos) batch.push_back(prepared(v));
     const auto posterior = vae.encode(at::cat(batch));
@@ -193,13 +220,19 @@ std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<at:
       out.push_back({posterior.mean.narrow(0, start, b), posterior.logvar.narrow(0, start, b)});
     }
   }
-  for (size_t i = out.size(); i < videos.size(); ++i) {
+  for (size_t i = out.size(); i < sources.size(); ++i) {
     throw_if_cancelled();
-    report(ctx.progress, "vae encode", static_cast<int64_t>(i), static_cast<int64_t>(videos.size()));
-    out.push_back(vae.encode(prepared(videos[i])));
+    report(ctx.progress, "vae encode", static_cast<int64_t>(i), total);
+    out.push_back(vae.encode(prepared(videos.empty() ? sources[i]() : std::exchange(videos[i], at::Tensor()))));
   }
-  report(ctx.progress, "vae encode", static_cast<int64_t>(videos.size()), static_cast<int64_t>(videos.size()));
+  report(ctx.progress, "vae encode", total, total);
   return out;
+}
+
+std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<at::Tensor>& videos) {
+  std::vector<VideoSource> sources;
+  for (const auto& v : videos) sources.emplace_back([v] { return v; });
+  return encode_videos(ctx, sources);
 }
 
 at::Tensor sample_normalized(StageContext& ctx, const VaePosterior& posterior) {

@@ -486,13 +486,13 @@ at::Tensor TransformerModel::forward(const TransformerInputs& in, const Attentio
 
   // time_embed (AdaLayerNormSingle): sinusoidal projection in fp32, cast, TimestepEmbedding, SiLU, linear.
   // Note [Timestep rows]
-  // Object removal's loop gives each token the timestep min(t, (1 - m)·1000) of its conditioning mask m in {0, 1}:
-  // two values per step. Given as [B, S], the time embedding runs for every token and every block writes the
-  // modulation `table + temb` as a [B, S, 6, D] tensor that its norms and residuals then read per token (12 of
-  // the 2B removal step's 119 ms of GPU time). With `timestep_index` the embedding runs for the K values and the
-  // blocks keep [B, K, 6, D] rows, each kernel reading row index[b, s] for token s (Note [Per-token modulation
-  // rows] in ltxmps_kernels). The values are the per-token forward's, except that the time embedding's products
-  // see K rows instead of S, which a BLAS may round differently.
+  // The loops with conditioning give each token a timestep of its own that takes a few values per step (two in
+  // image-to-video and object removal; Note [Few timesteps per step] in denoise.cpp). Given as [B, S], the time
+  // embedding runs for every token and every block writes the modulation `table + temb` as a [B, S, 6, D] tensor that
+  // its norms and residuals then read per token (12 of the 2B removal step's 119 ms of GPU time). With `timestep_index`
+  // the embedding runs for the K values and the blocks keep [B, K, 6, D] rows, each kernel reading row index[b, s] for
+  // token s (Note [Per-token modulation rows] in ltxmps_kernels). The values are the per-token forward's, except that
+  // the time embedding's products see K rows instead of S, which a BLAS may round differently.
   auto t_proj = timestep_projection(in.timestep.to(runtime.device).flatten()).to(runtime.dtype);
   auto embedded_timestep = apply_linear(time_embed_emb_timestep_embedder_linear_1, t_proj);
   embedded_timestep = apply_linear(time_embed_emb_timestep_embedder_linear_2, at::silu(embedded_timestep));

@@ -1,10 +1,12 @@
 // The stage layer without an oracle: every weight a loader creates is reached by the model's tensor visitor (so a
 // move, an offload or a cast leaves none behind), the plan -> runtime rules, LatentGrid's sizes and errors, the
-// pipeline choice, the progress reports of a run, and the synthetic removal clip.
+// pipeline choice, the progress reports of a run, the synthetic removal clip, the conditioning masks' timestep
+// rows and the removal inputs' mapping.
 #include "ltxmps/plan.hpp"
 #include "ltxmps_pipeline/embedded_default.hpp"
 #include "ltxmps_pipeline/latent_grid.hpp"
 #include "ltxmps_pipeline/pipeline.hpp"
+#include "ltxmps_pipeline/removal.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/synthetic_clip.hpp"
 #include "ltxmps_pipeline/transformer_graph.hpp"
@@ -188,4 +190,62 @@ TEST_CASE("synthetic clip: an object, its shadow outside the object mask", "[sta
   CHECK_FALSE(at::equal(clip.object_mask[0], clip.object_mask[8]));
   CHECK(at::equal(clip.video, make_synthetic_clip(9, 64, 96, 0).video));
   CHECK_THROWS_WITH(make_synthetic_clip(0, 64, 96), Contains("synthetic clip"));
+}
+
+TEST_CASE("timestep rows: the per-token timesteps of a conditioning mask, value for value", "[stages]") {
+  const auto plan = cpu_plan();
+  auto model = make_embedded_default_model(plan);
+  StageContext ctx(model, plan, ltxmps::null_sink(), {}, 0);
+  FlowMatchEulerScheduler scheduler(model.scheduler);
+  PromptBatch prompts;
+  prompts.guidance = true;  // rows = 2: the mask is doubled for the CFG pair
+  // Generated tokens (0), two conditions of strengths 0.8 and 0.9, and a fully kept one (1).
+  const auto mask = at::tensor({0.0f, 0.8f, 0.8f, 0.0f, 0.9f, 1.0f, 0.0f, 0.9f}).unsqueeze(0);
+  const auto hooks = condition_hooks(ctx, scheduler, prompts, TokenConditioning{mask, at::zeros({1, 8, 4}), 0.0});
+  REQUIRE(static_cast<bool>(hooks.timestep_rows));
+  for (const float t : {1000.0f, 937.5f, 150.0f, 0.0f}) {
+    const DenoiseStep step{0, 1, at::tensor(t), t};
+    const auto per_token = hooks.timestep(step);
+    const auto [values, index] = hooks.timestep_rows(step);
+    CHECK(values.sizes() == at::IntArrayRef({2, 4}));
+    CHECK(index.scalar_type() == at::kInt);
+    CHECK(at::equal(values.gather(1, index.to(at::kLong)), per_token));  // bit for bit
+  }
+
+  // More distinct values than rows are worth: per-token timesteps only.
+  const auto ramp = at::linspace(0, 1, kMaxTimestepRows + 1).unsqueeze(0);
+  CHECK_FALSE(mask_levels(ramp).has_value());
+  CHECK_FALSE(static_cast<bool>(
+      condition_hooks(ctx, scheduler, prompts, TokenConditioning{ramp, at::zeros({1, ramp.size(1), 4}), 0.0})
+          .timestep_rows));
+  const auto levels = mask_levels(at::tensor({1.0f, 0.0f, 1.0f}).unsqueeze(0));
+  REQUIRE(levels.has_value());
+  CHECK(at::equal(levels->values, at::tensor({0.0f, 1.0f})));
+  CHECK(at::equal(levels->index, at::tensor({1, 0, 1}, at::kInt).unsqueeze(0)));
+  CHECK_THROWS_WITH(mask_levels(at::ones({3})), Contains("float32 [rows, tokens]"));
+}
+
+TEST_CASE("frames_to_vae_input and removal_mask_pixels: the host mapping's values, the input untouched", "[stages]") {
+  const auto plan = cpu_plan();
+  auto model = make_embedded_default_model(plan);
+  StageContext ctx(model, plan, ltxmps::null_sink(), {}, 0);
+  at::manual_seed(3);
+  const auto frames = at::rand({9, 3, 16, 24});
+  const auto kept = frames.clone();
+  const auto input = frames_to_vae_input(ctx, frames);
+  CHECK(at::equal(input, (frames * 2.0 - 1.0).permute({1, 0, 2, 3}).unsqueeze(0)));
+  CHECK(input.is_contiguous());
+  CHECK(input.scalar_type() == model.vae.runtime.dtype);
+  CHECK(at::equal(frames, kept));
+  CHECK_THROWS_WITH(frames_to_vae_input(ctx, frames[0]), Contains("floating point [F, C, H, W]"));
+
+  // The official thresholds: 2m - 1 > 0 -> 100, < 0 -> 0, per channel, a 1-channel mask repeated to 3.
+  auto mask = at::rand({9, 1, 16, 24});
+  mask.view(-1)[0] = 0.5f;  // 2m - 1 == 0 stays 0
+  const auto pixels = removal_mask_pixels(mask, at::kBFloat16);
+  auto m = (mask * 2.0 - 1.0).expand({9, 3, 16, 24});
+  const auto expected = at::where(m > 0, at::full_like(m, 100.0), at::where(m < 0, at::zeros_like(m), m));
+  CHECK(pixels.scalar_type() == at::kBFloat16);
+  CHECK(pixels.sizes() == at::IntArrayRef({1, 3, 9, 16, 24}));
+  CHECK(at::equal(pixels.to(at::kFloat), expected.permute({1, 0, 2, 3}).unsqueeze(0)));
 }

@@ -82,8 +82,9 @@ RemovalWithEffects remove_object_with_effects(LtxModel& model, EffectsMaskReques
                                               const ProgressCallback& progress = {});
 
 /// @brief The mask pushed to extremes as the official removal does: [F, C, H, W] in [0, 1] -> [1, 3, F, H, W]
-///        with 2x - 1 > 0 -> 100, < 0 -> 0 per channel (a 1-channel mask is repeated to 3 channels first).
-at::Tensor removal_mask_pixels(const at::Tensor& mask);
+///        with 2x - 1 > 0 -> 100, < 0 -> 0 per channel (a 1-channel mask is repeated to 3 channels), computed in
+///        float32 where the mask is and returned in `dtype` (the VAE's: the values are exact in any float dtype).
+at::Tensor removal_mask_pixels(const at::Tensor& mask, at::ScalarType dtype = at::kFloat);
 
 /// @brief The latent token mask: a token is regenerated when the channel mean of the mask's (unnormalized)
 ///        latents is above 0.01 or below -0.01. `mask_latents` [1, C, F', H', W'] -> [1, 1, F', H', W'] float32.

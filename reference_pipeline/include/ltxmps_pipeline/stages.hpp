@@ -75,9 +75,21 @@ PromptEmbeddings text_embeddings(StageContext& ctx, const PromptRequest& request
 ///        encoder before the denoising loop, and batches for guidance.
 PromptBatch encode_prompts(StageContext& ctx, const PromptRequest& request);
 
+/// @brief Frames [F, C, H, W] in [0, 1] (any floating dtype, on any device) as a VAE input [1, C, F, H, W] in
+///        [-1, 1], in the VAE's dtype on the execution device: the frames cross to the device as they are, in one
+///        copy, and are mapped there (Note [Frames mapped on the device] in stages.cpp). The input is not modified.
+at::Tensor frames_to_vae_input(const StageContext& ctx, const at::Tensor& frames);
+
 /// @brief VAE-encodes each of `videos` ([B, 3, F, H, W] in [-1, 1], cast to the VAE's dtype here) inside the
 ///        VAE's offload scope, in order; sampling is left to the caller so that draws keep diffusers' order.
 std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<at::Tensor>& videos);
+
+/// @brief Makes a VAE input when its encode comes (see encode_videos()).
+using VideoSource = std::function<at::Tensor()>;
+
+/// @brief encode_videos() for inputs made on demand: off the CPU each is made just before its encode and released
+///        after it, so that a removal's video and mask do not take device memory together.
+std::vector<VaePosterior> encode_videos(StageContext& ctx, const std::vector<VideoSource>& sources);
 
 /// @brief A posterior sample drawn from the run's generator, float32 on the execution device, normalized with
 ///        the VAE's latents_mean / latents_std and scaling factor 1 (as the LTX pipelines do).
@@ -149,8 +161,22 @@ struct TokenConditioning {
   at::Tensor mask;   ///< [B, tokens] float32 conditioning strength (1 = kept)
   at::Tensor init;   ///< [B, tokens, C] packed latents at the start
   double noise_scale = 0.0;  ///< image_cond_noise_scale; 0 disables the re-noise (and its random draws)
-  bool binary = false;       ///< `mask` holds 0 and 1 only: the timesteps take two values (t, 0) per step
 };
+
+/// @brief A per-token conditioning mask as its distinct values and each token's index into them (Note [Few
+///        timesteps per step] in denoise.cpp).
+struct MaskLevels {
+  at::Tensor values;  ///< [K] float32, ascending, on the mask's device
+  at::Tensor index;   ///< [rows, tokens] int32: token s of row b has the mask value values[index[b, s]]
+};
+
+/// The most distinct mask values for which the loop passes the transformer timestep rows instead of per-token
+/// timesteps (DenoiseHooks::timestep_rows).
+inline constexpr int64_t kMaxTimestepRows = 16;
+
+/// @brief The levels of a float32 [rows, tokens] mask, or nothing where it has more than kMaxTimestepRows
+///        distinct values. Reads the mask to the host once (call it before the loop, not per step).
+std::optional<MaskLevels> mask_levels(const at::Tensor& mask);
 
 /// @brief The hooks of LTXConditionPipeline's loop: with `conditioning` the re-noise / per-token timestep /
 ///        keep-where steps above, without it plain per-token Euler steps. `scheduler` must outlive the hooks.

@@ -24,7 +24,9 @@
 //                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N]
 //                  [--job t2v|i2v|remove|two-pass]
 //                  [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
-//                  [--repeat N] [--cuda-graphs 0|1] [--profile PATH] [--model random|embedded]
+//                  [--repeat N] [--cuda-graphs 0|1] [--profile PATH] [--model random|embedded] [--prompt-tokens N]
+// --prompt-tokens N: the prompt embeddings' first N tokens are the prompt (mask 1), the rest padding (mask 0), as
+// T5 pads a short prompt (default: every token is the prompt); the official removal's two prompts take 16 of 256.
 // --cuda-graphs 0 runs every denoising step op by op (the plan's default on CUDA replays a CUDA graph; Note [CUDA
 // graphs in the plan]).
 // --model embedded runs the CLI's embedded default model (make_embedded_default_model: the tiny transformer, VAE and
@@ -98,7 +100,7 @@ Args parse_args(int argc, char** argv) {
       {{"device", "cuda"}, {"precision", "bf16"}, {"height", ""}, {"width", ""}, {"frames", ""},
        {"steps", ""}, {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"}, {"head-dim", "64"}, {"job", "t2v"},
        {"repeat", "1"}, {"first-pass-scale", "2/3"}, {"second-pass-steps", "10"}, {"second-pass-strength", "0.4"},
-       {"cuda-graphs", "1"}, {"profile", ""}, {"model", "random"}},
+       {"cuda-graphs", "1"}, {"profile", ""}, {"model", "random"}, {"prompt-tokens", ""}},
       {{"layers", "2"}, {"heads", "4"}, {"height", ""}, {"width", ""}, {"frames", "9"}, {"steps", "2"},
        {"second-pass-steps", "5"}, {"smoke", "1"}},
       "pipeline_bench.cpp");
@@ -106,6 +108,8 @@ Args parse_args(int argc, char** argv) {
   const auto& job = a.opt.at("job");
   if (job != "t2v" && job != "i2v" && job != "remove" && job != "two-pass")
     throw ltxmps::bench::BadArgument("--job " + job + ": expected t2v, i2v, remove or two-pass");
+  if (!a.opt.at("prompt-tokens").empty() && a.num("prompt-tokens") < 1)
+    throw ltxmps::bench::BadArgument("--prompt-tokens " + a.opt.at("prompt-tokens") + ": expected 1 or more");
   if (a.opt.at("cuda-graphs") != "0" && a.opt.at("cuda-graphs") != "1")
     throw ltxmps::bench::BadArgument("--cuda-graphs " + a.opt.at("cuda-graphs") + ": expected 0 or 1");
   const auto& model = a.opt.at("model");
@@ -163,9 +167,11 @@ LtxModel random_model(const Args& a, const ltxmps::ExecutionPlan& plan) {
   return model;
 }
 
-PromptEmbeddings random_prompts(int64_t tokens, int64_t channels, at::ScalarType dtype) {
+/// Random embeddings of `tokens` tokens of which the first `attended` are the prompt's (mask 1) and the rest padding.
+PromptEmbeddings random_prompts(int64_t tokens, int64_t attended, int64_t channels, at::ScalarType dtype) {
   const auto eo = at::TensorOptions().dtype(dtype);
-  const auto mask = at::ones({1, tokens}, at::kBool);
+  auto mask = at::zeros({1, tokens}, at::kBool);
+  mask.narrow(1, 0, std::min(attended, tokens)).fill_(true);
   return PromptEmbeddings{at::randn({1, tokens, channels}, eo), mask, at::randn({1, tokens, channels}, eo),
                           mask.clone()};
 }
@@ -415,7 +421,8 @@ int main(int argc, char** argv) try {
   LtxModel model = a.embedded() ? make_embedded_default_model(plan) : random_model(a, plan);
   const auto& job = a.opt.at("job");  // LTXPipeline's and LTXImageToVideoPipeline's / LTXConditionPipeline's
   const int64_t text_len = job == "t2v" || job == "i2v" ? 128 : 256;
-  const auto prompts = random_prompts(text_len, model.transformer.config.caption_channels,
+  const int64_t attended = a.opt.at("prompt-tokens").empty() ? text_len : a.num("prompt-tokens");
+  const auto prompts = random_prompts(text_len, attended, model.transformer.config.caption_channels,
                                       plan.precision.text_encoder.compute);
   LatentUpsamplerConfig uc;  // LTXLatentUpsamplerModel() = the 0.9.7 spatial upscaler's config
   if (a.smoke) uc.mid_channels = 32, uc.num_blocks_per_stage = 1;

@@ -135,6 +135,30 @@ at::Tensor StageContext::noise(at::IntArrayRef shape) {
   return ltxmps::randn(shape, generator, at::TensorOptions().dtype(at::kFloat).device(device));
 }
 
+// Note [Text past the longest prompt]
+// T5 pads every prompt to max_sequence_length tokens (128; 256 in the condition pipeline and object removal) and the
+// transformer's cross-attention adds a bias of -10000 to the padding's scores, under which their probabilities are
+// exactly 0 in float32 and bfloat16 (the exponential underflows). The columns that no row attends to are dropped
+// before the loop, so the caption projection and the cross-attention run over the longest prompt's tokens (the
+// official removal's "Empty" and its negative prompt: 16 of 256) with the same values up to the order of the sums.
+// Only trailing columns go (a mask need not be a prefix), and nothing when a row attends to no token at all: equal
+// biases then spread its attention over every column, padding included, as diffusers does.
+namespace {
+
+void drop_text_past_longest_prompt(PromptBatch& b) {
+  const int64_t length = b.mask.size(1);
+  const auto rows_attend = b.mask.any(1).all();
+  const auto attended = b.mask.any(0).nonzero();  // one read of the mask before the loop
+  if (!rows_attend.item<bool>() || attended.numel() == 0) return;
+  const int64_t keep = attended.max().item<int64_t>() + 1;
+  if (keep == length) return;
+  b.embeds = b.embeds.narrow(1, 0, keep).contiguous();
+  b.mask = b.mask.narrow(1, 0, keep).contiguous();
+  b.positive = b.positive.narrow(1, 0, keep).contiguous();
+}
+
+}  // namespace
+
 PromptBatch encode_prompts(StageContext& ctx, const PromptRequest& r) {
   const PromptEmbeddings e = text_embeddings(ctx, r);
   if (r.embeddings)  // the text encoder's own output was checked in text_embeddings()
@@ -154,6 +178,7 @@ PromptBatch encode_prompts(StageContext& ctx, const PromptRequest& r) {
     b.embeds = b.positive;
     b.mask = pos_mask;
   }
+  drop_text_past_longest_prompt(b);
   return b;
 }
 

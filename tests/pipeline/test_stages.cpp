@@ -249,3 +249,32 @@ TEST_CASE("frames_to_vae_input and removal_mask_pixels: the host mapping's value
   CHECK(pixels.sizes() == at::IntArrayRef({1, 3, 9, 16, 24}));
   CHECK(at::equal(pixels.to(at::kFloat), expected.permute({1, 0, 2, 3}).unsqueeze(0)));
 }
+
+TEST_CASE("encode_prompts drops the text columns no prompt attends to, and only those", "[stages]") {
+  const auto plan = cpu_plan();
+  auto model = make_embedded_default_model(plan);
+  StageContext ctx(model, plan, ltxmps::null_sink(), {}, 0);
+  const int64_t C = model.transformer.config.caption_channels;
+  at::manual_seed(5);
+  PromptEmbeddings e{at::randn({1, 12, C}), at::zeros({1, 12}, at::kBool), at::randn({1, 12, C}),
+                     at::zeros({1, 12}, at::kBool)};
+  e.prompt_attention_mask.narrow(1, 0, 3).fill_(true);           // a short prompt
+  e.negative_prompt_attention_mask.narrow(1, 0, 6).fill_(true);  // a longer negative one
+  e.negative_prompt_attention_mask[0][2] = false;                // a hole inside is kept
+  PromptRequest r;
+  r.embeddings = e;
+  r.guidance = true;
+  const auto b = encode_prompts(ctx, r);
+  CHECK(b.embeds.sizes() == at::IntArrayRef({2, 6, C}));
+  CHECK(at::equal(b.embeds, at::cat({e.negative_prompt_embeds, e.prompt_embeds}).narrow(1, 0, 6)));
+  CHECK(at::equal(b.mask, at::cat({e.negative_prompt_attention_mask, e.prompt_attention_mask}).narrow(1, 0, 6)));
+  CHECK(at::equal(b.positive, e.prompt_embeds.narrow(1, 0, 6)));
+
+  // A row that attends to nothing spreads its attention over every column in diffusers: nothing is dropped.
+  e.negative_prompt_attention_mask.zero_();
+  r.embeddings = e;
+  CHECK(encode_prompts(ctx, r).embeds.size(1) == 12);
+  // Without guidance only the prompt's own mask counts.
+  r.guidance = false;
+  CHECK(encode_prompts(ctx, r).embeds.size(1) == 3);
+}

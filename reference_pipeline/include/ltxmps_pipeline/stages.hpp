@@ -72,7 +72,8 @@ struct PromptBatch {
 PromptEmbeddings text_embeddings(StageContext& ctx, const PromptRequest& request);
 
 /// @brief Runs T5 (or takes the cache), checks the embeddings against the transformer, releases the text
-///        encoder before the denoising loop, and batches for guidance.
+///        encoder before the denoising loop, batches for guidance, and drops the trailing text columns that no
+///        prompt attends to (Note [Text past the longest prompt] in stages.cpp).
 PromptBatch encode_prompts(StageContext& ctx, const PromptRequest& request);
 
 /// @brief Frames [F, C, H, W] in [0, 1] (any floating dtype, on any device) as a VAE input [1, C, F, H, W] in

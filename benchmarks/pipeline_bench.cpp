@@ -277,12 +277,11 @@ double per_step(const std::vector<double>& step_end) {
 
 struct RunResult {
   double total = -1, seconds_per_step = 0;
-  double loop_end = 0;  ///< t2v / remove: seconds at the last denoising step's end (what follows is the decode)
+  double loop_end = 0;  ///< t2v / i2v / remove: seconds at the last denoising step's end (then the decode)
   at::Tensor frames;  ///< [B, F, 3, H, W]
   Json before_loop;   ///< Timeline::before_loop()
   Json passes;        ///< two-pass: per-pass fields of the JSON line
 };
-
 
 /// One t2v or i2v generation or one object removal.
 RunResult run_single(LtxModel& model, const Args& a, const ltxmps::ExecutionPlan& plan,

@@ -166,6 +166,17 @@ std::optional<MaskLevels> mask_levels(const at::Tensor& mask) {
   return MaskLevels{values.to(mask.device()), inverse.to(at::kInt).view(mask.sizes()).to(mask.device())};
 }
 
+void set_conditioned_timesteps(DenoiseHooks& hooks, int64_t rows, const at::Tensor& mask,
+                               const TimestepOfMask& per_token) {
+  const auto column = [rows](const DenoiseStep& s) { return s.t.expand({rows}).unsqueeze(-1); };
+  hooks.timestep = [column, mask, per_token](const DenoiseStep& s) { return per_token(column(s), mask); };
+  if (const auto levels = mask_levels(mask))
+    hooks.timestep_rows = [column, per_token, values = levels->values.unsqueeze(0),
+                           index = levels->index](const DenoiseStep& s) {
+      return std::make_pair(per_token(column(s), values), index);
+    };
+}
+
 at::Tensor denoise(StageContext& ctx, const PromptBatch& prompts, const TransformerInputs& grid, at::Tensor latents,
                    const at::Tensor& timesteps, const DenoiseSettings& settings, const DenoiseHooks& hooks) {
   LTXMPS_CHECK(static_cast<bool>(hooks.timestep) && static_cast<bool>(hooks.step),
@@ -221,18 +232,12 @@ DenoiseHooks condition_hooks(StageContext& ctx, FlowMatchEulerScheduler& schedul
       latents = at::where(need, noised, latents);
     };
   }
-  hooks.timestep = [rows, mask_in](const DenoiseStep& s) {
-    auto timestep = s.t.expand({rows}).unsqueeze(-1).to(at::kFloat);
-    if (mask_in.defined()) timestep = at::minimum(timestep, (1 - mask_in) * 1000.0);
-    return timestep;
-  };
-  if (const auto levels = mask_in.defined() ? mask_levels(mask_in) : std::nullopt) {
-    // The per-token timestep above, computed for each distinct mask value (Note [Few timesteps per step]).
-    const auto values = levels->values.unsqueeze(0);
-    hooks.timestep_rows = [rows, values, index = levels->index](const DenoiseStep& s) {
-      const auto t = s.t.expand({rows}).unsqueeze(-1).to(at::kFloat);
-      return std::make_pair(at::minimum(t, (1 - values) * 1000.0), index);
-    };
+  if (mask_in.defined()) {
+    set_conditioned_timesteps(hooks, rows, mask_in, [](const at::Tensor& t, const at::Tensor& m) {
+      return at::minimum(t.to(at::kFloat), (1 - m) * 1000.0);
+    });
+  } else {
+    hooks.timestep = [rows](const DenoiseStep& s) { return s.t.expand({rows}).unsqueeze(-1).to(at::kFloat); };
   }
   const bool guidance = prompts.guidance;
   hooks.step = [&scheduler, mask, guidance](const DenoiseStep& s, const at::Tensor& v, const at::Tensor& timestep,

@@ -63,14 +63,8 @@ GenerateResult image_to_video(LtxModel& model, const ImageToVideoRequest& r, con
 
   DenoiseHooks hooks;
   const int64_t rows = prompts.rows();
-  hooks.timestep = [rows, mask](const DenoiseStep& s) { return s.t.expand({rows}).unsqueeze(-1) * (1 - mask); };
-  if (const auto levels = mask_levels(mask)) {
-    // The timestep above for mask values 0 and 1 (Note [Few timesteps per step] in denoise.cpp).
-    const auto values = levels->values.unsqueeze(0);
-    hooks.timestep_rows = [rows, values, index = levels->index](const DenoiseStep& s) {
-      return std::make_pair(s.t.expand({rows}).unsqueeze(-1) * (1 - values), index);
-    };
-  }
+  set_conditioned_timesteps(hooks, rows, mask,
+                            [](const at::Tensor& t, const at::Tensor& m) { return t * (1 - m); });
   hooks.step = [&scheduler, g](const DenoiseStep& s, const at::Tensor& v, const at::Tensor&, const at::Tensor& latents) {
     // Only frames 1.. are stepped; frame 0 keeps the image's latent.
     const auto vu = g.unpack(v);

@@ -147,9 +147,9 @@ namespace {
 
 void drop_text_past_longest_prompt(PromptBatch& b) {
   const int64_t length = b.mask.size(1);
-  const auto rows_attend = b.mask.any(1).all();
-  const auto attended = b.mask.any(0).nonzero();  // one read of the mask before the loop
-  if (!rows_attend.item<bool>() || attended.numel() == 0) return;
+  const auto mask = b.mask.to(at::kCPU);  // one read of the mask before the loop
+  const auto attended = mask.any(0).nonzero();
+  if (!mask.any(1).all().item<bool>() || attended.numel() == 0) return;
   const int64_t keep = attended.max().item<int64_t>() + 1;
   if (keep == length) return;
   b.embeds = b.embeds.narrow(1, 0, keep).contiguous();

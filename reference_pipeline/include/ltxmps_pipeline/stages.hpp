@@ -179,6 +179,16 @@ inline constexpr int64_t kMaxTimestepRows = 16;
 ///        distinct values. Reads the mask to the host once (call it before the loop, not per step).
 std::optional<MaskLevels> mask_levels(const at::Tensor& mask);
 
+/// @brief A pipeline's per-token timestep: a function of the step's timestep `t` [rows, 1] and a conditioning mask
+///        `m` (per token, [rows, tokens], or per distinct value, [1, K]).
+using TimestepOfMask = std::function<at::Tensor(const at::Tensor& t, const at::Tensor& m)>;
+
+/// @brief Sets `hooks.timestep` to `per_token(t, mask)` and, where the mask has few distinct values
+///        (mask_levels()), `hooks.timestep_rows` to `per_token(t, values)` with each token's index: one formula gives
+///        both, so each token's row holds its per-token value (Note [Few timesteps per step] in denoise.cpp).
+void set_conditioned_timesteps(DenoiseHooks& hooks, int64_t rows, const at::Tensor& mask,
+                               const TimestepOfMask& per_token);
+
 /// @brief The hooks of LTXConditionPipeline's loop: with `conditioning` the re-noise / per-token timestep /
 ///        keep-where steps above, without it plain per-token Euler steps. `scheduler` must outlive the hooks.
 DenoiseHooks condition_hooks(StageContext& ctx, FlowMatchEulerScheduler& scheduler, const PromptBatch& prompts,

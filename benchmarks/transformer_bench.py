@@ -12,6 +12,8 @@ H100 SXM dense bf16).
     python3 benchmarks/transformer_bench.py                  # full size, CUDA
     python3 benchmarks/transformer_bench.py --smoke          # tiny config, any device (a check, not a benchmark)
     python3 benchmarks/transformer_bench.py --profile t.json # + a Chrome trace of 3 more forwards (kernel_profile.py)
+    python3 benchmarks/transformer_bench.py --compile        # torch.compile of the whole model (its wait printed)
+    python3 benchmarks/transformer_bench.py --compile regional  # each block compiled (compile_repeated_blocks)
 """
 
 import argparse
@@ -62,8 +64,10 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--peak-tflops", type=float, default=989.0)
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model first; the compile time is printed, not counted in the forward")
+    p.add_argument("--compile", nargs="?", const="full", choices=["full", "regional"], default=None,
+                   help="torch.compile the model first ('full', the default: the whole model; 'regional': each "
+                        "transformer block, diffusers' compile_repeated_blocks, the same code compiled once and "
+                        "reused, in a fraction of the wait); the compile time is printed, not counted in the forward")
     p.add_argument("--profile", metavar="PATH", default="",
                    help=f"after timing, record {PROFILE_FORWARDS} more forwards with torch.profiler into this Chrome trace")
     p.add_argument("--smoke", action="store_true", help="tiny config on --device (default cpu) for a quick check")
@@ -86,7 +90,10 @@ def main():
 
     compile_s = None
     if args.compile:
-        model = torch.compile(model)
+        if args.compile == "regional":
+            model.compile_repeated_blocks(fullgraph=True)
+        else:
+            model = torch.compile(model)
         t0 = time.perf_counter()
         with torch.inference_mode():
             model(**inputs)
@@ -110,7 +117,7 @@ def main():
     median = statistics.median(times)
     tflops = flops / (median * 1e-3) / 1e12
     print(json.dumps(dict(
-        impl="diffusers+compile" if args.compile else "diffusers", compile_seconds=compile_s, device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        impl={None: "diffusers", "full": "diffusers+compile", "regional": "diffusers+regional compile"}[args.compile], compile_seconds=compile_s, device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         dtype=args.dtype, layers=args.layers, dim=dim, heads=args.heads, tokens=S, text=L, batch=B,
         median_ms=round(median, 3), min_ms=round(min(times), 3), iters=args.iters, gflop=round(flops / 1e9, 1),
         tflops=round(tflops, 2), mfu=round(tflops / args.peak_tflops, 4), torch=torch.__version__,

@@ -7,9 +7,10 @@
 # (default all);
 # several modes share one build. Modes that measure beside diffusers end with a table of same-run ratios
 # (benchmarks/bench_ratios.py).
-#   bench:   every benchmark against its Python counterpart: the 2B and 13B forwards (ltxmps bf16, FP8 matmul + FP8
-#            attention, diffusers eager and torch.compile), the 2B text-to-video and image-to-video end to end,
-#            T5-XXL, the VAE decode modes (object removal has its own mode).
+#   bench:   every benchmark against its Python counterpart, in one device call (under its 10 minutes): the 2B and
+#            13B forwards (ltxmps bf16, FP8 matmul + FP8 attention, diffusers eager and with its blocks compiled,
+#            torch.compile of the whole model being `compile`'s), the 2B text-to-video and image-to-video end to
+#            end, T5-XXL, the VAE decode and encode modes (object removal has its own mode).
 #   removal: only the GPU suites and the object-removal benchmarks (effects pass, removal loop at the 13B shape),
 #            building only their targets.
 #   speed:   the kernel and FP8 suites, the 2B and 13B forwards (fused, FP8 matmul, diffusers eager and compiled),
@@ -19,12 +20,12 @@
 #            of the 2B text-to-video, image-to-video and object-removal loops, op by op) from PyTorch profiler (Kineto)
 #            traces into $OUT/kernel_profile.md.
 #   compile: the 2B and 13B forwards (ltxmps bf16 and FP8 matmul + FP8 attention, diffusers eager and
-#            torch.compile) and their ratios.
+#            torch.compile of the whole model) and their ratios.
 #   choices: every cuBLASLt algorithm and cuDNN attention plan offered for the forward's shapes, beside ATen's
 #            choice (ltxmps_library_choices_bench).
 #   conditioned: the 0.9.0 VAE's encode in bfloat16 (untiled as image-to-video runs it, tiled as removal), then the
 #            loops whose tokens have timesteps of their own (image-to-video, object removal) beside text-to-video at
-#            the 2B size, then object removal at the 13B size, C++ and diffusers.
+#            the 2B size, then object removal at the 13B size, C++ and diffusers, each the faster of two runs.
 #   kernels: the kernel and FP8 suites (CPU and GPU) only.
 #   vae:     the GPU model suite and the VAE decode modes (C++ and diffusers, two rounds).
 #   fp8:     the kernel and FP8 suites, the 2B and 13B forwards (fused bf16, FP8 matmul, diffusers eager) and the 13B
@@ -108,7 +109,8 @@ vae_modes() {
   done
 }
 # The 2B and 13B forwards: ltxmps bf16 and FP8 matmul + FP8 attention, diffusers eager and torch.compile (the
-# compile wait is reported beside the forward, not counted in it), appended to the JSON lines file $1.
+# compile wait is reported beside the forward, not counted in it), appended to the JSON lines file $1; $2 is the
+# compilation, full (the whole model) or regional (each block once, diffusers' compile_repeated_blocks).
 forwards_vs_compile() {
   for cfg in 2b 13b; do
     local args=""; [ "$cfg" = 13b ] && args="--layers 48 --head-dim 128"
@@ -116,26 +118,26 @@ forwards_vs_compile() {
       echo "== transformer $cfg C++ $mode"; build-gpu/benchmarks/ltxmps_transformer_bench $args $mode | tee -a "$1"
     done
     echo "== transformer $cfg diffusers"; python3 benchmarks/transformer_bench.py $args | tee -a "$1"
-    echo "== transformer $cfg diffusers torch.compile"
-    timeout 420 python3 benchmarks/transformer_bench.py $args --compile | tee -a "$1"
+    echo "== transformer $cfg diffusers torch.compile ($2) [${SECONDS} s]"
+    timeout 420 python3 benchmarks/transformer_bench.py $args --compile "$2" | tee -a "$1"
   done
 }
 ratios() { echo "== same-run ratios ($*)"; python3 benchmarks/bench_ratios.py "$@" | tee -a "$OUT/ratios.md"; }
 if has bench || has all; then
   build-gpu/benchmarks/ltxmps_bench_policy --benchmark_format=json --benchmark_out="$OUT/bench_policy.json" \
     --benchmark_out_format=json 2>&1 | grep -E "^BM_|Run on|CPU" | head -20
-  forwards_vs_compile "$OUT/transformer_bench.jsonl"
-  echo "== pipeline t2v 2B 768x512x121 30 steps C++"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/pipeline_bench.jsonl"
+  forwards_vs_compile "$OUT/transformer_bench.jsonl" regional
+  echo "== pipeline t2v 2B 768x512x121 30 steps C++ [${SECONDS} s]"; build-gpu/benchmarks/ltxmps_pipeline_bench | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== pipeline diffusers"; python3 benchmarks/pipeline_bench.py | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== pipeline i2v 2B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench --job i2v | tee -a "$OUT/pipeline_bench.jsonl"
   echo "== pipeline i2v diffusers"; python3 benchmarks/pipeline_bench.py --job i2v | tee -a "$OUT/pipeline_bench.jsonl"
-  echo "== t5-xxl encode C++"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
+  echo "== t5-xxl encode C++ [${SECONDS} s]"; build-gpu/benchmarks/ltxmps_t5_bench | tee -a "$OUT/t5_bench.jsonl"
   echo "== t5-xxl encode transformers"; python3 benchmarks/t5_bench.py | tee -a "$OUT/t5_bench.jsonl"
-  vae_modes
+  echo "[${SECONDS} s]"; vae_modes
   ratios "$OUT/transformer_bench.jsonl" "$OUT/pipeline_bench.jsonl" "$OUT/t5_bench.jsonl" "$OUT/vae_bench.jsonl"
 fi
 if has compile; then
-  forwards_vs_compile "$OUT/compile_bench.jsonl"
+  forwards_vs_compile "$OUT/compile_bench.jsonl" full
   ratios "$OUT/compile_bench.jsonl"
 fi
 if has choices; then
@@ -221,9 +223,10 @@ if has conditioned; then
   for job in t2v i2v remove; do
     echo "== pipeline $job 2B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench --job $job --repeat 2 |
       tee -a "$OUT/conditioned_bench.jsonl"
-    echo "== pipeline $job 2B diffusers"; python3 benchmarks/pipeline_bench.py --job $job | tee -a "$OUT/conditioned_bench.jsonl"
+    echo "== pipeline $job 2B diffusers"; python3 benchmarks/pipeline_bench.py --job $job --repeat 2 |
+      tee -a "$OUT/conditioned_bench.jsonl"
   done
-  large="--job remove --layers 48 --heads 32 --head-dim 128"
+  large="--job remove --layers 48 --heads 32 --head-dim 128 --repeat 2"
   echo "== removal 13B C++"; build-gpu/benchmarks/ltxmps_pipeline_bench $large | tee -a "$OUT/conditioned_bench.jsonl"
   echo "== removal 13B diffusers"; python3 benchmarks/pipeline_bench.py $large | tee -a "$OUT/conditioned_bench.jsonl"
   ratios "$OUT/conditioned_bench.jsonl"

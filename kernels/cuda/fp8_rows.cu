@@ -1,6 +1,7 @@
 // FP8 (e4m3) rows: the row-wise quantization (amax, scale, codes) in one kernel, and the dequantization of a
 // stored weight in one pass. One thread block per row; the arithmetic is the reference's, operation for operation
-// (Note [FP8 row quantization] in fused.cpp), so codes, scales and dequantized values are its bits.
+// (Note [FP8 row quantization] in fused.cpp), so codes, scales and dequantized values are its bits (the GELU variant
+// quantizes its own GELU values that way: Note [GELU before the FP8 rows] in fp8.cuh).
 
 #include "fp8.cuh"
 
@@ -12,8 +13,8 @@ namespace {
 // 512-thread cap) are read from memory once; a 2048-element bf16 row is one warp, an 8192-element one four.
 constexpr int kCachedVectors = 8;
 
-// The GELU variant spends ~40 instructions per value (tanhf, the division, the conversions): its arithmetic, not
-// its bytes, bounds it, so it keeps half as many vectors per thread in twice as many threads, which halves its
+// The GELU variant spends more instructions per value (the GELU, the division, the conversions): its arithmetic,
+// not its bytes, bounds it, so it keeps half as many vectors per thread in twice as many threads, which halves its
 // registers and doubles the warps that can issue while others wait on memory.
 constexpr int kGeluCachedVectors = 4;
 

@@ -438,7 +438,29 @@ TEST_CASE("a token index reads per-token modulation rows: the same bits as the g
     }
 }
 
-TEST_CASE("quantize_fp8_rows_gelu_tanh: ATen's tanh GELU and the row quantization in one kernel, bit for bit",
+// The tanh GELU in float64 as x / (1 + e^(-2u)), the form without cancellation where x < 0, of `x` as stored.
+at::Tensor exact_gelu_tanh(const at::Tensor& x) {
+  const auto v = x.to(at::kCPU, at::kDouble);
+  const double beta = std::sqrt(2.0 / 3.14159265358979323846), kappa = static_cast<double>(0.044715f);
+  return v / (1 + at::exp(-2 * beta * (v + kappa * v.pow(3))));
+}
+
+// The kernel's GELU against the exact one: one rounding to the dtype plus the fast exponential and division
+// (Note [GELU before the FP8 rows]: relative 2^-15), and below the dtype's smallest normal numbers an absolute
+// bound (float16's subnormal step; for float32 and bfloat16, flushed products 16 · 2^-126 from zero).
+void check_gelu_values(const at::Tensor& x, const at::Tensor& activation) {
+  const auto exact = exact_gelu_tanh(x), got = activation.to(at::kCPU, at::kDouble);
+  const double relative = std::ldexp(1.0, -mantissa_bits(x.scalar_type()) - 1) + std::ldexp(1.0, -15);
+  const double absolute = x.scalar_type() == at::kHalf ? std::ldexp(1.0, -25) : std::ldexp(1.0, -122);
+  const auto finite = exact.isfinite();
+  const auto excess = ((got - exact).abs() - (relative * exact.abs() + absolute)).masked_fill(~finite, 0);
+  INFO("largest excess over the bound " << excess.max().item<double>());
+  CHECK(excess.max().item<double>() <= 0);
+  CHECK(at::equal(got.isnan(), exact.isnan()));
+  CHECK(at::equal(got.masked_fill(finite, 0).nan_to_num(0), exact.masked_fill(finite, 0).nan_to_num(0)));
+}
+
+TEST_CASE("quantize_fp8_rows_gelu_tanh: the tanh GELU and the row quantization of its values in one kernel",
           "[gpu][kernels][fp8]") {
   for (const auto dtype : kDtypes)
     for (const int64_t K : kFp8Cols)
@@ -446,22 +468,31 @@ TEST_CASE("quantize_fp8_rows_gelu_tanh: ATen's tanh GELU and the row quantizatio
         INFO("dtype " << dtype << ", M " << M << ", K " << K);
         // Around GELU's bend (|x| < 6) and far out on both sides.
         const auto x = fp8_input(M, K, dtype, 80 + K + M).mul(0.05);
-        const auto gelu = at::gelu(x, "tanh");
-        const auto ref = kernels::quantize_fp8_rows_reference(gelu);
         std::pair<at::Tensor, at::Tensor> rows;
         at::Tensor activation;
         CHECK(fused_calls_in([&] { rows = kernels::quantize_fp8_rows_gelu_tanh(x, &activation); }) == 1);
-        CHECK(same_bits(activation, gelu));
+        check_gelu_values(x, activation);
+        // The quantization of the values the kernel computed is the reference's, bit for bit.
+        const auto ref = kernels::quantize_fp8_rows_reference(activation);
         CHECK(same_bits(rows.first, ref.first));
         CHECK(same_bits(rows.second, ref.second));
         CHECK(fused_calls_in([&] { rows = kernels::quantize_fp8_rows_gelu_tanh(x); }) == 1);
         CHECK(same_bits(rows.first, ref.first));
       }
+  // Infinities and NaN: ATen's limits (gelu(+inf) = inf, gelu(-inf) = NaN).
+  const auto special = at::tensor({INFINITY, -INFINITY, NAN, -1e30f, 1e30f, -0.f}).to(kCuda).reshape({1, 6});
+  at::Tensor activation;
+  kernels::quantize_fp8_rows_gelu_tanh(special, &activation);
+  const auto aten = at::gelu(special, "tanh").cpu();
+  CHECK(at::equal(activation.cpu().isnan(), aten.isnan()));
+  CHECK(at::equal(activation.cpu().nan_to_num(0), aten.nan_to_num(0)));
   // Rows read in place from a column window; float64 runs the ATen ops.
   const auto wide = fp8_input(37, 520, at::kBFloat16, 90);
   const auto window = wide.narrow(1, 8, 512);
-  const auto ref = kernels::quantize_fp8_rows_reference(at::gelu(window, "tanh"));
-  CHECK(same_bits(kernels::quantize_fp8_rows_gelu_tanh(window).first, ref.first));
+  kernels::quantize_fp8_rows_gelu_tanh(window, &activation);
+  check_gelu_values(window, activation);
+  CHECK(same_bits(kernels::quantize_fp8_rows_gelu_tanh(window).first,
+                  kernels::quantize_fp8_rows_reference(activation).first));
   const auto x64 = window.to(at::kDouble);
   std::pair<at::Tensor, at::Tensor> rows;
   CHECK(fused_calls_in([&] { rows = kernels::quantize_fp8_rows_gelu_tanh(x64); }) == 0);

@@ -166,9 +166,11 @@ std::pair<at::Tensor, at::Tensor> quantize_fp8_rows(const at::Tensor& rows);
 std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_reference(const at::Tensor& rows);
 
 /// @brief `quantize_fp8_rows(at::gelu(rows, "tanh"))`, the input of FP8 matmul's second feed-forward linear: on
-///        CUDA one kernel computes the GELU (ATen's formula in float32, rounded to the rows' dtype) as it reads the
-///        row and quantizes it, without writing the activation unless `activation` asks for it (then it receives
-///        `at::gelu(rows, "tanh")`, contiguous). Elsewhere, and for what the kernel does not take, the ATen ops.
+///        CUDA one kernel computes the GELU as it reads the row and quantizes it, without writing the activation
+///        unless `activation` asks for it (then it receives the GELU, contiguous). The kernel's GELU is the same
+///        function with a fast exponential (within one rounding to the rows' dtype plus 2^-15 relative of the exact
+///        GELU, not ATen's bits: Note [GELU before the FP8 rows] in kernels/cuda/fp8.cuh); its quantization of those
+///        values is the reference's, bit for bit. Elsewhere, and for what the kernel does not take, the ATen ops.
 std::pair<at::Tensor, at::Tensor> quantize_fp8_rows_gelu_tanh(const at::Tensor& rows, at::Tensor* activation = nullptr);
 
 /// @brief Quantizes the whole of `x` to e4m3 with one scale: `quantize_fp8_rows(x.reshape({1, -1}))` with the

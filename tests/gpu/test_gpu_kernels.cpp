@@ -438,6 +438,8 @@ TEST_CASE("a token index reads per-token modulation rows: the same bits as the g
     }
 }
 
+namespace {
+
 // The tanh GELU in float64 as x / (1 + e^(-2u)), the form without cancellation where x < 0, of `x` as stored.
 at::Tensor exact_gelu_tanh(const at::Tensor& x) {
   const auto v = x.to(at::kCPU, at::kDouble);
@@ -459,6 +461,8 @@ void check_gelu_values(const at::Tensor& x, const at::Tensor& activation) {
   CHECK(at::equal(got.isnan(), exact.isnan()));
   CHECK(at::equal(got.masked_fill(finite, 0).nan_to_num(0), exact.masked_fill(finite, 0).nan_to_num(0)));
 }
+
+}  // namespace
 
 TEST_CASE("quantize_fp8_rows_gelu_tanh: the tanh GELU and the row quantization of its values in one kernel",
           "[gpu][kernels][fp8]") {

@@ -24,11 +24,13 @@
 //                  [--steps N] [--guidance X] [--layers N] [--heads N] [--head-dim N]
 //                  [--job t2v|i2v|remove|two-pass]
 //                  [--first-pass-scale X|A/B] [--second-pass-steps N] [--second-pass-strength X] [--smoke]
-//                  [--repeat N] [--cuda-graphs 0|1] [--profile PATH] [--model random|embedded] [--prompt-tokens N]
+//                  [--repeat N] [--cuda-graphs 0|1] [--vae-channels-last 0|1] [--profile PATH]
+//                  [--model random|embedded] [--prompt-tokens N]
 // --prompt-tokens N: the prompt embeddings' first N tokens are the prompt (mask 1), the rest padding (mask 0), as
 // T5 pads a short prompt (default: every token is the prompt); the official removal's two prompts take 16 of 256.
 // --cuda-graphs 0 runs every denoising step op by op (the plan's default on CUDA replays a CUDA graph; Note [CUDA
-// graphs in the plan]).
+// graphs in the plan]). --vae-channels-last 0 keeps the VAE channels-first (the plan's default on CUDA is
+// channels-last; Note [VAE layout in the plan]).
 // --model embedded runs the CLI's embedded default model (make_embedded_default_model: the tiny transformer, VAE and
 // T5 with its byte tokenizer) on the CLI's sizes instead: t2v 64x64x9 with 4 steps and its default prompt (32
 // tokens), remove a 192x128 clip of 17 frames (the synthetic clip's size) with 30 steps and the official prompts
@@ -100,7 +102,7 @@ Args parse_args(int argc, char** argv) {
       {{"device", "cuda"}, {"precision", "bf16"}, {"height", ""}, {"width", ""}, {"frames", ""},
        {"steps", ""}, {"guidance", "3.0"}, {"layers", "28"}, {"heads", "32"}, {"head-dim", "64"}, {"job", "t2v"},
        {"repeat", "1"}, {"first-pass-scale", "2/3"}, {"second-pass-steps", "10"}, {"second-pass-strength", "0.4"},
-       {"cuda-graphs", "1"}, {"profile", ""}, {"model", "random"}, {"prompt-tokens", ""}},
+       {"cuda-graphs", "1"}, {"vae-channels-last", "1"}, {"profile", ""}, {"model", "random"}, {"prompt-tokens", ""}},
       {{"layers", "2"}, {"heads", "4"}, {"height", ""}, {"width", ""}, {"frames", "9"}, {"steps", "2"},
        {"second-pass-steps", "5"}, {"smoke", "1"}},
       "pipeline_bench.cpp");
@@ -112,6 +114,8 @@ Args parse_args(int argc, char** argv) {
     throw ltxmps::bench::BadArgument("--prompt-tokens " + a.opt.at("prompt-tokens") + ": expected 1 or more");
   if (a.opt.at("cuda-graphs") != "0" && a.opt.at("cuda-graphs") != "1")
     throw ltxmps::bench::BadArgument("--cuda-graphs " + a.opt.at("cuda-graphs") + ": expected 0 or 1");
+  if (a.opt.at("vae-channels-last") != "0" && a.opt.at("vae-channels-last") != "1")
+    throw ltxmps::bench::BadArgument("--vae-channels-last " + a.opt.at("vae-channels-last") + ": expected 0 or 1");
   const auto& model = a.opt.at("model");
   if (model != "random" && model != "embedded")
     throw ltxmps::bench::BadArgument("--model " + model + ": expected random or embedded");
@@ -382,6 +386,7 @@ ltxmps::ExecutionPlan job_plan(const Args& a) {
   settings.vae_float32 = a.opt.at("job") == "t2v";
   settings.precision = ltxmps::parse_precision(a.opt.at("precision"));
   settings.cuda_graphs = a.opt.at("cuda-graphs") == "1";
+  settings.vae_channels_last = a.opt.at("vae-channels-last") == "1";
   return ltxmps::resolve(settings);
 }
 
@@ -397,6 +402,7 @@ Json result_json(const Args& a, const ltxmps::ExecutionPlan& plan, int64_t layer
             {"model", a.opt.at("model")},
             {"layers", layers},
             {"cuda_graphs", plan.graphs.denoise_step},
+            {"vae_channels_last", plan.vae.channels_last},
             {"seconds_per_step", rounded(best.seconds_per_step, 4)},
             {"total_seconds", rounded(best.total, 3)},
             {"peak_memory_bytes", peaks.highest()},

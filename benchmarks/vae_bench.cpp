@@ -10,13 +10,17 @@
 // (diffusers has no such check), to measure what the checks cost. --encode times the encoder instead: the video
 // whose latent that is (768x512x121 by default), uniform in [-1, 1], to its posterior. Prints one JSON line with
 // the median and min milliseconds over --iters timed runs after --warmup and the peak CUDA memory.
+// --channels-last 0|1 sets VaeRuntime::channels_last (default: the plan's choice, on for CUDA; Note [VAE layout in
+// the plan]). --profile PATH records one more run after the timed ones into a Chrome trace (Note [Kernel profile];
+// benchmarks/kernel_profile.py tabulates it).
 //
 //   vae_bench [--device cuda] [--precision fp32|bf16|fp16] [--config 097|090|small] [--latent-frames N]
 //             [--latent-height N] [--latent-width N] [--warmup N] [--iters N] [--check-finite 0|1] [--tiling]
-//             [--framewise] [--encode] [--smoke]
+//             [--framewise] [--encode] [--smoke] [--channels-last 0|1] [--profile PATH]
 // Built as ltxmps_vae_bench (benchmarks/CMakeLists.txt).
 
 #include "bench_configs.hpp"
+#include "kineto.hpp"
 
 #include "ltxmps_pipeline/vae.hpp"
 
@@ -37,7 +41,8 @@
 int main(int argc, char** argv) try {
   std::map<std::string, std::string> opt = {
       {"device", "cuda"}, {"precision", "fp32"}, {"config", "097"}, {"latent-frames", "16"}, {"latent-height", "16"},
-      {"latent-width", "24"}, {"warmup", "1"}, {"iters", "3"}, {"check-finite", "1"}};
+      {"latent-width", "24"}, {"warmup", "1"}, {"iters", "3"}, {"check-finite", "1"},
+      {"channels-last", "auto"}, {"profile", ""}};
   bool tiling = false, framewise = false, smoke = false, encode = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -73,6 +78,7 @@ int main(int argc, char** argv) try {
   runtime.device = c10::Device(opt.at("device"));
   runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
   runtime.check_finite = opt.at("check-finite") != "0";
+  runtime.channels_last = opt.at("channels-last") == "auto" ? runtime.device.is_cuda() : opt.at("channels-last") != "0";
 
   at::manual_seed(0);
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);
@@ -114,6 +120,11 @@ int main(int argc, char** argv) try {
     const auto t1 = std::chrono::steady_clock::now();
     if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
+  if (!opt.at("profile").empty()) {
+    ltxmps::bench::KinetoRecording recording(runtime.device);
+    out = encode ? model.encode(video).mean : model.decode(latents, temb);
+    recording.save(opt.at("profile"));
+  }
   std::sort(ms.begin(), ms.end());
   const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
   const auto peak = ltxmps::memory_stats(runtime.device).peak_allocated;
@@ -121,13 +132,14 @@ int main(int argc, char** argv) try {
       "{\"impl\": \"ltxmps\", \"op\": \"%s\", \"device\": \"%s\", \"dtype\": \"%s\", "
       "\"output\": [%lld, %lld, %lld, %lld, %lld], "
       "\"config\": \"%s\", \"check_finite\": %s, \"tiling\": %s, \"framewise\": %s, \"median_ms\": %.3f, "
-      "\"min_ms\": %.3f, \"iters\": %lld, \"peak_cuda_mib\": %s}\n",
+      "\"min_ms\": %.3f, \"iters\": %lld, \"peak_cuda_mib\": %s, \"channels_last\": %s}\n",
       encode ? "encode" : "decode", runtime.device.str().c_str(), opt.at("precision").c_str(),
       static_cast<long long>(out.size(0)), static_cast<long long>(out.size(1)), static_cast<long long>(out.size(2)),
       static_cast<long long>(out.size(3)), static_cast<long long>(out.size(4)),
       small ? "small" : opt.at("config").c_str(), runtime.check_finite ? "true" : "false",
       tiling ? "true" : "false", framewise ? "true" : "false", median, ms.front(),
-      static_cast<long long>(iters), peak ? std::to_string(static_cast<double>(*peak) / (1 << 20)).c_str() : "null");
+      static_cast<long long>(iters), peak ? std::to_string(static_cast<double>(*peak) / (1 << 20)).c_str() : "null",
+      runtime.channels_last ? "true" : "false");
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "vae_bench: " << e.what() << "\n";

@@ -59,6 +59,8 @@ def main():
     p.add_argument("--encode", action="store_true", help="time the encoder on the latent's video instead")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--channels-last", action="store_true",
+                   help="the weights and the input in torch.channels_last_3d (module.to(memory_format=...))")
     p.add_argument("--smoke", action="store_true", help="tiny config on --device (cpu without CUDA) for a quick check")
     args = p.parse_args()
     config = {"097": CONFIG_097, "090": {}, "small": CONFIG_SMOKE}[args.config]
@@ -72,16 +74,19 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
     vae = AutoencoderKLLTXVideo(**config).to(device=device, dtype=dtype).eval()
+    layout = torch.channels_last_3d if args.channels_last else torch.contiguous_format
+    vae.to(memory_format=layout)
     if args.tiling:
         vae.enable_tiling()
     vae.use_framewise_decoding = args.framewise
     latents = torch.randn(1, vae.config.latent_channels, args.latent_frames, args.latent_height, args.latent_width,
-                          device=device, dtype=dtype)
+                          device=device, dtype=dtype).contiguous(memory_format=layout)
     temb = torch.tensor([0.05], device=device, dtype=dtype)
     if args.encode:
         frames = (args.latent_frames - 1) * vae.temporal_compression_ratio + 1
         video = torch.rand(1, vae.config.in_channels, frames, args.latent_height * vae.spatial_compression_ratio,
                            args.latent_width * vae.spatial_compression_ratio, device=device, dtype=dtype) * 2 - 1
+        video = video.contiguous(memory_format=layout)
 
     def sync():
         if device.type == "cuda":
@@ -104,7 +109,8 @@ def main():
         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         dtype=args.dtype, latent=list(latents.shape), output=list(out.shape),
         config="small" if config is CONFIG_SMOKE else args.config, tiling=args.tiling,
-        framewise=args.framewise, median_ms=round(statistics.median(times), 3), min_ms=round(min(times), 3),
+        framewise=args.framewise, channels_last=args.channels_last,
+        median_ms=round(statistics.median(times), 3), min_ms=round(min(times), 3),
         iters=args.iters, peak_cuda_mib=None if peak is None else round(peak / 2**20, 1), torch=torch.__version__,
     )))
 

@@ -137,6 +137,9 @@ struct LoaderSettings {
   uint64_t max_device_memory = 0;
   /// Replay the denoising step's transformer forward as one CUDA graph (CUDA only; Note [CUDA graphs in the plan]).
   bool cuda_graphs = true;
+  /// Run the VAE's convolutions on channels-last activations where that was measured faster (CUDA only; Note [VAE
+  /// layout in the plan]).
+  bool vae_channels_last = true;
 };
 
 /// @brief The dtypes of one model component.

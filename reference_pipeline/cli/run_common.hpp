@@ -119,6 +119,7 @@ struct PlanFlags {
   std::string max_gpu_memory = "auto";   ///< --max-gpu-memory
   std::string stream_weights = "auto";   ///< --stream-weights
   bool cuda_graphs = true;               ///< --cuda-graphs / --no-cuda-graphs
+  bool vae_channels_last = true;         ///< --vae-channels-last / --no-vae-channels-last
 };
 
 inline void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
@@ -136,6 +137,9 @@ inline void add_plan_flags(CLI::App* cmd, PlanFlags& f) {
   cmd->add_flag("--cuda-graphs,!--no-cuda-graphs", f.cuda_graphs,
                 "replay the denoising step's transformer forward as one CUDA graph (default on, CUDA only; the same "
                 "results; --no-cuda-graphs runs every step op by op)");
+  cmd->add_flag("--vae-channels-last,!--no-vae-channels-last", f.vae_channels_last,
+                "run the VAE's convolutions on channels-last activations (default on, CUDA only; the same results "
+                "up to the convolutions' rounding; --no-vae-channels-last keeps channels-first)");
   cmd->add_option("--weight-storage", f.weight_storage,
                   "transformer block weights: auto (the memory budget decides), compute (the compute dtype), fp8 "
                   "(e4m3 with per-channel scales, half the memory; not on MPS)")
@@ -173,6 +177,7 @@ inline ltxmps::LoaderSettings loader_settings(const PlanFlags& f) {
   s.fp8_matmul = f.fp8_matmul;
   s.fp8_attention = f.fp8_attention;
   s.cuda_graphs = f.cuda_graphs;
+  s.vae_channels_last = f.vae_channels_last;
   s.weight_storage = ltxmps::parse_weight_storage(f.weight_storage);
   s.max_device_memory = ltxmps::parse_memory_size(f.max_gpu_memory, "--max-gpu-memory");
   s.stream_weights = ltxmps::parse_stream_weights(f.stream_weights, "--stream-weights");

@@ -95,6 +95,7 @@ VaeRuntime vae_runtime(const ltxmps::ExecutionPlan& plan) {
   VaeRuntime r;
   r.device = home_device(plan);
   r.dtype = plan.precision.vae.compute;
+  r.channels_last = plan.vae.channels_last;
   return r;
 }
 

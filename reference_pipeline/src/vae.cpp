@@ -8,6 +8,8 @@
 #include "ltxmps/error.hpp"
 #include "ltxmps/random.hpp"
 
+#include "ltxmps_kernels/fused.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -119,6 +121,35 @@ at::Tensor inject_noise(const at::Tensor& h, const at::Tensor& per_channel_scale
   return h + (noise * per_channel_scale).unsqueeze(0).unsqueeze(2);
 }
 
+// A channels-last activation (Note [VAE channels-last on CUDA]): its channels are the innermost dimension.
+bool is_channels_last(const at::Tensor& x) {
+  return x.dim() == 5 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+}
+
+// Note [VAE norms through the row kernel]
+// In ATen ops the norm and modulation before each convolution move about 42 bytes per value (a float32 copy, pow,
+// mean, the product, the cast back, two modulation passes); with the SiLU they were most of the elementwise work
+// that took 152 of a bf16 decode's 228 ms of GPU time against 76 ms of convolutions (docs/benchmarks.md). A
+// channels-last activation is a stack of rows of C contiguous channels, which is the [B, S, D] input of
+// ltxmps::kernels::rms_norm_modulate: it reads each row once and writes the normalized, modulated row with the same
+// rounding points as channel_rms_norm followed by `h * (1 + scale) + shift` (Note [VAE RMSNorm]; docs/kernels.md),
+// its sum of squares in another order. An unconditioned norm passes scale = shift = 0, which leaves every value as
+// it is (n·1 = n, n + 0 = n up to the sign of a zero). The SiLU stays one in-place pass.
+at::Tensor cuda_channel_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  const int64_t B = x.size(0), C = x.size(1);
+  const auto rows = x.permute({0, 2, 3, 4, 1}).reshape({B, -1, C});  // a view of channels-last x
+  at::Tensor sc, sh;
+  if (shift.defined()) {
+    sc = scale.reshape({scale.size(0), 1, C});
+    sh = shift.reshape({shift.size(0), 1, C});
+  } else {
+    sc = sh = at::zeros({1, 1, C}, x.options());
+  }
+  return ltxmps::kernels::rms_norm_modulate(rows, {}, detail::kChannelRmsNormEps, sc, sh)
+      .view({B, x.size(2), x.size(3), x.size(4), C})
+      .permute({0, 4, 1, 2, 3});
+}
+
 // Note [VAE activation lifetimes]
 // channel_rms_norm, the modulation `h * (1 + scale) + shift` where given, then SiLU in place: `at::silu(h)` would keep
 // the normalized h alive beside its SiLU during the convolution that follows (diffusers' `hidden_states =
@@ -130,6 +161,8 @@ at::Tensor norm_silu(const at::Tensor& x, const at::Tensor& shift = {}, const at
   at::Tensor h;
   if (detail::is_cpu_float(x)) {
     h = detail::cpu_channel_rms_norm(x, shift, scale);
+  } else if (x.is_cuda() && is_channels_last(x) && ltxmps::kernels::built_with_cuda()) {
+    h = cuda_channel_norm(x, shift, scale);
   } else {
     h = channel_rms_norm(x);
     if (shift.defined()) h = h * (1 + scale) + shift;
@@ -169,9 +202,26 @@ at::Tensor resnet_forward(const VaeResnetWeights& r, const at::Tensor& inputs, c
 
 namespace {
 
+// Note [VAE channels-last on CUDA]
+// cuDNN's 3-D convolutions on Hopper run as implicit GEMMs over channels-last (NDHWC) data: a channels-first
+// (NCDHW) input is transposed into that layout and the output back, around every convolution. With the weights
+// stored channels-last (VaeRuntime::channels_last, converted at load) ATen hands cuDNN channels-last operands and
+// keeps the output channels-last; the elementwise ops follow their input's layout, and the channel norms, which
+// read `x.movedim(1, -1)`, then reduce over contiguous rows instead of a strided dimension. Only the depth-to-space
+// and space-to-depth shuffles need their own order: written for channels-first they would copy into channels-first
+// and the next convolution would transpose back. The results are those of the channels-first layout up to the
+// convolution algorithms' own rounding (cuDNN picks per layout). The plan chooses it (Note [VAE layout in the
+// plan]); the encoder's output is made channels-first again, and the decoder's unpatchify writes channels-first.
 // Depth-to-space of LTXVideoUpsampler3d: [B, C'·st·sh·sw, T, H, W] -> [B, C', T·st, H·sh, W·sw] with the
 // channel layout (c', st, sh, sw).
 at::Tensor depth_to_space(const at::Tensor& x, const std::array<int64_t, 3>& s) {
+  if (is_channels_last(x)) {  // through [B, T, H, W, C]: one copy, channels-last out
+    return x.permute({0, 2, 3, 4, 1})
+        .unflatten(4, {-1, s[0], s[1], s[2]})
+        .permute({0, 1, 5, 2, 6, 3, 7, 4})
+        .reshape({x.size(0), x.size(2) * s[0], x.size(3) * s[1], x.size(4) * s[2], -1})
+        .permute({0, 4, 1, 2, 3});
+  }
   return x.reshape({x.size(0), -1, s[0], s[1], s[2], x.size(2), x.size(3), x.size(4)})
       .permute({0, 1, 5, 2, 6, 3, 7, 4})
       .flatten(6, 7)
@@ -181,6 +231,15 @@ at::Tensor depth_to_space(const at::Tensor& x, const std::array<int64_t, 3>& s) 
 
 // Space-to-depth of LTXVideoDownsampler3d: channel index ((c·st + it)·sh + ih)·sw + iw.
 at::Tensor space_to_depth(const at::Tensor& x, const std::array<int64_t, 3>& s) {
+  if (is_channels_last(x)) {
+    return x.permute({0, 2, 3, 4, 1})
+        .unflatten(3, {-1, s[2]})
+        .unflatten(2, {-1, s[1]})
+        .unflatten(1, {-1, s[0]})
+        .permute({0, 1, 3, 5, 7, 2, 4, 6})
+        .reshape({x.size(0), x.size(2) / s[0], x.size(3) / s[1], x.size(4) / s[2], -1})
+        .permute({0, 4, 1, 2, 3});
+  }
   return x.unflatten(4, {-1, s[2]}).unflatten(3, {-1, s[1]}).unflatten(2, {-1, s[0]}).permute({0, 1, 3, 5, 7, 2, 4, 6}).flatten(1, 4);
 }
 
@@ -358,8 +417,15 @@ int64_t tile_step(int64_t sample_size, int64_t compression, const char* name) {
 
 namespace {
 
+void check_layout(const VaeRuntime& runtime, const at::Tensor& input, const char* what) {
+  LTXMPS_CHECK(!runtime.channels_last || input.is_cuda(), "vae ", what,
+               ": VaeRuntime::channels_last is for CUDA (Note [VAE channels-last on CUDA]), the input is on ",
+               input.device().str());
+}
+
 // LTXVideoEncoder3d.forward.
 at::Tensor run_encoder(const VaeModel& m, const at::Tensor& video, FiniteChecks& checks) {
+  check_layout(m.runtime, video, "encode");
   const auto& encoder = m.encoder;
   const int64_t p = m.config.patch_size, pt = m.config.patch_size_t;
   const int64_t B = video.size(0), C = video.size(1), F = video.size(2), H = video.size(3), W = video.size(4);
@@ -379,12 +445,13 @@ at::Tensor run_encoder(const VaeModel& m, const at::Tensor& video, FiniteChecks&
   checks.check(h, "encoder.conv_out");
   // The last channel is the single log-variance channel; it is repeated to latent_channels channels.
   const auto last = h.narrow(1, h.size(1) - 1, 1).repeat({1, h.size(1) - 2, 1, 1, 1});
-  return at::cat({h, last}, 1);
+  return at::cat({h, last}, 1).contiguous();  // channels-first out (Note [VAE channels-last on CUDA])
 }
 
 // LTXVideoDecoder3d.forward.
 at::Tensor run_decoder(const VaeModel& m, const at::Tensor& latents, const at::Tensor& temb_in,
                        at::Generator* noise_generator, FiniteChecks& checks) {
+  check_layout(m.runtime, latents, "decode");
   const auto& decoder = m.decoder;
   const int64_t B = latents.size(0);
   auto h = conv3d(decoder.conv_in, latents);

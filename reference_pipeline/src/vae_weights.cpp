@@ -24,6 +24,7 @@ struct WeightBuilder {
   const VaeWeightSource& weights;
   at::TensorOptions options;
   double eps;  // resnet_norm_eps
+  bool channels_last;
 
   at::Tensor tensor(const std::string& name, std::vector<int64_t> shape) const {
     auto t = weights(name, shape);
@@ -35,6 +36,7 @@ struct WeightBuilder {
                         std::array<int64_t, 3> stride = {1, 1, 1}) const {
     VaeConv3dWeights c;
     c.weight = tensor(name + ".conv.weight", {out, in, k, k, k});
+    if (channels_last) c.weight = c.weight.contiguous(at::MemoryFormat::ChannelsLast3d);
     c.bias = tensor(name + ".conv.bias", {out});
     c.stride = stride;
     c.is_causal = causal;
@@ -167,7 +169,8 @@ VaeDecoderWeights decoder_weights(const VaeConfig& config, const WeightBuilder& 
 
 VaeModel VaeModel::from_weights(const VaeConfig& config, const VaeRuntime& runtime, const VaeWeightSource& weights) {
   config.validate();
-  const WeightBuilder w{weights, at::TensorOptions().device(runtime.device).dtype(runtime.dtype), config.resnet_norm_eps};
+  const WeightBuilder w{weights, at::TensorOptions().device(runtime.device).dtype(runtime.dtype),
+                        config.resnet_norm_eps, runtime.channels_last};
   VaeModel m;
   m.config = config;
   m.runtime = runtime;

@@ -7,6 +7,8 @@
 #include <catch2/catch_session.hpp>
 #endif
 
+#include "ltxmps_kernels/fused.hpp"
+#include "ltxmps_pipeline/released_configs.hpp"
 #include "ltxmps_pipeline/runtime.hpp"
 #include "ltxmps_pipeline/stages.hpp"
 #include "ltxmps_pipeline/t5.hpp"
@@ -94,8 +96,12 @@ TEST_CASE("transformer on CUDA: fp32 equals the CPU; bf16 and fp16 within half-p
   CHECK(scaled_error(fp16, reference) <= 1e-2);
 }
 
+// Both layouts of the activations (Note [VAE channels-last on CUDA] in vae.cpp): the channels-last one also runs the
+// depth-to-space and space-to-depth shuffles through its own order.
 TEST_CASE("VAE on CUDA: fp32 encode/decode and tiled decode equal the CPU", "[gpu][vae]") {
   NoTF32 no_tf32;
+  const bool channels_last = GENERATE(false, true);
+  CAPTURE(channels_last);
   VaeConfig config;  // diffusers' "090" unit-test VAE
   config.latent_channels = 8;
   config.block_out_channels = {8, 8, 8, 8};
@@ -108,7 +114,8 @@ TEST_CASE("VAE on CUDA: fp32 encode/decode and tiled decode equal the CPU", "[gp
   auto g = ltxmps::make_cpu_generator(2);
   const auto video = ltxmps::randn({1, 3, 9, 32, 32}, g);
   const auto cpu = VaeModel::from_weights(config, {kCpu, at::kFloat, true}, random_weight);
-  auto gpu = VaeModel::from_weights(config, {kCuda, at::kFloat, true}, random_weight);
+  auto gpu = VaeModel::from_weights(config, {kCuda, at::kFloat, true, channels_last}, random_weight);
+  CHECK(gpu.decoder.conv_in.weight.is_contiguous(at::MemoryFormat::ChannelsLast3d) == channels_last);
   const auto cpu_post = cpu.encode(video);
   const auto gpu_post = gpu.encode(video);
   CHECK(scaled_error(gpu_post.mean, cpu_post.mean) <= 1e-4);
@@ -126,6 +133,8 @@ TEST_CASE("VAE on CUDA: fp32 encode/decode and tiled decode equal the CPU", "[gp
 // must still be named by its stage.
 TEST_CASE("VAE on CUDA: framewise tiled decode with 0.9.1 noise equals the CPU; a NaN names its stage", "[gpu][vae]") {
   NoTF32 no_tf32;
+  const bool channels_last = GENERATE(false, true);
+  CAPTURE(channels_last);
   VaeConfig config;  // the parity suite's "091_noise" VAE: noise injection, timestep conditioning
   config.latent_channels = 8;
   config.block_out_channels = {8, 8, 8, 8};
@@ -140,7 +149,7 @@ TEST_CASE("VAE on CUDA: framewise tiled decode with 0.9.1 noise equals the CPU; 
   config.timestep_conditioning = true;
   config.patch_size = 1;
   auto cpu = VaeModel::from_weights(config, {kCpu, at::kFloat, true}, random_weight);
-  auto gpu = VaeModel::from_weights(config, {kCuda, at::kFloat, true}, random_weight);
+  auto gpu = VaeModel::from_weights(config, {kCuda, at::kFloat, true, channels_last}, random_weight);
   for (auto* m : {&cpu, &gpu}) {
     m->tiling.enable_tiling(32, 32, 16, 16, 16, 8);  // 4-latent tiles, stride 2; 2-latent-frame tiles, stride 1
     m->tiling.use_framewise_decoding = true;
@@ -162,6 +171,35 @@ TEST_CASE("VAE on CUDA: framewise tiled decode with 0.9.1 noise equals the CPU; 
                     ltxmps_test::ContainsAll({"vae decode: up_blocks.1 produced NaN/Inf", "cuda"}));
   broken.runtime.check_finite = false;
   CHECK(at::isnan(broken.decode(latents.to(kCuda), temb.to(kCuda))).any().item<bool>());
+}
+
+// The 0.9.7 layout, narrow: space-to-depth downsamplers and depth-to-space upsamplers with residuals, so that both
+// shuffles run on channels-last activations; encode and timestep-conditioned decode against the CPU.
+TEST_CASE("VAE 0.9.7 layout on CUDA channels-last: encode and decode equal the CPU", "[gpu][vae]") {
+  NoTF32 no_tf32;
+  auto config = ltx_097_vae_config();
+  config.latent_channels = 8;
+  config.block_out_channels = {8, 16, 32, 64, 128};
+  config.decoder_block_out_channels = {16, 32, 64};
+  config.layers_per_block = {1, 1, 1, 1, 1};
+  config.decoder_layers_per_block = {1, 1, 1, 1};
+  const auto cpu = VaeModel::from_weights(config, {kCpu, at::kFloat, true}, random_weight);
+  const auto gpu = VaeModel::from_weights(config, {kCuda, at::kFloat, true, true}, random_weight);
+  auto g = ltxmps::make_cpu_generator(5);
+  const auto video = ltxmps::randn({1, 3, 17, 64, 96}, g);  // 3 x 2 x 3 latents
+  const auto fused_before = ltxmps::kernels::fused_calls();
+  const auto cpu_post = cpu.encode(video);
+  const auto gpu_post = gpu.encode(video.to(kCuda));
+  // Every norm of a CUDA build ran through the row kernel (Note [VAE norms through the row kernel]).
+  if (ltxmps::kernels::built_with_cuda()) CHECK(ltxmps::kernels::fused_calls() > fused_before);
+  CHECK(gpu_post.mean.is_contiguous());
+  CHECK(scaled_error(gpu_post.mean, cpu_post.mean) <= 1e-4);
+  const auto temb = at::tensor({0.05f});
+  const auto cpu_frames = cpu.decode(cpu_post.mean, temb);
+  const auto gpu_frames = gpu.decode(cpu_post.mean.to(kCuda), temb.to(kCuda));
+  REQUIRE(gpu_frames.sizes() == cpu_frames.sizes());
+  CHECK(gpu_frames.is_contiguous());
+  CHECK(scaled_error(gpu_frames, cpu_frames) <= 1e-4);
 }
 
 namespace {

@@ -87,6 +87,30 @@ TEST_CASE("runtime_for: one source for each component's device and dtypes", "[st
   CHECK(home_device(plan) == execution_device(plan));
 }
 
+// An offloaded VAE is loaded at its home, the CPU, with the channels-last weights that the CUDA execution uses; a
+// channels-last VAE refuses to run on anything but CUDA (the CPU's convolutions would copy every weight back).
+TEST_CASE("vae_runtime: channels-last from a CUDA plan, kept at an offload home, refused off CUDA", "[stages]") {
+  ltxmps::LoaderSettings s;
+  s.cpu_offload = true;
+  const auto plan = ltxmps::resolve(s, ltxmps::Capabilities::cuda(1, 9, 0, 80ull << 30));
+  REQUIRE(plan.offload.enabled);
+  const auto runtime = vae_runtime(plan);
+  CHECK(runtime.channels_last);
+  CHECK(runtime.device.is_cpu());
+  int64_t created = 0;
+  const auto vae = VaeModel::from_weights(EmbeddedDefault::vae_config(), runtime, counting<>(created));
+  CHECK(vae.decoder.conv_in.weight.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+  CHECK_FALSE(vae.decoder.conv_in.weight.is_contiguous());
+  const auto latents = at::zeros({1, EmbeddedDefault::vae_config().latent_channels, 2, 2, 2});
+  CHECK_THROWS_WITH(vae.decode(latents), Contains("vae decode: VaeRuntime::channels_last is for CUDA"));
+  CHECK_THROWS_WITH(vae.encode(at::zeros({1, 3, 9, 64, 64})),
+                    Contains("vae encode: VaeRuntime::channels_last is for CUDA"));
+
+  s.vae_channels_last = false;
+  CHECK_FALSE(vae_runtime(ltxmps::resolve(s, ltxmps::Capabilities::cuda(1, 9, 0, 80ull << 30))).channels_last);
+  CHECK_FALSE(vae_runtime(cpu_plan()).channels_last);
+}
+
 TEST_CASE("vae_tiling: the plan's tiles and slices, as diffusers' enable_tiling() and enable_slicing()", "[stages]") {
   ltxmps::LoaderSettings s;
   s.device = "cpu";

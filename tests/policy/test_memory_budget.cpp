@@ -475,3 +475,27 @@ TEST_CASE("CUDA graphs: on for CUDA, off when asked, off the GPU and for streame
   CHECK(has_rule(streamed.diagnostics, "graphs.off.streamed"));
   CHECK(planned(LoaderSettings{}, cuda_card(80), ltx_13b()).graphs.denoise_step);
 }
+
+TEST_CASE("VAE layout: channels-last on CUDA, channels-first when asked and off CUDA", "[memory_budget][vae]") {
+  const auto cuda = ltxmps::resolve(LoaderSettings{}, cuda_card(80));
+  CHECK(cuda.vae.channels_last);
+  CHECK(has_rule(cuda.diagnostics, "vae.channels_last"));
+  CHECK_THAT(ltxmps::to_text(cuda), Contains("vae:       tiling off, slicing off, channels-last"));
+  const auto json = nlohmann::json::parse(ltxmps::to_json(cuda));
+  CHECK(json.at("vae").at("channels_last") == true);
+  CHECK(json.at("settings").at("vae_channels_last") == true);
+
+  LoaderSettings off;
+  off.vae_channels_last = false;
+  const auto asked = ltxmps::resolve(off, cuda_card(80));
+  CHECK_FALSE(asked.vae.channels_last);
+  CHECK(has_rule(asked.diagnostics, "vae.channels_first.requested"));
+  CHECK(nlohmann::json::parse(ltxmps::to_json(asked)).at("vae").at("channels_last") == false);
+
+  for (const auto& caps : {Capabilities::cpu_only(), Capabilities::mps(14, 0)}) {
+    const auto plan = ltxmps::resolve(LoaderSettings{}, caps);
+    CHECK_FALSE(plan.vae.channels_last);
+    CHECK(has_rule(plan.diagnostics, "vae.channels_first"));
+    CHECK_THAT(ltxmps::to_text(plan), Contains("channels-first"));
+  }
+}

@@ -121,6 +121,12 @@ struct VaeRuntime {
   /// end of encode() / decode() (one synchronization; the input latents are read before decoding); false runs
   /// no check at all.
   bool check_finite = true;
+  /// Store the convolution weights channels-last (`at::MemoryFormat::ChannelsLast3d`), so that the activations run
+  /// channels-last from the first convolution on (Note [VAE channels-last on CUDA] in vae.cpp; the plan's
+  /// `vae.channels_last`). The values are those of the channels-first layout up to the convolution algorithms' own
+  /// rounding. For CUDA: the weights may live elsewhere (an offload home), but encoding or decoding inputs that are
+  /// not on a CUDA device is an error.
+  bool channels_last = false;
 };
 
 /// @brief `LTXVideoCausalConv3d` (`<name>.conv.weight` / `.conv.bias`).

@@ -55,7 +55,7 @@ struct VaePlan {
 // when the channels are the innermost dimension. With the weights stored channels-last the pipeline keeps the
 // activations in that layout from the first convolution to the last (the shuffles of the up- and downsamplers
 // included), and the norms run through the fused row kernel. Measured on an H200 against the channels-first layout
-// (docs/benchmarks.md): a bf16 decode 1.43x faster, a tiled one 1.46x, the encodes 1.21-1.27x, every peak lower; the
+// (docs/benchmarks.md): a bf16 decode 1.70x faster, a tiled one 1.72x, the encodes 1.33-1.40x, every peak lower; the
 // values differ by the convolution algorithms' own rounding and the norms' order of summation. So on CUDA unless
 // switched off. The CPU keeps channels-first (its
 // convolutions are products over channels-first columns), and so does MPS, where the layout was never measured.

@@ -120,6 +120,15 @@ __device__ __forceinline__ float warp_sum(float v) {
   return warp_reduce(v, SumOp{});
 }
 
+/// Reduces v with `op` over each group of blockDim.x lanes (a power of two, at most 32, with blockDim.x · blockDim.y
+/// a multiple of 32): the row groups of Note [Short rows, several per block] in norm_modulate.cu. Every lane of the
+/// warp must call it.
+template <typename Op>
+__device__ __forceinline__ float group_reduce(float v, Op op) {
+  for (int offset = blockDim.x >> 1; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 /// Reduces each of the K values over the block with `op`, whose identity must be 0 (a sum, or a maximum of
 /// magnitudes); blockDim.x a multiple of 32, at most 1024. Every thread gets the results. Safe to call repeatedly
 /// in one kernel.

@@ -188,11 +188,15 @@ __device__ __forceinline__ void store_quantized(uint8_t* dst, const Pack<T, VEC>
 // L1/L2). The codes and scales are therefore quantize_fp8_rows() of the output, bit for bit, without the separate
 // pass that reads the row from memory again. The tanh GELU before the feed-forward's second linear goes into the
 // quantize kernel instead (gelu_tanh below): its input rows are the first linear's output.
-template <typename T, int VEC, int K>
+// GROUP: the row is a group of blockDim.x lanes of a warp, one of several rows of the block (Note [Short rows,
+// several per block] in norm_modulate.cu), whose maximum is a shuffle across those lanes; `store` false: a group
+// that repeats another's row takes part in the shuffles and writes nothing.
+template <typename T, int VEC, int K, bool GROUP = false>
 __device__ void quantize_written_row(const Pack<T, VEC> (&kept)[K], const T* out, int64_t dim, float amax, uint8_t* q,
-                                     float* scale_out) {
+                                     float* scale_out, bool store = true) {
   float m[1] = {amax};
-  block_reduce(m, NanMaxOp{});
+  if constexpr (GROUP) m[0] = group_reduce(m[0], NanMaxOp{}); else block_reduce(m, NanMaxOp{});
+  if (!store) return;
   const RowScale scale = row_scale(m[0]);
   if (threadIdx.x == 0) *scale_out = scale.scale;
   const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;

@@ -1,7 +1,7 @@
 // The block norms with AdaLN modulation (RMS norm, or the output head's layer norm), optionally preceded by the
-// residual sum, and the gated residual. One thread block per [D] row; float32 arithmetic with the reference's
-// rounding points (Note [Fused kernel rounding] in fused.hpp). Either may also quantize its output rows to FP8
-// (Note [Fused FP8 rows] in fp8.cuh).
+// residual sum, and the gated residual. One thread block per [D] row, or a group of lanes per short row (Note [Short
+// rows, several per block]); float32 arithmetic with the reference's rounding points (Note [Fused kernel rounding] in
+// fused.hpp). Either may also quantize its output rows to FP8 (Note [Fused FP8 rows] in fp8.cuh).
 
 #include "fp8.cuh"
 
@@ -143,9 +143,10 @@ __device__ __forceinline__ Pack<T, VEC> modulate(const Pack<T, VEC>& hv, const T
 // Stores row `row` of the output (p.out; Launch is either kernel's launch): the kept vectors `h`, then the remainder,
 // computed by rest(c) for column c; with FP8 rows asked for (p.q), its codes and scale from the stored values
 // (Note [Fused FP8 rows]).
-template <typename T, int VEC, typename Launch, typename Rest>
+// GROUP and `store`: as quantize_written_row's (a row of a group of lanes; a repeated row stores nothing).
+template <typename T, int VEC, bool GROUP = false, typename Launch, typename Rest>
 __device__ __forceinline__ void write_row(const Pack<T, VEC> (&h)[kRowVectors], const Launch& p, int64_t row,
-                                          const Rest& rest) {
+                                          const Rest& rest, bool store_row = true) {
   T* out = static_cast<T*>(p.out) + row * p.dim;
   const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
   float amax = 0.f;
@@ -153,30 +154,46 @@ __device__ __forceinline__ void write_row(const Pack<T, VEC> (&h)[kRowVectors], 
   for (int i = 0; i < kRowVectors; ++i) {
     const int64_t c = first + i * step;
     if (c >= p.dim) continue;
-    store<T, VEC>(out + c, h[i]);
+    if (store_row) store<T, VEC>(out + c, h[i]);
     if (p.q) amax = abs_max<T, VEC>(amax, h[i]);
   }
   for (int64_t c = first + kRowVectors * step; c < p.dim; c += step) {
     const Pack<T, VEC> v = rest(c);
-    store<T, VEC>(out + c, v);
+    if (store_row) store<T, VEC>(out + c, v);
     if (p.q) amax = abs_max<T, VEC>(amax, v);
   }
-  if (p.q) quantize_written_row<T, VEC>(h, out, p.dim, amax, static_cast<uint8_t*>(p.q) + row * p.dim, p.q_scale + row);
+  if (p.q)
+    quantize_written_row<T, VEC, kRowVectors, GROUP>(h, out, p.dim, amax, static_cast<uint8_t*>(p.q) + row * p.dim,
+                                                     p.q_scale + row, store_row);
 }
 
-template <typename T, int VEC, bool LAYER_NORM>
-__global__ void __launch_bounds__(kRowThreads) norm_modulate_kernel(NormModulateLaunch p) {
-  const int64_t row = blockIdx.x, b = row / p.tokens, t = row % p.tokens;
+// Note [Short rows, several per block]
+// The VAE's channel norms (docs/models/vae.md) have rows of 128-1024 channels, and millions of them: one block per
+// row then launches a warp for every 256 bytes, most of its lanes idle, and the block launches, not the memory,
+// bound the kernel (36 ms per 0.9.7 decode for about 5 ms of bytes). A row that a part of a warp covers (at most 32
+// threads of kRowVectors vectors each) goes to a group of G = 2^k lanes instead, and a block holds kShortRowThreads / G
+// rows; the group's sums and its FP8 rows' maximum are shuffles across its G lanes (group_reduce). A group past the
+// last row repeats the last row's loads and stores nothing, so that every lane of a warp takes part in the shuffles.
+// Not for the residual variant (its first pass writes the residual). The order of the row's sum differs from the one
+// block per row kernel's, so whether a row is short depends on its width and variant only, never on whether FP8 rows
+// are asked for: asking changes no value.
+constexpr int kShortRowThreads = 256;
+
+template <typename T, int VEC, bool LAYER_NORM, bool SHORT>
+__global__ void __launch_bounds__(SHORT ? kShortRowThreads : kRowThreads) norm_modulate_kernel(NormModulateLaunch p) {
+  const int64_t rows = p.batch * p.tokens;
+  const int64_t own_row = SHORT ? int64_t(blockIdx.x) * blockDim.y + threadIdx.y : int64_t(blockIdx.x);
+  const int64_t row = own_row < rows ? own_row : rows - 1, b = row / p.tokens, t = row % p.tokens;
   Pack<T, VEC> h[kRowVectors];
   float stat[1] = {first_pass<T, VEC, LAYER_NORM>(p, b, t, row, h)};
-  block_sum<1>(stat);
+  if constexpr (SHORT) stat[0] = group_reduce(stat[0], SumOp{}); else block_sum<1>(stat);
   const T* h_row = p.y.data ? static_cast<const T*>(p.residual) + row * p.dim : row_of<T>(p.x, b, t);
   const float inv_dim = 1.f / static_cast<float>(p.dim);
   float mean = 0.f, rstd;
   if constexpr (LAYER_NORM) {
     mean = stat[0] * inv_dim;
     float var[1] = {deviation_pass<T, VEC>(h, h_row, p.dim, mean)};
-    block_sum<1>(var);
+    if constexpr (SHORT) var[0] = group_reduce(var[0], SumOp{}); else block_sum<1>(var);
     rstd = rsqrtf(__fadd_rn(var[0] * inv_dim, p.eps));
   } else {
     rstd = rsqrtf(__fadd_rn(stat[0] * inv_dim, p.eps));
@@ -189,9 +206,12 @@ __global__ void __launch_bounds__(kRowThreads) norm_modulate_kernel(NormModulate
   for (int i = 0; i < kRowVectors; ++i)  // every modulation load before the first store
     h[i] = modulate<T, VEC, LAYER_NORM>(h[i], weight, scale, shift, kept_column<VEC>(first + i * step, p.dim), mean,
                                         rstd);
-  write_row<T, VEC>(h, p, row, [&](int64_t c) {
-    return modulate<T, VEC, LAYER_NORM>(load<T, VEC>(h_row + c), weight, scale, shift, c, mean, rstd);
-  });
+  write_row<T, VEC, SHORT>(
+      h, p, row,
+      [&](int64_t c) {
+        return modulate<T, VEC, LAYER_NORM>(load<T, VEC>(h_row + c), weight, scale, shift, c, mean, rstd);
+      },
+      own_row == row);
 }
 
 template <typename T, int VEC>
@@ -212,15 +232,27 @@ __global__ void __launch_bounds__(kRowThreads) gated_residual_kernel(GatedResidu
 void launch_norm_modulate(const NormModulateLaunch& launch) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(launch.device_index));
   const auto stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(launch.device_index));
-  const dim3 grid(static_cast<unsigned>(launch.batch * launch.tokens));
-  const dim3 block(rows_block_threads(launch.dim, launch.vec, kRowThreads, kRowVectors));
+  const int64_t rows = launch.batch * launch.tokens;
+  // Note [Short rows, several per block]: the lanes a row needs, rounded up to a power of two.
+  const int64_t vectors = (launch.dim + launch.vec - 1) / launch.vec;
+  unsigned group = 1;
+  while (group < 32 && group * kRowVectors < vectors) group *= 2;
+  const bool short_rows = group * kRowVectors >= vectors && !launch.y.data;
+  const unsigned rows_per_block = kShortRowThreads / group;
+  const dim3 grid(static_cast<unsigned>(short_rows ? (rows + rows_per_block - 1) / rows_per_block : rows));
+  const dim3 block = short_rows ? dim3(group, rows_per_block)
+                                : dim3(rows_block_threads(launch.dim, launch.vec, kRowThreads, kRowVectors));
   dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
     using T = decltype(zero);
     constexpr int VEC = decltype(vec)::value;
-    if (launch.layer_norm)
-      norm_modulate_kernel<T, VEC, true><<<grid, block, 0, stream>>>(launch);
+    if (short_rows && launch.layer_norm)
+      norm_modulate_kernel<T, VEC, true, true><<<grid, block, 0, stream>>>(launch);
+    else if (short_rows)
+      norm_modulate_kernel<T, VEC, false, true><<<grid, block, 0, stream>>>(launch);
+    else if (launch.layer_norm)
+      norm_modulate_kernel<T, VEC, true, false><<<grid, block, 0, stream>>>(launch);
     else
-      norm_modulate_kernel<T, VEC, false><<<grid, block, 0, stream>>>(launch);
+      norm_modulate_kernel<T, VEC, false, false><<<grid, block, 0, stream>>>(launch);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -112,6 +112,24 @@ TEST_CASE("rms_norm_modulate and layer_norm_modulate: kernel against reference",
         }
 }
 
+// The VAE's channel rows (Note [Short rows, several per block] in norm_modulate.cu): thousands of short rows, one
+// modulation row per batch entry, a last block only partly filled.
+TEST_CASE("rms_norm_modulate on many short rows: kernel against reference", "[gpu][kernels]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t D : {8, 128, 512, 1024}) {
+      INFO("dtype " << dtype << ", D " << D);
+      const int64_t B = 2, S = 3001;
+      const auto x = activation(B, S, D, dtype, 4, 0).mul(3);
+      const auto scale = randn({B, 1, D}, dtype, 5, 0.5), shift = randn({B, 1, D}, dtype, 6, 0.5);
+      at::Tensor out;
+      CHECK(fused_calls_in([&] { out = kernels::rms_norm_modulate(x, {}, 1e-8, scale, shift); }) == 1);
+      REQUIRE(out.is_contiguous());
+      check_kernel(out, kernels::rms_norm_modulate_reference(x, {}, 1e-8, scale, shift));
+      CHECK(fused_calls_in([&] { out = kernels::layer_norm_modulate(x.add(2), 1e-6, scale, shift); }) == 1);
+      check_kernel(out, kernels::layer_norm_modulate_reference(x.add(2), 1e-6, scale, shift));
+    }
+}
+
 TEST_CASE("residual_rms_norm_modulate and gated_residual: kernel against reference", "[gpu][kernels]") {
   for (const auto dtype : kDtypes)
     for (const int64_t D : kDims)

@@ -212,6 +212,7 @@ namespace {
 // and the next convolution would transpose back. The results are those of the channels-first layout up to the
 // convolution algorithms' own rounding (cuDNN picks per layout). The plan chooses it (Note [VAE layout in the
 // plan]); the encoder's output is made channels-first again, and the decoder's unpatchify writes channels-first.
+
 // Depth-to-space of LTXVideoUpsampler3d: [B, C'·st·sh·sw, T, H, W] -> [B, C', T·st, H·sh, W·sw] with the
 // channel layout (c', st, sh, sw).
 at::Tensor depth_to_space(const at::Tensor& x, const std::array<int64_t, 3>& s) {

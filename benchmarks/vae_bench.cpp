@@ -10,7 +10,7 @@
 // (diffusers has no such check), to measure what the checks cost. --encode times the encoder instead: the video
 // whose latent that is (768x512x121 by default), uniform in [-1, 1], to its posterior. Prints one JSON line with
 // the median and min milliseconds over --iters timed runs after --warmup and the peak CUDA memory.
-// --channels-last 0|1 sets VaeRuntime::channels_last (default: the plan's choice, on for CUDA; Note [VAE layout in
+// --channels-last 0|1 sets VaeRuntime::channels_last (default auto: the plan's choice, on for CUDA; Note [VAE layout in
 // the plan]). --profile PATH records one more run after the timed ones into a Chrome trace (Note [Kernel profile];
 // benchmarks/kernel_profile.py tabulates it).
 //
@@ -25,6 +25,7 @@
 #include "ltxmps_pipeline/vae.hpp"
 
 #include "ltxmps/memory.hpp"
+#include "ltxmps/plan.hpp"
 #include "ltxmps/precision.hpp"
 
 #include <ATen/ATen.h>
@@ -78,7 +79,14 @@ int main(int argc, char** argv) try {
   runtime.device = c10::Device(opt.at("device"));
   runtime.dtype = ltxmps::to_scalar_type(ltxmps::parse_precision(opt.at("precision")));
   runtime.check_finite = opt.at("check-finite") != "0";
-  runtime.channels_last = opt.at("channels-last") == "auto" ? runtime.device.is_cuda() : opt.at("channels-last") != "0";
+  const std::string& layout = opt.at("channels-last");
+  if (layout != "auto" && layout != "0" && layout != "1") {
+    std::cerr << "vae_bench: --channels-last takes auto, 0 or 1, got '" << layout << "'\n";
+    return 2;
+  }
+  ltxmps::VaePlan vae_plan;  // auto: the plan's rule for this device (Note [VAE layout in the plan])
+  ltxmps::decide_vae_layout(ltxmps::LoaderSettings{}, runtime.device, vae_plan);
+  runtime.channels_last = layout == "auto" ? vae_plan.channels_last : layout == "1";
 
   at::manual_seed(0);
   const auto options = at::TensorOptions().device(runtime.device).dtype(runtime.dtype);

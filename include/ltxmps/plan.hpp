@@ -57,8 +57,8 @@ struct VaePlan {
 // included), and the norms run through the fused row kernel. Measured on an H200 against the channels-first layout
 // (docs/benchmarks.md): a bf16 decode 1.70x faster, a tiled one 1.72x, the encodes 1.33-1.40x, every peak lower; the
 // values differ by the convolution algorithms' own rounding and the norms' order of summation. So on CUDA unless
-// switched off. The CPU keeps channels-first (its
-// convolutions are products over channels-first columns), and so does MPS, where the layout was never measured.
+// switched off. The CPU keeps channels-first (its convolutions are products over channels-first columns), and so
+// does MPS, where the layout was never measured.
 
 /// @brief Whether the VAE runs channels-last on `device` under `settings`, and why (Note [VAE layout in the plan]).
 inline Diagnostic decide_vae_layout(const LoaderSettings& settings, const c10::Device& device, VaePlan& vae) {

@@ -1,7 +1,8 @@
 // The block norms with AdaLN modulation (RMS norm, or the output head's layer norm), optionally preceded by the
-// residual sum, and the gated residual. One thread block per [D] row, or a group of lanes per short row (Note [Short
-// rows, several per block]); float32 arithmetic with the reference's rounding points (Note [Fused kernel rounding] in
-// fused.hpp). Either may also quantize its output rows to FP8 (Note [Fused FP8 rows] in fp8.cuh).
+// residual sum or followed by the SiLU (the VAE's channel norms), and the gated residual. One thread block per [D]
+// row, or a group of lanes per short row (Note [Short rows, several per block]); float32 arithmetic with the
+// reference's rounding points (Note [Fused kernel rounding] in fused.hpp). Either may also quantize its output rows
+// to FP8 (Note [Fused FP8 rows] in fp8.cuh).
 
 #include "fp8.cuh"
 
@@ -108,13 +109,31 @@ __device__ __forceinline__ float normalized(T h, float mean, float rstd) {
   return LAYER_NORM ? __fmul_rn(__fsub_rn(v, mean), rstd) : __fmul_rn(v, rstd);
 }
 
-// The normalized, weighted and modulated vector at column c: norm(h)·(1 + scale) + shift with the reference's
-// rounding points (in pairs after the normalization: Note [Packed half-precision arithmetic]).
-template <typename T, int VEC, bool LAYER_NORM>
+// Note [SiLU in the norm kernel]
+// The SiLU after the VAE's channel norm, x / (1 + e^(-x)) in float32 from the value rounded to the dtype, as ATen's
+// kernel, but with the hardware's approximate exponential and division (ex2.approx, div.approx; the GELU of Note
+// [GELU before the FP8 rows] takes the same route), then rounded once to the dtype by the caller. With ATen's accurate
+// expf and IEEE division the fused kernel was bound by instruction issue: it took 14.5 ms of a bf16 decode's GPU
+// time, as long as the norm kernel and a separate SiLU pass together. e^(-x) is then off by about (|x| + 4)·2^-24
+// relative (the rounding of x·log2(e), then ex2.approx's own), the division adds 2^-22: below 2^-18 of the value for
+// |x| < 48, a few thousandths of a bfloat16 or float16 rounding, which flips a rounding rarely and by one unit. The
+// limits are ATen's: silu(+inf) = inf, silu(-inf) = NaN, NaN stays NaN; below x ≈ -87 the result is -0 where ATen's
+// is a tiny normal number (under 2^-119).
+__device__ __forceinline__ float silu(float x) {
+  return __fdividef(x, 1.f + __expf(-x));
+}
+
+// The normalized and weighted vector at column c, then norm(h)·(1 + scale) + shift when MODULATE, then its SiLU
+// when SILU, with the reference's rounding points (in pairs after the normalization: Note [Packed half-precision
+// arithmetic]).
+template <typename T, int VEC, bool LAYER_NORM, bool MODULATE, bool SILU>
 __device__ __forceinline__ Pack<T, VEC> modulate(const Pack<T, VEC>& hv, const T* weight, const T* scale,
                                                  const T* shift, int64_t c, float mean, float rstd) {
-  const Pack<T, VEC> sc = load<T, VEC>(scale + c), sh = load<T, VEC>(shift + c);
-  Pack<T, VEC> w;
+  Pack<T, VEC> sc, sh, w;
+  if constexpr (MODULATE) {
+    sc = load<T, VEC>(scale + c);
+    sh = load<T, VEC>(shift + c);
+  }
   if (weight) w = load<T, VEC>(weight + c);
   Pack<T, VEC> o;
   if constexpr (kPackedPairs<T, VEC>) {
@@ -124,18 +143,25 @@ __device__ __forceinline__ Pack<T, VEC> modulate(const Pack<T, VEC>& hv, const T
       auto n = round_pair(normalized<LAYER_NORM>(hv.v[j], mean, rstd),
                           normalized<LAYER_NORM>(hv.v[j + 1], mean, rstd), T{});
       if (weight) n = __hmul2_rn(n, pair_at(w, j));
-      const auto modulated = __hmul2_rn(n, __hadd2_rn(one, pair_at(sc, j)));
-      set_pair(o, j, __hadd2_rn(modulated, pair_at(sh, j)));
+      if constexpr (MODULATE) n = __hadd2_rn(__hmul2_rn(n, __hadd2_rn(one, pair_at(sc, j))), pair_at(sh, j));
+      set_pair(o, j, n);
     }
   } else {
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
       float n = round_to<T>(normalized<LAYER_NORM>(hv.v[j], mean, rstd));
       if (weight) n = round_to<T>(__fmul_rn(n, static_cast<float>(w.v[j])));
-      const float one_plus_scale = round_to<T>(__fadd_rn(1.f, static_cast<float>(sc.v[j])));
-      const float modulated = round_to<T>(__fmul_rn(n, one_plus_scale));
-      o.v[j] = static_cast<T>(__fadd_rn(modulated, static_cast<float>(sh.v[j])));
+      if constexpr (MODULATE) {
+        const float one_plus_scale = round_to<T>(__fadd_rn(1.f, static_cast<float>(sc.v[j])));
+        const float modulated = round_to<T>(__fmul_rn(n, one_plus_scale));
+        n = __fadd_rn(modulated, static_cast<float>(sh.v[j]));
+      }
+      o.v[j] = static_cast<T>(n);
     }
+  }
+  if constexpr (SILU) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) o.v[j] = static_cast<T>(silu(static_cast<float>(o.v[j])));
   }
   return o;
 }
@@ -179,7 +205,7 @@ __device__ __forceinline__ void write_row(const Pack<T, VEC> (&h)[kRowVectors], 
 // are asked for: asking changes no value.
 constexpr int kShortRowThreads = 256;
 
-template <typename T, int VEC, bool LAYER_NORM, bool SHORT>
+template <typename T, int VEC, bool LAYER_NORM, bool SHORT, bool MODULATE, bool SILU>
 __global__ void __launch_bounds__(SHORT ? kShortRowThreads : kRowThreads) norm_modulate_kernel(NormModulateLaunch p) {
   const int64_t rows = p.batch * p.tokens;
   const int64_t own_row = SHORT ? int64_t(blockIdx.x) * blockDim.y + threadIdx.y : int64_t(blockIdx.x);
@@ -199,17 +225,18 @@ __global__ void __launch_bounds__(SHORT ? kShortRowThreads : kRowThreads) norm_m
     rstd = rsqrtf(__fadd_rn(stat[0] * inv_dim, p.eps));
   }
   const T* weight = static_cast<const T*>(p.weight);
-  const T* scale = row_of<T>(p.scale, b, t);
-  const T* shift = row_of<T>(p.shift, b, t);
+  const T* scale = MODULATE ? row_of<T>(p.scale, b, t) : nullptr;
+  const T* shift = MODULATE ? row_of<T>(p.shift, b, t) : nullptr;
   const int64_t first = int64_t(threadIdx.x) * VEC, step = int64_t(blockDim.x) * VEC;
 #pragma unroll
   for (int i = 0; i < kRowVectors; ++i)  // every modulation load before the first store
-    h[i] = modulate<T, VEC, LAYER_NORM>(h[i], weight, scale, shift, kept_column<VEC>(first + i * step, p.dim), mean,
-                                        rstd);
+    h[i] = modulate<T, VEC, LAYER_NORM, MODULATE, SILU>(h[i], weight, scale, shift,
+                                                        kept_column<VEC>(first + i * step, p.dim), mean, rstd);
   write_row<T, VEC, SHORT>(
       h, p, row,
       [&](int64_t c) {
-        return modulate<T, VEC, LAYER_NORM>(load<T, VEC>(h_row + c), weight, scale, shift, c, mean, rstd);
+        return modulate<T, VEC, LAYER_NORM, MODULATE, SILU>(load<T, VEC>(h_row + c), weight, scale, shift, c, mean,
+                                                            rstd);
       },
       own_row == row);
 }
@@ -242,17 +269,30 @@ void launch_norm_modulate(const NormModulateLaunch& launch) {
   const dim3 grid(static_cast<unsigned>(short_rows ? (rows + rows_per_block - 1) / rows_per_block : rows));
   const dim3 block = short_rows ? dim3(group, rows_per_block)
                                 : dim3(rows_block_threads(launch.dim, launch.vec, kRowThreads, kRowVectors));
+  // The instances: the layer norm modulated (the output head); the RMS norm modulated (the transformer's blocks), then
+  // with the SiLU (the VAE's conditioned norms), or with the SiLU alone (its unconditioned ones).
+  const bool modulate = launch.scale.data != nullptr;
+  TORCH_CHECK(modulate == (launch.shift.data != nullptr) && (modulate || launch.silu) &&
+                  !(launch.layer_norm && (launch.silu || !modulate)),
+              "ltxmps_kernels: launch_norm_modulate has no instance for this combination of norm and epilogue");
   dispatch_dtype_vec(launch.dtype, launch.vec, [&](auto zero, auto vec) {
     using T = decltype(zero);
     constexpr int VEC = decltype(vec)::value;
-    if (short_rows && launch.layer_norm)
-      norm_modulate_kernel<T, VEC, true, true><<<grid, block, 0, stream>>>(launch);
-    else if (short_rows)
-      norm_modulate_kernel<T, VEC, false, true><<<grid, block, 0, stream>>>(launch);
-    else if (launch.layer_norm)
-      norm_modulate_kernel<T, VEC, true, false><<<grid, block, 0, stream>>>(launch);
+    const auto run = [&](auto short_kernel) {
+      constexpr bool SHORT = decltype(short_kernel)::value;
+      if (launch.layer_norm)
+        norm_modulate_kernel<T, VEC, true, SHORT, true, false><<<grid, block, 0, stream>>>(launch);
+      else if (!launch.silu)
+        norm_modulate_kernel<T, VEC, false, SHORT, true, false><<<grid, block, 0, stream>>>(launch);
+      else if (modulate)
+        norm_modulate_kernel<T, VEC, false, SHORT, true, true><<<grid, block, 0, stream>>>(launch);
+      else
+        norm_modulate_kernel<T, VEC, false, SHORT, false, true><<<grid, block, 0, stream>>>(launch);
+    };
+    if (short_rows)
+      run(std::true_type{});
     else
-      norm_modulate_kernel<T, VEC, false, false><<<grid, block, 0, stream>>>(launch);
+      run(std::false_type{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -8,6 +8,11 @@
 
 namespace ltxmps::kernels::cuda {
 
+/// The dtypes the kernels are written for (all operands of one of them).
+inline bool kernel_dtype(c10::ScalarType t) {
+  return t == c10::ScalarType::Float || t == c10::ScalarType::Half || t == c10::ScalarType::BFloat16;
+}
+
 /// A [B, T, D] operand read row by row: element (b, t, d) is at data + b·batch_stride + t·token_stride + d
 /// (strides in elements; 0 broadcasts a size-1 dimension). The last dimension is contiguous. With `token_index`,
 /// token t of batch entry b reads row token_index[b·index_batch_stride + t] (clamped to [0, index_rows)) instead of
@@ -22,13 +27,15 @@ struct Rows {
 };
 
 /// out = norm(h)·(1 + scale) + shift per row of D, with h = x, or h = x + y·gate (gate optional) written to
-/// `residual` when y is given. RMS norm (optional weight) or layer norm without affine.
+/// `residual` when y is given. RMS norm (optional weight) or layer norm without affine. With `silu` (RMS norm
+/// only), out is the SiLU of that, and scale / shift may both be null: out = silu(norm(h)).
 struct NormModulateLaunch {
   c10::ScalarType dtype = c10::ScalarType::Float;
   int device_index = 0;
   int64_t batch = 0, tokens = 0, dim = 0;
   int vec = 1;  ///< elements per vector access: 1, 2, 4 or 8, dividing dim and every stride
   bool layer_norm = false;
+  bool silu = false;
   float eps = 0.f;
   Rows x, y, gate, scale, shift;  ///< y, gate: null unless the residual variant
   const void* weight = nullptr;   ///< [D] or null

@@ -10,7 +10,6 @@
 #include "ltxmps/error.hpp"
 
 #include <ATen/ATen.h>
-#include <torch/cuda.h>
 
 #include <algorithm>
 #include <atomic>
@@ -98,6 +97,14 @@ std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate_reference(const at:
   return {std::move(h), std::move(normed)};
 }
 
+at::Tensor rms_norm_modulate_silu_reference(const at::Tensor& x, double eps, const at::Tensor& scale,
+                                            const at::Tensor& shift) {
+  LTXMPS_CHECK(scale.defined() == shift.defined(),
+               "rms_norm_modulate_silu: scale and shift must be given together or both be undefined");
+  auto h = scale.defined() ? rms_norm_modulate_reference(x, {}, eps, scale, shift) : block_rms_norm_reference(x, {}, eps);
+  return at::silu_(h);  // h is a fresh tensor
+}
+
 at::Tensor layer_norm_modulate_reference(const at::Tensor& x, double eps, const at::Tensor& scale,
                                          const at::Tensor& shift, const at::Tensor& token_index) {
   check_token_index(token_index, x, "layer_norm_modulate");
@@ -174,9 +181,7 @@ namespace {
 // slices such as the block's `ada` columns are read in place), weights as contiguous [D] vectors. Anything else
 // (float64, a weight of another dtype, a transposed last dimension, more than INT_MAX rows) runs the reference,
 // which also produces ATen's usual errors for bad input.
-bool kernel_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
-}
+using cuda::kernel_dtype;
 
 bool cuda_candidate(const at::Tensor& x) {
   return built_with_cuda() && x.defined() && x.is_cuda() && x.dim() == 3 && kernel_dtype(x.scalar_type()) &&
@@ -266,16 +271,24 @@ void quantize_rows_of(const at::Tensor& out, Fp8RowsOut fp8) {
   std::tie(fp8->q, fp8->scale) = quantize_fp8_rows(out.reshape({-1, out.size(-1)}));
 }
 
+// The norm a launch computes: the RMS norm, the RMS norm followed by the SiLU (its modulation optional), the layer
+// norm.
+enum class Norm { rms, rms_silu, layer };
+
 // The launch of a norm and modulation of x, or of h = x + y·gate when y is defined; nothing when the kernel does
 // not apply (Note [When a CUDA kernel runs]). `residual` and `out` are allocated here.
 std::optional<cuda::NormModulateLaunch> norm_launch(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate,
                                                     const at::Tensor& weight, const at::Tensor& scale,
-                                                    const at::Tensor& shift, double eps, bool layer_norm,
+                                                    const at::Tensor& shift, double eps, Norm norm,
                                                     at::Tensor& residual, at::Tensor& out, Fp8RowsOut fp8,
                                                     const at::Tensor& token_index) {
   if (!cuda_candidate(x) || !vector_ok(x, weight)) return std::nullopt;
   const auto dtype = x.scalar_type();
-  const auto xr = rows_of(x, x), sc = rows_of(scale, x, dtype, token_index), sh = rows_of(shift, x, dtype, token_index);
+  const bool unmodulated = norm == Norm::rms_silu && !scale.defined() && !shift.defined();
+  const auto operand_rows = [&](const at::Tensor& t) {
+    return unmodulated ? std::optional<cuda::Rows>(cuda::Rows{}) : rows_of(t, x, dtype, token_index);
+  };
+  const auto xr = rows_of(x, x), sc = operand_rows(scale), sh = operand_rows(shift);
   if (!xr || !sc || !sh) return std::nullopt;
   cuda::NormModulateLaunch l;
   if (y.defined()) {
@@ -293,7 +306,8 @@ std::optional<cuda::NormModulateLaunch> norm_launch(const at::Tensor& x, const a
   l.batch = x.size(0);
   l.tokens = x.size(1);
   l.dim = x.size(2);
-  l.layer_norm = layer_norm;
+  l.layer_norm = norm == Norm::layer;
+  l.silu = norm == Norm::rms_silu;
   l.eps = static_cast<float>(eps);
   l.x = *xr;
   l.scale = *sc;
@@ -320,7 +334,7 @@ at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, doub
                              const at::Tensor& shift, Fp8RowsOut fp8, const at::Tensor& token_index) {
   check_token_index(token_index, x, "rms_norm_modulate");
   at::Tensor residual, out;
-  if (const auto l = norm_launch(x, {}, {}, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8,
+  if (const auto l = norm_launch(x, {}, {}, weight, scale, shift, eps, Norm::rms, residual, out, fp8,
                                  token_index)) {
     cuda::launch_norm_modulate(*l);
     ++fused_call_count;
@@ -331,6 +345,18 @@ at::Tensor rms_norm_modulate(const at::Tensor& x, const at::Tensor& weight, doub
   return out;
 }
 
+at::Tensor rms_norm_modulate_silu(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift) {
+  LTXMPS_CHECK(scale.defined() == shift.defined(),
+               "rms_norm_modulate_silu: scale and shift must be given together or both be undefined");
+  at::Tensor residual, out;
+  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, Norm::rms_silu, residual, out, nullptr, {})) {
+    cuda::launch_norm_modulate(*l);
+    ++fused_call_count;
+    return out;
+  }
+  return rms_norm_modulate_silu_reference(x, eps, scale, shift);
+}
+
 std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x, const at::Tensor& y,
                                                              const at::Tensor& gate, const at::Tensor& weight,
                                                              double eps, const at::Tensor& scale,
@@ -339,7 +365,7 @@ std::pair<at::Tensor, at::Tensor> residual_rms_norm_modulate(const at::Tensor& x
   check_token_index(token_index, x, "residual_rms_norm_modulate");
   at::Tensor residual, out;
   if (y.defined()) {
-    if (const auto l = norm_launch(x, y, gate, weight, scale, shift, eps, /*layer_norm=*/false, residual, out, fp8,
+    if (const auto l = norm_launch(x, y, gate, weight, scale, shift, eps, Norm::rms, residual, out, fp8,
                                    token_index)) {
       cuda::launch_norm_modulate(*l);
       ++fused_call_count;
@@ -355,7 +381,7 @@ at::Tensor layer_norm_modulate(const at::Tensor& x, double eps, const at::Tensor
                                const at::Tensor& token_index) {
   check_token_index(token_index, x, "layer_norm_modulate");
   at::Tensor residual, out;
-  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, /*layer_norm=*/true, residual, out, nullptr,
+  if (const auto l = norm_launch(x, {}, {}, {}, scale, shift, eps, Norm::layer, residual, out, nullptr,
                                  token_index)) {
     cuda::launch_norm_modulate(*l);
     ++fused_call_count;
@@ -604,98 +630,6 @@ Fp8Tensor quantize_fp8_tensor(const at::Tensor& x) {
   cuda::launch_quantize_fp8_tensor(l);
   ++fused_call_count;
   return {std::move(q), std::move(scale)};
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Report
-
-namespace {
-
-// The values of at::SDPBackend (ATen/SDPBackend.h), spelled out because older LibTorch releases lack the header.
-const char* sdp_backend_name(int64_t choice) {
-  switch (choice) {
-    case 0: return "math";
-    case 1: return "flash_attention";
-    case 2: return "efficient_attention";
-    case 3: return "cudnn_attention";
-    case 4: return "overrideable";
-    default: return "none (error)";
-  }
-}
-
-bool device_present(const c10::Device& device) {
-  if (device.is_cpu()) return true;
-  if (device.is_cuda())
-    return torch::cuda::is_available() && device.index() < static_cast<int64_t>(torch::cuda::device_count());
-  if (device.is_mps()) return at::hasMPS();
-  return false;
-}
-
-// Which attention backend LibTorch picks for the transformer's self-attention (head-split views of [B, S, D], no
-// mask) and cross-attention (with the [B, heads, 1, L] text bias) in `dtype` on `device`.
-std::optional<Diagnostic> sdpa_report(const c10::Device& device, at::ScalarType dtype, int64_t head_dim) {
-  if (!device_present(device) || head_dim <= 0) return std::nullopt;
-  std::string message;
-  try {
-    constexpr int64_t kHeads = 2, kTokens = 256, kTextTokens = 128;
-    const auto options = at::TensorOptions().device(device).dtype(dtype);
-    const auto heads = [&](int64_t tokens) {
-      return at::zeros({1, tokens, kHeads * head_dim}, options).unflatten(2, {kHeads, head_dim}).permute({0, 2, 1, 3});
-    };
-    const auto q = heads(kTokens), text = heads(kTextTokens);
-    const auto self_choice = at::_fused_sdp_choice(q, heads(kTokens), heads(kTokens));
-    const auto cross_choice = at::_fused_sdp_choice(q, text, text, at::zeros({1, kHeads, 1, kTextTokens}, options));
-    message = c10::str("sdpa (head_dim ", head_dim, ", ", dtype, " on ", device, "): self-attention ",
-                       sdp_backend_name(self_choice), ", cross-attention with the text bias ",
-                       sdp_backend_name(cross_choice), " (at::_fused_sdp_choice)");
-  } catch (const std::exception& e) {
-    const std::string what = e.what();
-    message = c10::str("sdpa: backend not probed on ", device, ": ", what.substr(0, what.find('\n')));
-  }
-  return Diagnostic{Severity::info, "kernels.sdpa", "kernels.sdpa", std::move(message)};
-}
-
-}  // namespace
-
-std::vector<Diagnostic> kernel_report(const c10::Device& device, at::ScalarType dtype, int64_t head_dim) {
-  std::string reason;  // why the CUDA kernels do not run, empty when they do
-  if (!device.is_cuda()) reason = c10::str("the device is ", device, " and the fused kernels are CUDA only");
-  else if (!kernel_dtype(dtype)) reason = c10::str("no kernel for ", dtype);
-  const std::string built_reason =
-      reason.empty() && !built_with_cuda()
-          ? "this build has no CUDA kernels (configured without a CUDA compiler or with a LibTorch without CUDA)"
-          : reason;
-  struct Entry {
-    const char* name;
-    const char* fuses;
-  };
-  static const Entry kEntries[] = {
-      {"rms_norm_modulate", "norm1: block RMSNorm and the AdaLN scale / shift"},
-      {"residual_rms_norm_modulate", "cross-attention residual, norm2 and its scale / shift"},
-      {"gated_residual", "x + y * gate of the self-attention and feed-forward"},
-      {"qk_rms_norm_rope", "query / key RMSNorm across heads and the interleaved RoPE, q and k together"},
-      {"layer_norm_modulate", "output LayerNorm and its scale / shift"},
-      {"quantize_fp8_rows", "FP8 row quantization: amax, scale and e4m3 codes in one read of the row"},
-      {"dequantize_fp8_rows", "FP8 storage's weight dequantization: codes times row scale, one pass"},
-      {"quantize_fp8_rows_gelu_tanh", "FP8 matmul's feed-forward: the tanh GELU and the row quantization in one pass"},
-      {"quantize_fp8_tensor", "FP8 attention's per-tensor quantization of q, k and v: an amax and a quantize pass"},
-  };
-  std::vector<Diagnostic> out;
-  for (const auto& e : kEntries) {
-    if (built_reason.empty())
-      out.push_back({Severity::info, "kernels", "kernels.cuda", c10::str(e.name, ": CUDA kernel (", e.fuses, ")")});
-    else
-      out.push_back(
-          {Severity::info, "kernels", "kernels.reference", c10::str(e.name, ": ATen reference; ", built_reason)});
-  }
-  if (reason.empty())
-    out.push_back({Severity::info, "kernels", "kernels.cublaslt",
-                   "linear_gelu_tanh: cuBLASLt GEMM with the bias and tanh-GELU epilogue (at::_addmm_activation)"});
-  else
-    out.push_back({Severity::info, "kernels", "kernels.reference",
-                   c10::str("linear_gelu_tanh: ATen reference; ", reason)});
-  if (auto sdpa = sdpa_report(device, dtype, head_dim)) out.push_back(std::move(*sdpa));
-  return out;
 }
 
 }  // namespace ltxmps::kernels

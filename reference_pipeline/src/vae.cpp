@@ -19,36 +19,6 @@
 namespace ltxmps::pipeline {
 
 // ---------------------------------------------------------------------------------------------------
-// Tiling options
-
-void VaeTiling::enable_tiling(std::optional<int64_t> min_height, std::optional<int64_t> min_width,
-                              std::optional<int64_t> min_num_frames, std::optional<int64_t> stride_height,
-                              std::optional<int64_t> stride_width, std::optional<int64_t> stride_num_frames) {
-  use_tiling = true;
-  tile_sample_min_height = min_height.value_or(tile_sample_min_height);
-  tile_sample_min_width = min_width.value_or(tile_sample_min_width);
-  tile_sample_min_num_frames = min_num_frames.value_or(tile_sample_min_num_frames);
-  tile_sample_stride_height = stride_height.value_or(tile_sample_stride_height);
-  tile_sample_stride_width = stride_width.value_or(tile_sample_stride_width);
-  tile_sample_stride_num_frames = stride_num_frames.value_or(tile_sample_stride_num_frames);
-}
-
-void VaeTiling::validate() const {
-  const std::pair<const char*, int64_t> sizes[] = {{"tile_sample_min_height", tile_sample_min_height},
-                                                   {"tile_sample_min_width", tile_sample_min_width},
-                                                   {"tile_sample_min_num_frames", tile_sample_min_num_frames},
-                                                   {"tile_sample_stride_height", tile_sample_stride_height},
-                                                   {"tile_sample_stride_width", tile_sample_stride_width},
-                                                   {"tile_sample_stride_num_frames", tile_sample_stride_num_frames}};
-  for (const auto& [name, v] : sizes) LTXMPS_CHECK(v > 0, "VAE tiling: ", name, " must be > 0, got ", v);
-  LTXMPS_CHECK(tile_sample_stride_height <= tile_sample_min_height && tile_sample_stride_width <= tile_sample_min_width &&
-                   tile_sample_stride_num_frames <= tile_sample_min_num_frames,
-               "VAE tiling: a stride exceeds its tile size (tiles ", tile_sample_min_height, "x", tile_sample_min_width,
-               "x", tile_sample_min_num_frames, ", strides ", tile_sample_stride_height, "x", tile_sample_stride_width,
-               "x", tile_sample_stride_num_frames, ")");
-}
-
-// ---------------------------------------------------------------------------------------------------
 // Building blocks
 
 namespace {
@@ -131,21 +101,14 @@ bool is_channels_last(const at::Tensor& x) {
 // mean, the product, the cast back, two modulation passes); with the SiLU they were most of the elementwise work
 // that took 152 of a bf16 decode's 228 ms of GPU time against 76 ms of convolutions (docs/benchmarks.md). A
 // channels-last activation is a stack of rows of C contiguous channels, which is the [B, S, D] input of
-// ltxmps::kernels::rms_norm_modulate: it reads each row once and writes the normalized, modulated row with the same
-// rounding points as channel_rms_norm followed by `h * (1 + scale) + shift` (Note [VAE RMSNorm]; docs/kernels.md),
-// its sum of squares in another order. An unconditioned norm passes scale = shift = 0, which leaves every value as
-// it is (n·1 = n, n + 0 = n up to the sign of a zero). The SiLU stays one in-place pass.
-at::Tensor cuda_channel_norm(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+// ltxmps::kernels::rms_norm_modulate_silu: it reads each row once and writes only the activation, with the same
+// rounding points as channel_rms_norm and `h * (1 + scale) + shift` where conditioned (Note [VAE RMSNorm];
+// docs/kernels.md), its sum of squares in another order, and a SiLU within a few thousandths of a rounding of ATen's.
+at::Tensor cuda_channel_norm_silu(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
   const int64_t B = x.size(0), C = x.size(1);
   const auto rows = x.permute({0, 2, 3, 4, 1}).reshape({B, -1, C});  // a view of channels-last x
-  at::Tensor sc, sh;
-  if (shift.defined()) {
-    sc = scale.reshape({scale.size(0), 1, C});
-    sh = shift.reshape({shift.size(0), 1, C});
-  } else {
-    sc = sh = at::zeros({1, 1, C}, x.options());
-  }
-  return ltxmps::kernels::rms_norm_modulate(rows, {}, detail::kChannelRmsNormEps, sc, sh)
+  const auto per_entry = [C](const at::Tensor& t) { return t.defined() ? t.reshape({t.size(0), 1, C}) : t; };
+  return ltxmps::kernels::rms_norm_modulate_silu(rows, detail::kChannelRmsNormEps, per_entry(scale), per_entry(shift))
       .view({B, x.size(2), x.size(3), x.size(4), C})
       .permute({0, 4, 1, 2, 3});
 }
@@ -156,13 +119,14 @@ at::Tensor cuda_channel_norm(const at::Tensor& x, const at::Tensor& shift, const
 // self.nonlinearity(hidden_states)` frees it first). h is always a fresh tensor here, never `x`, so the in-place
 // form holds one full-size activation less than either. Callers assign the result to the variable that held `x`
 // where `x` is not needed afterwards, so that it is released before the convolution (diffusers rebinds
-// `hidden_states` at each step to the same effect). CPU float32 normalizes in one pass (vae_cpu.cpp).
+// `hidden_states` at each step to the same effect). CPU float32 normalizes in one pass (vae_cpu.cpp), a channels-last
+// CUDA activation in one kernel that also applies the SiLU (Note [VAE norms through the row kernel]).
 at::Tensor norm_silu(const at::Tensor& x, const at::Tensor& shift = {}, const at::Tensor& scale = {}) {
   at::Tensor h;
   if (detail::is_cpu_float(x)) {
     h = detail::cpu_channel_rms_norm(x, shift, scale);
   } else if (x.is_cuda() && is_channels_last(x) && ltxmps::kernels::built_with_cuda()) {
-    h = cuda_channel_norm(x, shift, scale);
+    return cuda_channel_norm_silu(x, shift, scale);
   } else {
     h = channel_rms_norm(x);
     if (shift.defined()) h = h * (1 + scale) + shift;

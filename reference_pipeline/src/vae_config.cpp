@@ -1,5 +1,5 @@
 // VaeConfig: AutoencoderKLLTXVideo's config.json (diffusers 0.42.1 models/autoencoders/autoencoder_kl_ltx.py),
-// parsed and checked against what LTXVideoEncoder3d / LTXVideoDecoder3d can build.
+// parsed and checked against what LTXVideoEncoder3d / LTXVideoDecoder3d can build; the tiling options.
 
 #include "ltxmps_pipeline/vae.hpp"
 
@@ -215,6 +215,36 @@ void VaeConfig::validate(const std::string& source) const {
   validate_encoder(*this, source);
   validate_decoder(*this, source);
   validate_compression(*this, source);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tiling options
+
+void VaeTiling::enable_tiling(std::optional<int64_t> min_height, std::optional<int64_t> min_width,
+                              std::optional<int64_t> min_num_frames, std::optional<int64_t> stride_height,
+                              std::optional<int64_t> stride_width, std::optional<int64_t> stride_num_frames) {
+  use_tiling = true;
+  tile_sample_min_height = min_height.value_or(tile_sample_min_height);
+  tile_sample_min_width = min_width.value_or(tile_sample_min_width);
+  tile_sample_min_num_frames = min_num_frames.value_or(tile_sample_min_num_frames);
+  tile_sample_stride_height = stride_height.value_or(tile_sample_stride_height);
+  tile_sample_stride_width = stride_width.value_or(tile_sample_stride_width);
+  tile_sample_stride_num_frames = stride_num_frames.value_or(tile_sample_stride_num_frames);
+}
+
+void VaeTiling::validate() const {
+  const std::pair<const char*, int64_t> sizes[] = {{"tile_sample_min_height", tile_sample_min_height},
+                                                   {"tile_sample_min_width", tile_sample_min_width},
+                                                   {"tile_sample_min_num_frames", tile_sample_min_num_frames},
+                                                   {"tile_sample_stride_height", tile_sample_stride_height},
+                                                   {"tile_sample_stride_width", tile_sample_stride_width},
+                                                   {"tile_sample_stride_num_frames", tile_sample_stride_num_frames}};
+  for (const auto& [name, v] : sizes) LTXMPS_CHECK(v > 0, "VAE tiling: ", name, " must be > 0, got ", v);
+  LTXMPS_CHECK(tile_sample_stride_height <= tile_sample_min_height && tile_sample_stride_width <= tile_sample_min_width &&
+                   tile_sample_stride_num_frames <= tile_sample_min_num_frames,
+               "VAE tiling: a stride exceeds its tile size (tiles ", tile_sample_min_height, "x", tile_sample_min_width,
+               "x", tile_sample_min_num_frames, ", strides ", tile_sample_stride_height, "x", tile_sample_stride_width,
+               "x", tile_sample_stride_num_frames, ")");
 }
 
 }  // namespace ltxmps::pipeline

@@ -26,17 +26,19 @@ struct WeightBuilder {
   double eps;  // resnet_norm_eps
   bool channels_last;
 
-  at::Tensor tensor(const std::string& name, std::vector<int64_t> shape) const {
+  // The checkpoint tensor in `options`, converted and laid out in `format` by one copy (or none).
+  at::Tensor tensor(const std::string& name, std::vector<int64_t> shape,
+                    at::MemoryFormat format = at::MemoryFormat::Preserve) const {
     auto t = weights(name, shape);
     LTXMPS_CHECK(t.defined() && t.sizes() == at::IntArrayRef(shape), "VAE weight '", name, "' has shape ",
                  t.defined() ? t.sizes() : at::IntArrayRef{}, ", expected ", at::IntArrayRef(shape));
-    return t.to(options);
+    return t.to(options, /*non_blocking=*/false, /*copy=*/false, format);
   }
   VaeConv3dWeights conv(const std::string& name, int64_t in, int64_t out, int64_t k, bool causal,
                         std::array<int64_t, 3> stride = {1, 1, 1}) const {
     VaeConv3dWeights c;
-    c.weight = tensor(name + ".conv.weight", {out, in, k, k, k});
-    if (channels_last) c.weight = c.weight.contiguous(at::MemoryFormat::ChannelsLast3d);
+    c.weight = tensor(name + ".conv.weight", {out, in, k, k, k},
+                      channels_last ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::Preserve);
     c.bias = tensor(name + ".conv.bias", {out});
     c.stride = stride;
     c.is_causal = causal;

@@ -130,6 +130,24 @@ TEST_CASE("rms_norm_modulate on many short rows: kernel against reference", "[gp
     }
 }
 
+// The VAE's norm and activation: short rows and rows of a block each (2048), aligned and strided, with the
+// modulation and without.
+TEST_CASE("rms_norm_modulate_silu: kernel against reference", "[gpu][kernels]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t D : {8, 128, 998, 1024, 2048})
+      for (const bool modulated : {true, false}) {
+        INFO("dtype " << dtype << ", D " << D << ", modulated " << modulated);
+        const int64_t B = 2, S = D == 2048 ? 37 : 3001;
+        const auto x = activation(B, S, D, dtype, 7, D == 998 ? 1 : 0).mul(3);
+        const auto scale = modulated ? randn({B, 1, D}, dtype, 8, 0.5) : at::Tensor();
+        const auto shift = modulated ? randn({B, 1, D}, dtype, 9, 0.5) : at::Tensor();
+        at::Tensor out;
+        CHECK(fused_calls_in([&] { out = kernels::rms_norm_modulate_silu(x, 1e-8, scale, shift); }) == 1);
+        REQUIRE(out.is_contiguous());
+        check_kernel(out, kernels::rms_norm_modulate_silu_reference(x, 1e-8, scale, shift));
+      }
+}
+
 TEST_CASE("residual_rms_norm_modulate and gated_residual: kernel against reference", "[gpu][kernels]") {
   for (const auto dtype : kDtypes)
     for (const int64_t D : kDims)

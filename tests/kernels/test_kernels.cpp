@@ -153,6 +153,35 @@ TEST_CASE("rms_norm_modulate_reference is diffusers' RMSNorm and AdaLN modulatio
   }
 }
 
+// The VAE's channel norm: its rows are the channels of a channels-last activation, its modulation one row per batch
+// entry or none.
+TEST_CASE("rms_norm_modulate_silu_reference is the norm, the modulation when given, then the SiLU", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    const int64_t B = 2, S = 7, D = 24;
+    const auto x = strided_rows(B, S, D, dtype, 5).mul(3);
+    auto g = ltxmps::make_cpu_generator(6);
+    const auto scale = ltxmps::randn({B, 1, D}, g).mul_(0.5).to(dtype);
+    const auto shift = ltxmps::randn({B, 1, D}, g).mul_(0.5).to(dtype);
+    const auto zeros = at::zeros({1, 1, D}, x.options());
+    // ATen's SiLU: v / (1 + e^-v) in float32 from the dtype's value, rounded once.
+    const auto silu_of = [&](const at::Tensor& v) {
+      const auto f = v.to(at::kFloat);
+      return (f / (1 + at::exp(-f))).to(dtype);
+    };
+    const auto modulated = kernels::rms_norm_modulate_silu_reference(x, 1e-8, scale, shift);
+    check_close(modulated, silu_of(rms_norm_modulate_formula(x, {}, 1e-8, scale, shift).to(dtype)), dtype);
+    const auto plain = kernels::rms_norm_modulate_silu_reference(x, 1e-8, {}, {});
+    check_close(plain, silu_of(rms_norm_modulate_formula(x, {}, 1e-8, zeros, zeros).to(dtype)), dtype);
+    CHECK_FALSE(at::equal(plain, modulated));
+    // Off CUDA the entry point is the reference.
+    CHECK(at::equal(kernels::rms_norm_modulate_silu(x, 1e-8, scale, shift), modulated));
+    CHECK(at::equal(kernels::rms_norm_modulate_silu(x, 1e-8, {}, {}), plain));
+    CHECK_THROWS_WITH(kernels::rms_norm_modulate_silu(x, 1e-8, scale, {}),
+                      ltxmps_test::Contains("scale and shift must be given together"));
+  }
+}
+
 TEST_CASE("residual_rms_norm_modulate_reference sums the residual, then normalizes and modulates", "[kernels]") {
   for (const auto dtype : kDtypes) {
     INFO("dtype " << dtype);
@@ -447,7 +476,7 @@ TEST_CASE("dequantize_fp8_rows_reference: code times row scale, one rounding to 
 TEST_CASE("kernel_report explains the choice per kernel; the CPU runs the references", "[kernels]") {
   const auto calls = kernels::fused_calls();
   const auto report = kernels::kernel_report(c10::Device("cpu"), at::kBFloat16);
-  REQUIRE(report.size() == 11);
+  REQUIRE(report.size() == 12);
   for (size_t i = 0; i + 1 < report.size(); ++i) {
     CHECK(report[i].topic == "kernels");
     CHECK(report[i].rule == "kernels.reference");

@@ -81,6 +81,16 @@ at::Tensor rms_norm_modulate_reference(const at::Tensor& x, const at::Tensor& we
                                        const at::Tensor& scale, const at::Tensor& shift,
                                        const at::Tensor& token_index = {});
 
+/// @brief `silu(rms_norm_modulate(x, {}, eps, scale, shift))`, or `silu(block_rms_norm(x, {}, eps))` when `scale`
+///        and `shift` are both undefined: the VAE's channel norm and activation on channels-last rows (x [B, S, C],
+///        scale / shift [B, 1, C] or [1, 1, C]), one pass that writes only the activation (Note [VAE norms through
+///        the row kernel] in the pipeline's vae.cpp). The CUDA kernel's SiLU takes the hardware's approximate
+///        exponential and division: within a few thousandths of a rounding of ATen's (Note [SiLU in the norm kernel]).
+at::Tensor rms_norm_modulate_silu(const at::Tensor& x, double eps, const at::Tensor& scale, const at::Tensor& shift);
+/// @brief The ATen op sequence of rms_norm_modulate_silu(): the norm, the modulation when given, `at::silu`.
+at::Tensor rms_norm_modulate_silu_reference(const at::Tensor& x, double eps, const at::Tensor& scale,
+                                            const at::Tensor& shift);
+
 /// @brief `h = gate.defined() ? x + y * gate : x + y`, then `rms_norm_modulate(h, ...)`: returns {h, normed}.
 ///        One pass over the row writes both (the block's cross-attention residual followed by norm2); `fp8`
 ///        receives the FP8 rows of `normed`.

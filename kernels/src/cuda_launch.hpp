@@ -118,11 +118,22 @@ struct QuantizeFp8TensorLaunch {
   unsigned* amax = nullptr;
 };
 
+/// x[r, c] += bias[c] in place: x is `rows` rows of `channels` contiguous elements, bias [channels].
+struct ChannelBiasLaunch {
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  int device_index = 0;
+  int64_t rows = 0, channels = 0;
+  int vec = 1;  ///< elements per vector access: 1, 2, 4 or 8, dividing channels
+  void* x = nullptr;
+  const void* bias = nullptr;
+};
+
 void launch_norm_modulate(const NormModulateLaunch& launch);
 void launch_gated_residual(const GatedResidualLaunch& launch);
 void launch_qk_norm_rope(const QkNormRopeLaunch& launch);
 void launch_quantize_fp8(const QuantizeFp8Launch& launch);
 void launch_dequantize_fp8(const DequantizeFp8Launch& launch);
 void launch_quantize_fp8_tensor(const QuantizeFp8TensorLaunch& launch);
+void launch_channel_bias(const ChannelBiasLaunch& launch);
 
 }  // namespace ltxmps::kernels::cuda

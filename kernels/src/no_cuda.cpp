@@ -19,5 +19,6 @@ void launch_qk_norm_rope(const QkNormRopeLaunch&) { not_built("launch_qk_norm_ro
 void launch_quantize_fp8(const QuantizeFp8Launch&) { not_built("launch_quantize_fp8"); }
 void launch_dequantize_fp8(const DequantizeFp8Launch&) { not_built("launch_dequantize_fp8"); }
 void launch_quantize_fp8_tensor(const QuantizeFp8TensorLaunch&) { not_built("launch_quantize_fp8_tensor"); }
+void launch_channel_bias(const ChannelBiasLaunch&) { not_built("launch_channel_bias"); }
 
 }  // namespace ltxmps::kernels::cuda

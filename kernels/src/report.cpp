@@ -77,6 +77,7 @@ std::vector<Diagnostic> kernel_report(const c10::Device& device, at::ScalarType 
   static const Entry kEntries[] = {
       {"rms_norm_modulate", "norm1: block RMSNorm and the AdaLN scale / shift"},
       {"rms_norm_modulate_silu", "the VAE's channel RMSNorm, its timestep scale / shift and the SiLU (channels-last)"},
+      {"add_channel_bias_", "the VAE's convolution biases on channels-last outputs, with vector accesses"},
       {"residual_rms_norm_modulate", "cross-attention residual, norm2 and its scale / shift"},
       {"gated_residual", "x + y * gate of the self-attention and feed-forward"},
       {"qk_rms_norm_rope", "query / key RMSNorm across heads and the interleaved RoPE, q and k together"},

@@ -41,7 +41,10 @@ at::Tensor conv3d(const VaeConv3dWeights& c, const at::Tensor& x) {
     h = at::cat(parts, 2);
   }
   if (detail::is_cpu_float(h)) return detail::cpu_conv3d(c, h);  // vae_cpu.cpp
-  return at::conv3d(h, c.weight, c.bias, c.stride, {0, kh / 2, kw / 2});
+  if (!h.is_cuda() || !c.bias.defined()) return at::conv3d(h, c.weight, c.bias, c.stride, {0, kh / 2, kw / 2});
+  // ATen's bias add after cuDNN's convolution, with vector accesses on a channels-last output (Note [Channel bias on
+  // channels-last rows] in ltxmps_kernels): the same values.
+  return ltxmps::kernels::add_channel_bias_(at::conv3d(h, c.weight, {}, c.stride, {0, kh / 2, kw / 2}), c.bias);
 }
 
 // Note [VAE RMSNorm]
@@ -253,7 +256,9 @@ class FiniteChecks {
   // Queues the check of `t`, the output of `stage`.
   void check(const at::Tensor& t, std::string stage) {
     if (!enabled_ || t.numel() == 0) return;
-    auto [lo, hi] = at::aminmax(t);
+    // A dense tensor's elements are one block of memory, read in place through a flat view: aminmax of a
+    // channels-last activation would first copy it to channels-first (12.6 ms of a bf16 decode on CUDA).
+    auto [lo, hi] = at::aminmax(t.is_non_overlapping_and_dense() ? t.as_strided({t.numel()}, {1}) : t);
     pending_.push_back({std::move(stage), std::move(lo), std::move(hi)});
   }
 

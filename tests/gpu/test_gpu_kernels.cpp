@@ -148,6 +148,30 @@ TEST_CASE("rms_norm_modulate_silu: kernel against reference", "[gpu][kernels]") 
       }
 }
 
+// The VAE's convolution biases: channels-last outputs whose rows take vectors of 8, 2 or 1 element, more vectors
+// than a block has threads (4096 channels), and a misaligned start; channels-first output runs the reference.
+TEST_CASE("add_channel_bias_: the kernel's values are ATen's add, bit for bit", "[gpu][kernels]") {
+  for (const auto dtype : kDtypes)
+    for (const int64_t C : {8, 128, 1000, 998, 7, 4096})
+      for (const bool aligned : {true, false}) {
+        INFO("dtype " << dtype << ", C " << C << ", aligned " << aligned);
+        const int64_t n = 2 * 3 * 5 * 7 * C;
+        const auto channels_last = [&](const at::Tensor& storage) {
+          return storage.narrow(0, aligned ? 0 : 1, n).view({2, 3, 5, 7, C}).permute({0, 4, 1, 2, 3});
+        };
+        const auto storage = randn({n + 1}, dtype, 10);
+        const auto x = channels_last(storage);
+        const auto bias = randn({C}, dtype, 11);
+        const auto expected = x.add(bias.view({1, C, 1, 1, 1}));
+        auto y = channels_last(storage.clone());
+        CHECK(fused_calls_in([&] { kernels::add_channel_bias_(y, bias); }) == 1);
+        CHECK(same_bits(y, expected));
+        auto first = x.contiguous();
+        CHECK(fused_calls_in([&] { kernels::add_channel_bias_(first, bias); }) == 0);
+        CHECK(same_bits(first, expected));
+      }
+}
+
 TEST_CASE("residual_rms_norm_modulate and gated_residual: kernel against reference", "[gpu][kernels]") {
   for (const auto dtype : kDtypes)
     for (const int64_t D : kDims)

@@ -182,6 +182,27 @@ TEST_CASE("rms_norm_modulate_silu_reference is the norm, the modulation when giv
   }
 }
 
+TEST_CASE("add_channel_bias_reference_ adds the bias over dimension 1 in place, rounded once", "[kernels]") {
+  for (const auto dtype : kDtypes) {
+    INFO("dtype " << dtype);
+    auto g = ltxmps::make_cpu_generator(7);
+    const auto x = ltxmps::randn({2, 5, 3, 4, 6}, g).to(dtype);
+    const auto bias = ltxmps::randn({5}, g).to(dtype);
+    const auto expected = (x.to(at::kFloat) + bias.to(at::kFloat).view({1, 5, 1, 1, 1})).to(dtype);
+    auto y = x.clone();
+    const auto out = kernels::add_channel_bias_reference_(y, bias);
+    CHECK(out.data_ptr() == y.data_ptr());
+    CHECK(at::equal(y, expected));
+    // Off CUDA the entry point is the reference, for a channels-last tensor too (its layout kept).
+    auto z = x.contiguous(at::MemoryFormat::ChannelsLast3d);
+    kernels::add_channel_bias_(z, bias);
+    CHECK(at::equal(z, expected));
+    CHECK(z.is_contiguous(at::MemoryFormat::ChannelsLast3d));
+    CHECK_THROWS_WITH(kernels::add_channel_bias_(x.clone(), bias.narrow(0, 0, 4)),
+                      ltxmps_test::Contains("add_channel_bias_: bias must be [C]"));
+  }
+}
+
 TEST_CASE("residual_rms_norm_modulate_reference sums the residual, then normalizes and modulates", "[kernels]") {
   for (const auto dtype : kDtypes) {
     INFO("dtype " << dtype);
@@ -476,7 +497,7 @@ TEST_CASE("dequantize_fp8_rows_reference: code times row scale, one rounding to 
 TEST_CASE("kernel_report explains the choice per kernel; the CPU runs the references", "[kernels]") {
   const auto calls = kernels::fused_calls();
   const auto report = kernels::kernel_report(c10::Device("cpu"), at::kBFloat16);
-  REQUIRE(report.size() == 12);
+  REQUIRE(report.size() == 13);
   for (size_t i = 0; i + 1 < report.size(); ++i) {
     CHECK(report[i].topic == "kernels");
     CHECK(report[i].rule == "kernels.reference");

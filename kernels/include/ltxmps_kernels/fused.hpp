@@ -115,6 +115,18 @@ at::Tensor layer_norm_modulate_reference(const at::Tensor& x, double eps, const 
                                          const at::Tensor& shift, const at::Tensor& token_index = {});
 
 // ---------------------------------------------------------------------------------------------------
+// Convolution bias
+
+/// @brief `x += bias` broadcast over dimension 1 of x (a convolution output [B, C, ...] and its bias [C]), in place;
+///        returns x. On CUDA, when x's channels are its innermost dimension (channels-last, dense), one kernel reads
+///        and writes each row of C channels once (Note [Channel bias on channels-last rows] in fused.cpp); the values
+///        are ATen's add, bit for bit.
+at::Tensor add_channel_bias_(at::Tensor x, const at::Tensor& bias);
+/// @brief The ATen op of add_channel_bias_(): `x.add_(bias.view({1, C, 1, ...}))`, as ATen adds a bias after cuDNN's
+///        convolution.
+at::Tensor add_channel_bias_reference_(at::Tensor x, const at::Tensor& bias);
+
+// ---------------------------------------------------------------------------------------------------
 // Residuals
 
 /// @brief `x + y * gate` (gate [B, T, D] with T = 1 or S, strided views read in place). `fp8`: see Fp8RowsOut.

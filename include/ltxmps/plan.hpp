@@ -54,11 +54,13 @@ struct VaePlan {
 // as implicit GEMMs over channels-last data, and the norms, which reduce over the channels, read contiguous rows
 // when the channels are the innermost dimension. With the weights stored channels-last the pipeline keeps the
 // activations in that layout from the first convolution to the last (the shuffles of the up- and downsamplers
-// included), and the norms run through the fused row kernel. Measured on an H200 against the channels-first layout
-// (docs/benchmarks.md): a bf16 decode 1.70x faster, a tiled one 1.72x, the encodes 1.33-1.40x, every peak lower; the
-// values differ by the convolution algorithms' own rounding and the norms' order of summation. So on CUDA unless
-// switched off. The CPU keeps channels-first (its convolutions are products over channels-first columns), and so
-// does MPS, where the layout was never measured.
+// included), and the norms (with their SiLU) and the convolutions' bias run through kernels that read the channel
+// rows. Measured on an H200 against the channels-first layout (docs/benchmarks.md): a bf16 decode 1.70x faster, a
+// tiled one 1.72x, the encodes 1.33-1.40x, every peak lower; a decode then took about 18 % less time again once the
+// SiLU and the bias ran on the channel rows and the finiteness checks stopped copying the activations. The values
+// differ by the convolution algorithms' own rounding, the norms' order of summation and the SiLU's approximate
+// exponential. So on CUDA unless switched off. The CPU keeps channels-first (its convolutions are products over
+// channels-first columns), and so does MPS, where the layout was never measured.
 
 /// @brief Whether the VAE runs channels-last on `device` under `settings`, and why (Note [VAE layout in the plan]).
 inline Diagnostic decide_vae_layout(const LoaderSettings& settings, const c10::Device& device, VaePlan& vae) {

@@ -1,6 +1,6 @@
 #pragma once
 /// @file fused.hpp
-/// @brief Fused kernels for the LTX-Video transformer forward, each with an ATen reference.
+/// @brief Fused kernels for the LTX-Video transformer forward and the VAE's channel rows, each with an ATen reference.
 ///
 /// Every function comes in two forms:
 ///   - `f(...)` runs a fused CUDA kernel when this build has the CUDA kernels, the tensors are on a CUDA device
